@@ -1,0 +1,38 @@
+"""Atomic checkpoints: write to a temporary file in the same folder, fsync, then rename over the old one."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
+    """Write ``state`` (tensors, numpy arrays, plain Python) atomically with torch.save."""
+    _atomic_write(path, lambda handle: torch.save(state, handle))
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (our own file, so full unpickling is allowed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from: {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (metrics files are read while runs go on)."""
+    _atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=2).encode()))

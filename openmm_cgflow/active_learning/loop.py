@@ -1,0 +1,335 @@
+"""The active-learning driver (SPEC §7): pre-train, then iterate {train by energy, label, fit the ensemble,
+score, search, spread}, checkpointing atomically after every iteration so a killed run resumes exactly.
+
+Evaluation counters (cumulative, starting MD included):
+* ``energy_evaluations``: entries visited by training by energy (the paper's primary counter) + MD steps;
+* ``energy_evaluations_computed``: energies OpenMM actually computed (non-finite or filtered samples
+  excluded) + MD steps.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import ConfigError, config_differences
+from ..energy import EnergyOracle
+from ..export import save_model
+from ..flows import ConditionalAffineFlow
+from ..flows.training import EnergyTrainer, train_by_example
+from ..pmf import PMFEnsemble, free_energy_labels
+from ..reference.kld import forward_kld
+from ..sampling import farthest_point_selection, run_langevin, spread_disc, spread_uniform_interval, uncertainty_search
+from ..systems import CGSystem, create_system
+from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .dataset import ActiveLearningDataset
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class MetricGrid:
+    """Where and against what a PMF is scored: bin centres (n_bins, cg_dim) and reference probabilities."""
+
+    centres: np.ndarray
+    p_reference: np.ndarray
+
+
+def metric_grid_for(config: Dict[str, Any]) -> MetricGrid:
+    """The scoring grid and reference distribution of the config's system."""
+    if config["system"] == "muller-brown":
+        from ..reference.muller_brown import bin_centres, reference_probabilities
+
+        n_bins, domain = config["metrics"]["n_bins"], tuple(config["metrics"]["domain"])
+        return MetricGrid(bin_centres(n_bins, domain)[:, None], reference_probabilities(n_bins, domain))
+    raise ConfigError(f"no reference PMF is available for system '{config['system']}'")
+
+
+@dataclass
+class RunState:
+    """Everything that changes during a run (saved in the checkpoint)."""
+
+    iteration: int = 0
+    visited: int = 0
+    computed: int = 0
+    md_steps: int = 0
+    wall_s: float = 0.0
+    skipped_batches: int = 0
+    finished: bool = False
+    stop_reason: str = ""
+    search_start: Optional[np.ndarray] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+class ActiveLearningRun:
+    """One active-learning run writing into ``out_dir``.
+
+    ``run()`` starts from scratch (refusing to overwrite an existing checkpoint) or, with
+    ``resume=True``, continues from ``out_dir/checkpoint.pt`` with the config stored there.
+    """
+
+    def __init__(self, config: Dict[str, Any], out_dir: Path, progress: bool = True):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        cfg = self.config
+        torch.set_num_threads(cfg["torch_threads"])
+        torch.set_default_dtype(torch.float64)
+        self.cg_system: CGSystem = create_system(cfg["system"])
+        self.oracle = EnergyOracle(self.cg_system, cfg["energy"]["platform"], cfg["energy"]["n_workers"])
+        self.grid = metric_grid_for(cfg)
+        self.torch_gen = torch.Generator().manual_seed(cfg["seed"])
+        self.rng = np.random.default_rng(cfg["seed"])
+        self.ensemble = PMFEnsemble(
+            self.cg_system.cg_dim, cfg["ensemble"]["n_members"], cfg["ensemble"]["hidden"], periodic=self.cg_system.cg_periodic
+        )
+
+    def _build_flow(self, s_mean: float, s_std: float) -> None:
+        cfg = self.config
+        self.flow = ConditionalAffineFlow(self.cg_system.cg_dim, self.cg_system.fg_dim, cfg["flow"]["hidden"], s_mean, s_std)
+        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg["pretraining"]["lr"])
+        self.trainer = EnergyTrainer(
+            self.flow, self.cg_system, self.oracle, self.optimizer, skip_top_k=cfg["energy_training"]["skip_top_k"]
+        )
+
+    def _start(self) -> None:
+        """Starting MD, pre-training by example, and the iteration-0 dataset."""
+        cfg, sd = self.config, self.config["starting_data"]
+        self.state = RunState()
+        md = run_langevin(
+            self.cg_system,
+            n_steps=sd["equilibration_steps"] + sd["n_frames"] * sd["save_every"],
+            save_every=sd["save_every"],
+            seed=cfg["seed"],
+            timestep_fs=sd["timestep_fs"],
+            friction_per_ps=sd["friction_per_ps"],
+        )
+        frames = md.frames[-sd["n_frames"] :]
+        self.state.md_steps = md.n_steps
+        s0, x0 = self.cg_system.from_cartesian(torch.as_tensor(frames))
+        self._build_flow(float(s0.mean()), float(s0.std(unbiased=False)))
+        pt = cfg["pretraining"]
+        train_by_example(self.flow, self.optimizer, s0, x0, pt["epochs"], pt["batch_size"], self.torch_gen)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg["energy_training"]["lr"]
+        self.dataset = ActiveLearningDataset(self.cg_system.cg_dim)
+        self.dataset.add_points(s0.numpy(), 0, self.rng, cfg["dataset"]["train_fraction"], cfg["dataset"]["copies"])
+        self.state.search_start = np.asarray(cfg["search"]["start"], dtype=np.float64)[None, :]
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self) -> None:
+        save_checkpoint(
+            self.checkpoint_path,
+            {
+                "package_version": __version__,
+                "config": self.config,
+                "state": self.state.__dict__,
+                "flow": self.flow.state_dict(),
+                "flow_norm": (float(self.flow.s_mean), float(self.flow.s_std)),
+                "optimizer": self.optimizer.state_dict(),
+                "dataset": self.dataset.state_dict(),
+                "ensemble": self.ensemble.state_dict(),
+                "torch_generator": self.torch_gen.get_state(),
+                "numpy_generator": self.rng.bit_generator.state,
+            },
+        )
+
+    def _load(self) -> None:
+        checkpoint = load_checkpoint(self.checkpoint_path)
+        differences = config_differences(checkpoint["config"], self.config)
+        if differences:
+            raise ConfigError(
+                f"{self.checkpoint_path} was written with a different config (keys: {', '.join(differences)}); "
+                "resume with the same config or start a new --out directory"
+            )
+        self._build()
+        self.state = RunState(**checkpoint["state"])
+        self._build_flow(*checkpoint["flow_norm"])
+        self.flow.load_state_dict(checkpoint["flow"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.dataset = ActiveLearningDataset.from_state_dict(checkpoint["dataset"])
+        self.ensemble.load_state_dict(checkpoint["ensemble"])
+        self.torch_gen.set_state(checkpoint["torch_generator"])
+        self.rng.bit_generator.state = checkpoint["numpy_generator"]
+
+    # ------------------------------------------------------------------ one iteration
+    def _train_by_energy(self, epochs: int) -> None:
+        et = self.config["energy_training"]
+        bar = tqdm(range(epochs), desc=f"iteration {self.state.iteration + 1}: training by energy", leave=False, disable=not self.progress)
+        for _ in bar:
+            for entries in self.dataset.epoch_batches(self.rng, et["batch_size"], et["replay_fraction"]):
+                s = torch.as_tensor(self.dataset.entry_s(entries))
+                result = self.trainer.step(s, self.torch_gen, et["clip_norm"])
+                self.dataset.record(entries, result.log_w)
+                self.state.visited += len(entries)
+                self.state.computed += result.n_computed
+                self.state.skipped_batches += int(result.skipped)
+                if not result.skipped:
+                    bar.set_postfix(loss=f"{result.loss:.3f}", refresh=False)
+
+    def _fit_pmf(self):
+        entries = self.dataset.labelled_train_entries()
+        groups, labels = free_energy_labels(
+            self.dataset.entry_log_w[entries], self.dataset.entry_point[entries], self.config["labels"]["clip_k"]
+        )
+        ens = self.config["ensemble"]
+        s = self.dataset.point_s[groups]
+        self.ensemble.fit(
+            s, labels, ens["epochs"], ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], self.torch_gen, ens["max_steps"]
+        )
+        return groups, labels
+
+    def _search_and_spread(self) -> bool:
+        """MC search for uncertain points, diversity selection, spreading; False if the search failed."""
+        sc, sp, ds = self.config["search"], self.config["spreading"], self.config["dataset"]
+        periodic = self.cg_system.cg_periodic
+        n_found = sc["n_new_points"] * sc["diversity_multiplier"]
+        seeds = self.state.search_start
+        start = torch.as_tensor(seeds[np.arange(sc["n_chains"]) % len(seeds)])
+        result = uncertainty_search(
+            self.ensemble, start, n_found, sc["step_size"], sc["std_threshold"], sc["min_steps"], sc["max_steps"], self.torch_gen, periodic
+        )
+        self.state.history[-1]["mc_steps"] = result.n_steps
+        if not result.success:
+            return False
+        found = result.points.numpy()
+        centres = found[farthest_point_selection(found, sc["n_new_points"], self.rng, periodic=periodic)]
+        if sp["kind"] == "interval":
+            points = spread_uniform_interval(centres, sp["width"], sp["n_points"], self.rng)
+        else:
+            points = spread_disc(centres, sp["width"], sp["n_points"], self.rng, periodic=periodic)
+        self.dataset.add_points(points, self.state.iteration, self.rng, ds["train_fraction"], ds["copies"])
+        self.state.search_start = centres
+        self.state.history[-1]["new_centres"] = centres.tolist()
+        return True
+
+    def _iterate(self) -> None:
+        cfg, st = self.config, self.state
+        t0 = time.perf_counter()
+        et = cfg["energy_training"]
+        self._train_by_energy(et["epochs_first_iteration"] if st.iteration == 0 else et["epochs"])
+        st.iteration += 1
+        groups, labels = self._fit_pmf()
+        mean, std = self.ensemble.predict(self.grid.centres)
+        kld = forward_kld(self.grid.p_reference, mean)
+        st.history.append(
+            {
+                "iteration": st.iteration,
+                "energy_evaluations": st.visited + st.md_steps,
+                "energy_evaluations_computed": st.computed + st.md_steps,
+                "forward_kld": kld,
+                "n_cg_points": int(len(self.dataset.point_s)),
+                "n_labels": int(len(labels)),
+                "skipped_batches": st.skipped_batches,
+                "mean": mean.tolist(),
+                "std": std.tolist(),
+                "label_points": self.dataset.point_s[groups].tolist(),
+                "label_iteration": self.dataset.point_iteration[groups].tolist(),
+                "labels": labels.tolist(),
+            }
+        )
+        if cfg["loop"]["stop_kld"] is not None and kld < cfg["loop"]["stop_kld"]:
+            st.finished, st.stop_reason = True, f"forward KLD {kld:.3g} < {cfg['loop']['stop_kld']}"
+        elif st.iteration >= cfg["loop"]["max_iterations"]:
+            st.finished, st.stop_reason = True, f"reached loop.max_iterations = {cfg['loop']['max_iterations']}"
+        elif not self._search_and_spread():
+            st.finished, st.stop_reason = True, f"MC search found no uncertain point within {cfg['search']['max_steps']} steps"
+        st.wall_s += time.perf_counter() - t0
+        st.history[-1]["wall_s"] = st.wall_s
+
+    # ------------------------------------------------------------------ driver
+    def run(self, resume: bool = False) -> Dict[str, Any]:
+        """Run (or resume) to the end; returns the metrics dict also written to ``metrics.json``."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if resume:
+                self._load()
+            else:
+                if self.checkpoint_path.exists():
+                    raise ConfigError(f"{self.checkpoint_path} exists: use --resume to continue it, or another --out")
+                t0 = time.perf_counter()
+                self._build()
+                self._start()
+                self.state.wall_s = time.perf_counter() - t0
+                self._save()
+            bar = tqdm(total=self.config["loop"]["max_iterations"], initial=self.state.iteration, desc="active learning", disable=not self.progress)
+            while not self.state.finished:
+                self._iterate()
+                self._save()
+                self._write_metrics()
+                last = self.state.history[-1]
+                bar.update(1)
+                bar.set_postfix(kld=f"{last['forward_kld']:.2e}", evals=last["energy_evaluations"])
+            bar.close()
+            self._write_metrics()
+            self._export_models()
+            self._plot()
+            return self.metrics()
+        finally:
+            if hasattr(self, "oracle"):
+                self.oracle.close()
+
+    # ------------------------------------------------------------------ outputs
+    _PER_ITERATION = ("iteration", "energy_evaluations", "energy_evaluations_computed", "forward_kld", "wall_s", "n_cg_points", "n_labels", "skipped_batches", "mc_steps")
+
+    def metrics(self) -> Dict[str, Any]:
+        st = self.state
+        rows = [{k: h[k] for k in self._PER_ITERATION if k in h} for h in st.history]
+        last = st.history[-1] if st.history else {}
+        return {
+            "system": self.config["system"],
+            "package_version": __version__,
+            "iterations": rows,
+            "totals": {
+                "iterations": st.iteration,
+                "energy_evaluations": st.visited + st.md_steps,
+                "energy_evaluations_computed": st.computed + st.md_steps,
+                "starting_md_steps": st.md_steps,
+                "final_forward_kld": last.get("forward_kld"),
+                "wall_s": st.wall_s,
+                "skipped_batches": st.skipped_batches,
+                "finished": st.finished,
+                "stop_reason": st.stop_reason,
+            },
+            "config": self.config,
+        }
+
+    def _write_metrics(self) -> None:
+        write_json(self.out_dir / "metrics.json", self.metrics())
+
+    def _export_models(self) -> None:
+        models = self.out_dir / "models"
+        common = dict(system=self.cg_system.name, temperature_K=self.cg_system.temperature, cg_metadata=self.cg_system.metadata)
+        save_model(self.flow, models / "flow.pt", kind="conditional_flow", cg_dim=self.cg_system.cg_dim, fg_dim=self.cg_system.fg_dim, **common)
+        save_model(self.ensemble, models / "pmf_ensemble.pt", kind="pmf_ensemble", cg_dim=self.cg_system.cg_dim, **common)
+
+    def _plot(self) -> None:
+        from ..plotting import plot_kld, plot_pmf_1d, plot_pmf_iterations
+
+        history = self.state.history
+        if not history or self.cg_system.cg_dim != 1:
+            return
+        centres = self.grid.centres[:, 0]
+        exact = -np.log(self.grid.p_reference)
+        last = history[-1]
+        points = np.asarray(last["label_points"])[:, 0]
+        tags = np.asarray(last["label_iteration"])
+        values = np.asarray(last["labels"])
+        per_iteration = [(points[tags == i], values[tags == i]) for i in range(int(tags.max()) + 1)]
+        plot_pmf_1d(
+            self.out_dir / "pmf.png", centres, exact, np.asarray(last["mean"]), np.asarray(last["std"]),
+            [p for p, _ in per_iteration], [v for _, v in per_iteration],
+            title=f"{self.config['system']}: iteration {last['iteration']}, forward KLD {last['forward_kld']:.2e}",
+        )
+        plot_pmf_iterations(self.out_dir / "pmf_iterations.png", centres, exact, history)
+        plot_kld(self.out_dir / "kld.png", [h["energy_evaluations"] for h in history], [h["forward_kld"] for h in history], target=1e-3)

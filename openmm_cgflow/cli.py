@@ -1,0 +1,66 @@
+"""The ``cgflow`` command line.
+
+    cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
+    cgflow configs                      list the built-in configs
+    cgflow show-config CONFIG_OR_BUILTIN [--set ...]   print the resolved config as YAML
+
+Errors in the input (config keys, values, files) are reported in one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+from .config import ConfigError, builtin_configs, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cgflow", description="Coarse-grained free energies with conditional flows and OpenMM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run active learning on a built-in config or a YAML file")
+    run.add_argument("config", help=f"built-in config ({', '.join(builtin_configs())}) or a YAML file")
+    run.add_argument("--out", required=True, type=Path, help="output directory (metrics.json, figures, models/, checkpoint)")
+    run.add_argument("--seed", type=int, default=None, help="random seed (overrides the config's)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. loop.max_iterations=5")
+    run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub.add_parser("configs", help="list the built-in configs")
+    show = sub.add_parser("show-config", help="print a resolved config")
+    show.add_argument("config")
+    show.add_argument("--seed", type=int, default=None)
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "configs":
+            print("\n".join(builtin_configs()))
+            return 0
+        config = load_config(args.config, args.overrides, args.seed)
+        if args.command == "show-config":
+            print(yaml.safe_dump(config, sort_keys=False), end="")
+            return 0
+        from .active_learning import ActiveLearningRun
+
+        metrics = ActiveLearningRun(config, args.out, progress=not args.quiet).run(resume=args.resume)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"cgflow: error: {error}", file=sys.stderr)
+        return 2
+    totals = metrics["totals"]
+    print(
+        f"finished after {totals['iterations']} iterations ({totals['stop_reason']}): forward KLD "
+        f"{totals['final_forward_kld']:.3e}, {totals['energy_evaluations']} energy evaluations, {totals['wall_s']:.1f} s; "
+        f"results in {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

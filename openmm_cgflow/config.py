@@ -1,0 +1,179 @@
+"""Run configuration: documented YAML files, built-in defaults, ``key=value`` overrides, strict validation.
+
+A config is a nested dict. Built-in configs live in ``openmm_cgflow/configs/NAME.yaml`` and are also the
+schema: a user file or an override may only use keys that exist there, with values of the same type.
+Every problem raises :class:`ConfigError` with a one-line message naming the key.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+# Keys whose default is null accept these types too.
+_NULLABLE = {"ensemble.max_steps": int, "loop.stop_kld": float}
+_CHOICES = {
+    "energy.platform": ("Reference", "CPU", "OpenCL", "CUDA"),
+    "ensemble.strategy": ("bagging", "fraction"),
+    "ensemble.init": ("gaussian_uniform", "xavier"),
+    "spreading.kind": ("interval", "disc"),
+}
+_FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
+_NON_NEGATIVE = ("energy_training.skip_top_k", "labels.clip_k", "search.min_steps", "starting_data.equilibration_steps", "seed")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line and names the offending key."""
+
+
+def builtin_configs() -> List[str]:
+    """Names of the configs shipped with the package."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping of sections")
+    return data
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _check_value(key: str, value: Any, default: Any) -> Any:
+    expected = _NULLABLE.get(key, type(default))
+    if value is None:
+        if key in _NULLABLE:
+            return None
+        raise ConfigError(f"config key '{key}' must not be null")
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if expected is list:
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+            raise ConfigError(f"config key '{key}' must be a list of numbers, got {value!r}")
+        if len(value) != len(default) and key in ("search.start", "metrics.domain"):
+            raise ConfigError(f"config key '{key}' must have {len(default)} entries, got {len(value)}")
+        if key.endswith("hidden") and (not value or any(int(v) != v or v < 1 for v in value)):
+            raise ConfigError(f"config key '{key}' must list positive integer layer widths, got {value!r}")
+        return value
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}' must be of type {expected.__name__}, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+    if expected in (int, float) and not isinstance(value, bool):
+        if key in _FRACTIONS and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config key '{key}' must lie in [0, 1], got {value!r}")
+        if key in _NON_NEGATIVE and value < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
+        if key not in _FRACTIONS and key not in _NON_NEGATIVE and not value > 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
+    return value
+
+
+def validate(config: Dict[str, Any], schema: Dict[str, Any]) -> Dict[str, Any]:
+    """Check every key of ``config`` against ``schema`` (a built-in config); return a normalised copy."""
+    flat_schema = _flatten(schema)
+    sections = {k.split(".")[0] for k in flat_schema}
+    result = copy.deepcopy(schema)
+    for key, value in _flatten(config).items():
+        if key not in flat_schema:
+            if key.split(".")[0] in sections and key not in sections:
+                known = sorted(k for k in flat_schema if k.startswith(key.split(".")[0] + "."))
+                raise ConfigError(f"unknown config key '{key}' (known keys here: {', '.join(known)})")
+            raise ConfigError(f"unknown config key '{key}'")
+        checked = _check_value(key, value, flat_schema[key])
+        node = result
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = checked
+    if result["ensemble"]["n_members"] < 2:
+        raise ConfigError("config key 'ensemble.n_members' must be >= 2 (the std needs two members)")
+    if result["labels"]["clip_k"] == 1:
+        raise ConfigError("config key 'labels.clip_k' must be 0 (off) or >= 2")
+    return result
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """Split ``section.key=value`` and parse the value as YAML (so 1e-3, [1, 2], null work)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{text}': cannot parse value {raw!r}") from None
+    return key, value
+
+
+def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
+    tree: Dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return tree
+
+
+def load_config(name_or_path: str, overrides: Iterable[str] = (), seed: Optional[int] = None) -> Dict[str, Any]:
+    """Load a built-in config by name or a YAML file, apply ``overrides`` and ``seed``, validate.
+
+    A user file names its ``system``; keys it omits take the defaults of that system's built-in config.
+    """
+    path = Path(name_or_path)
+    if name_or_path in builtin_configs():
+        user: Dict[str, Any] = {}
+        schema = _read_yaml(CONFIG_DIR / f"{name_or_path}.yaml")
+    elif path.suffix in (".yaml", ".yml") or path.exists():
+        user = _read_yaml(path)
+        system = user.get("system")
+        if system not in builtin_configs():
+            raise ConfigError(
+                f"config file {path}: 'system' must name one of {', '.join(builtin_configs())}, got {system!r}"
+            )
+        schema = _read_yaml(CONFIG_DIR / f"{system}.yaml")
+    else:
+        raise ConfigError(f"'{name_or_path}' is neither a built-in config ({', '.join(builtin_configs())}) nor a YAML file")
+    flat = _flatten(user)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "system":
+            raise ConfigError("the system cannot be overridden; choose another config")
+        flat[key] = value
+    if seed is not None:
+        flat["seed"] = seed
+    return validate(_nest(flat), schema)
+
+
+def config_differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+    """Keys whose values differ between two configs."""
+    fa, fb = _flatten(a), _flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))

@@ -1,0 +1,43 @@
+"""An EnergyOracle worker process: ``python -m openmm_cgflow.energy.worker FD CORE``.
+
+FD is this end of a socket pair to the parent; CORE is the CPU core to pin to (-1: no pinning).
+The parent first sends (system_xml, platform_name, properties); the worker answers ("ready", None) or
+("error", message), then serves ("eval", positions) requests until ("stop", None) or until the
+parent goes away (EOF), so a killed parent never leaves workers behind.
+"""
+import os
+import sys
+from multiprocessing.connection import Connection
+
+
+def main(fd: int, core: int) -> None:
+    if core >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    conn = Connection(fd)
+    try:
+        system_xml, platform_name, properties = conn.recv()
+    except (EOFError, OSError):
+        return
+    try:
+        from .oracle import _ContextEvaluator
+
+        evaluator = _ContextEvaluator(system_xml, platform_name, properties)
+        conn.send(("ready", None))
+    except Exception as error:  # report start-up failures (bad platform, bad XML) to the parent
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    while True:
+        try:
+            message, payload = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if message == "stop":
+            return
+        try:
+            conn.send(("ok", evaluator.evaluate(payload)))
+        except Exception as error:
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))

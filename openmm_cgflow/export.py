@@ -1,0 +1,75 @@
+"""Write and read self-describing TorchScript model files.
+
+A model file is a ``torch.jit.save`` archive with an extra file ``metadata.json`` (system, model kind,
+CG definition, units, temperature, package version). Loading never unpickles Python objects: TorchScript
+archives hold code and tensors only, and the metadata is parsed as JSON and validated.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import torch
+
+from . import __version__
+
+METADATA_FILE = "metadata.json"
+REQUIRED_METADATA = ("format_version", "kind", "system", "temperature_K", "energy_unit", "length_unit", "package_version")
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, not TorchScript, or carries incomplete or mismatching metadata."""
+
+
+def save_model(module: torch.nn.Module, path: Union[str, Path], kind: str, system: str, temperature_K: float, **metadata: Any) -> Path:
+    """Script ``module`` and write it with its metadata to ``path`` (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "system": system,
+        "temperature_K": float(temperature_K),
+        "energy_unit": "kT",
+        "length_unit": "nm",
+        "package_version": __version__,
+        **metadata,
+    }
+    scripted = torch.jit.script(module)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(record, sort_keys=True)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(path: Union[str, Path], expected_kind: str = None, expected_system: str = None) -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
+    """Load a model file written by :func:`save_model`; return ``(module, metadata)``.
+
+    Raises :class:`ModelFileError` for a missing or non-TorchScript file, missing metadata fields,
+    or a kind/system other than the expected one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as error:
+        raise ModelFileError(f"{path} is not a readable TorchScript model file ({type(error).__name__})") from None
+    if not extra[METADATA_FILE]:
+        raise ModelFileError(f"{path} has no {METADATA_FILE}: not written by openmm-cgflow's export")
+    try:
+        metadata = json.loads(extra[METADATA_FILE])
+    except json.JSONDecodeError:
+        raise ModelFileError(f"{path}: {METADATA_FILE} is not valid JSON") from None
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ModelFileError(f"{path}: metadata is missing the field(s) {', '.join(missing)}")
+    if expected_kind is not None and metadata["kind"] != expected_kind:
+        raise ModelFileError(f"{path} holds a '{metadata['kind']}' model, expected '{expected_kind}'")
+    if expected_system is not None and metadata["system"] != expected_system:
+        raise ModelFileError(f"{path} is a model of system '{metadata['system']}', not '{expected_system}'")
+    return module, metadata

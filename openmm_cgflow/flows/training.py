@@ -1,0 +1,120 @@
+"""Training a conditional flow by example (maximum likelihood, SPEC §4) and by energy (reverse KL, SPEC §5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+
+from ..energy import EnergyOracle
+from ..systems.base import CGSystem
+
+
+def train_by_example(
+    flow: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    s: torch.Tensor,
+    x_fg: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    progress: Optional[Callable[[int, float], None]] = None,
+) -> List[float]:
+    """Minimise -mean ln q(x_fg | s) over shuffled batches (last partial batch dropped).
+
+    Returns the mean loss of every epoch (nats per sample).
+    """
+    n = s.shape[0]
+    n_batches = n // batch_size
+    if n_batches == 0:
+        raise ValueError(f"training by example needs at least batch_size={batch_size} samples, got {n}")
+    losses = []
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for b in range(n_batches):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            loss = -flow.log_prob(x_fg[idx], s[idx]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        losses.append(total / n_batches)
+        if progress is not None:
+            progress(epoch, losses[-1])
+    return losses
+
+
+@dataclass
+class EnergyStep:
+    """Outcome of one batch of training by energy.
+
+    log_w: ln p~(x) - ln q(x|s) per batch entry (NaN where the sample was filtered out or not finite).
+    loss: batch loss (kT), NaN if the batch was skipped.
+    skipped: the loss was not finite and no update was made.
+    n_computed: energies actually computed by OpenMM for this batch.
+    """
+
+    log_w: np.ndarray
+    loss: float
+    skipped: bool
+    n_computed: int
+
+
+class EnergyTrainer:
+    """One optimizer step of reverse-KL training at fixed s, with energies and forces from OpenMM.
+
+    Per sample: L_i = -ln p~(x_i) - ln|det dx/dz|, where ln p~ = -u(x) + ln|det dC/dx_int| and u = U/kT
+    comes from :class:`EnergyOracle`. The ``skip_top_k`` largest losses are dropped before averaging.
+    ``sample_filter(positions) -> bool mask`` (e.g. a chirality test) removes samples *before* energy
+    evaluation; they are neither evaluated nor part of the loss.
+    """
+
+    def __init__(
+        self,
+        flow: torch.nn.Module,
+        cg_system: CGSystem,
+        oracle: EnergyOracle,
+        optimizer: torch.optim.Optimizer,
+        skip_top_k: int = 0,
+        sample_filter: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):
+        self.flow = flow
+        self.cg_system = cg_system
+        self.oracle = oracle
+        self.optimizer = optimizer
+        self.skip_top_k = int(skip_top_k)
+        self.sample_filter = sample_filter
+
+    def step(self, s: torch.Tensor, generator: torch.Generator, clip_norm: Optional[float]) -> EnergyStep:
+        """Sample one x_fg per row of ``s`` (B, cg_dim), evaluate energies, and take one optimizer step."""
+        flow = self.flow
+        z = flow.sample_base(s.shape[0], generator)
+        x_fg, logdet = flow(z, s)
+        positions, log_jacobian = self.cg_system.to_cartesian(s, x_fg)
+        keep = torch.ones(s.shape[0], dtype=torch.bool)
+        if self.sample_filter is not None:
+            keep = self.sample_filter(positions.detach())
+        before = self.oracle.n_evaluations
+        u = torch.full((s.shape[0],), float("nan"), dtype=positions.dtype)
+        if bool(keep.any()):
+            u = u.index_put((keep,), self.oracle(positions[keep]))
+        log_p = -u + log_jacobian
+        log_q = flow.base_log_prob(z) - logdet
+        log_w = (log_p - log_q).detach().numpy().copy()
+        per_sample = -log_p - logdet
+        losses = per_sample[keep]
+        if self.skip_top_k and losses.numel() > self.skip_top_k:
+            losses = torch.sort(losses).values[: losses.numel() - self.skip_top_k]
+        loss = losses.mean() if losses.numel() else torch.tensor(float("nan"))
+        computed = self.oracle.n_evaluations - before
+        log_w[~np.isfinite(log_w)] = np.nan
+        if not bool(torch.isfinite(loss)):
+            return EnergyStep(log_w, float("nan"), True, computed)
+        self.optimizer.zero_grad()
+        loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_norm)
+        self.optimizer.step()
+        return EnergyStep(log_w, float(loss.detach()), False, computed)

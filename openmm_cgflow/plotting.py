@@ -1,0 +1,81 @@
+"""Figures of an active-learning run (matplotlib, no screen needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_pmf_1d(
+    path: Path,
+    centres: np.ndarray,
+    exact: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    label_points: Sequence[np.ndarray],
+    label_values: Sequence[np.ndarray],
+    title: str = "",
+    xlabel: str = "s = x1 - x2 (nm)",
+) -> None:
+    """Learned PMF (mean ± ensemble std) against the exact one, with the labelled training points of
+    every iteration (colour = iteration that added them). All free energies in kT, shifted to min 0."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    shift = mean.min()
+    ax.plot(centres, exact - exact.min(), "k-", lw=2, label="exact")
+    ax.plot(centres, mean - shift, "C3-", label="ensemble mean")
+    ax.fill_between(centres, mean - shift - std, mean - shift + std, color="C3", alpha=0.25, label="± ensemble std")
+    cmap = plt.get_cmap("viridis")
+    n = max(len(label_points), 1)
+    for i, (s, F) in enumerate(zip(label_points, label_values)):
+        if len(s):
+            ax.plot(s, F - shift, ".", ms=3, color=cmap(i / max(n - 1, 1)), label=f"labels, iteration {i}" if n <= 12 else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("F (kT)")
+    ax.set_xlim(centres[0], centres[-1])
+    ax.set_ylim(-1, max(15, float(np.nanmax(exact - exact.min())) + 2))
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_pmf_iterations(path: Path, centres: np.ndarray, exact: np.ndarray, history: List[Dict]) -> None:
+    """One small panel per iteration: PMF mean ± std vs exact, and that iteration's KLD."""
+    n = len(history)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, sharex=True, sharey=True)
+    for ax, record in zip(axes.flat, history):
+        mean, std = np.asarray(record["mean"]), np.asarray(record["std"])
+        shift = mean.min()
+        ax.plot(centres, exact - exact.min(), "k-", lw=1)
+        ax.plot(centres, mean - shift, "C3-", lw=1)
+        ax.fill_between(centres, mean - shift - std, mean - shift + std, color="C3", alpha=0.3)
+        ax.set_title(f"iter {record['iteration']}: KLD {record['forward_kld']:.1e}", fontsize=8)
+        ax.set_ylim(-1, 16)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_kld(path: Path, evaluations: Sequence[float], kld: Sequence[float], target: float = None, label: str = "active learning") -> None:
+    """Forward KLD against the number of energy evaluations (log-log)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.loglog(evaluations, kld, "o-", label=label)
+    if target is not None:
+        ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target:g}")
+    ax.set_xlabel("energy evaluations")
+    ax.set_ylabel("forward KLD")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -1,0 +1,50 @@
+"""Turning stopped MC chains into new CG points: farthest-point diversity and spreading (SPEC §7 c-e)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def periodic_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Difference a - b of angles (rad) wrapped into [-pi, pi)."""
+    return np.remainder(a - b + math.pi, 2 * math.pi) - math.pi
+
+
+def farthest_point_selection(points: np.ndarray, n: int, rng: np.random.Generator, periodic: bool = False) -> np.ndarray:
+    """Greedy farthest-point sampling: indices of ``n`` diverse rows of ``points`` (m, d).
+
+    Starts from a random point, then repeatedly adds the point whose minimum distance to the chosen
+    set is largest. ``periodic`` measures distance on the torus [-pi, pi)^d (the paper used the plain
+    Euclidean distance, SPEC §13.7).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    m = len(points)
+    if n >= m:
+        return np.arange(m)
+    chosen = [int(rng.integers(m))]
+    distance = np.full(m, np.inf)
+    for _ in range(n - 1):
+        delta = points - points[chosen[-1]]
+        if periodic:
+            delta = periodic_difference(points, points[chosen[-1]])
+        distance = np.minimum(distance, np.linalg.norm(delta, axis=1))
+        chosen.append(int(np.argmax(distance)))
+    return np.asarray(chosen)
+
+
+def spread_uniform_interval(centres: np.ndarray, half_width: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points per centre, uniform on [c - half_width, c + half_width] in every coordinate (MB)."""
+    centres = np.asarray(centres, dtype=np.float64)
+    offsets = rng.uniform(-half_width, half_width, size=(len(centres), n, centres.shape[1]))
+    return (centres[:, None, :] + offsets).reshape(-1, centres.shape[1])
+
+
+def spread_disc(centres: np.ndarray, radius: float, n: int, rng: np.random.Generator, periodic: bool = True) -> np.ndarray:
+    """``n`` points per 2-D centre, uniform in a disc of ``radius`` (rad), wrapped into [-pi, pi) (ALDP)."""
+    centres = np.asarray(centres, dtype=np.float64)
+    r = radius * np.sqrt(rng.uniform(size=(len(centres), n)))
+    angle = rng.uniform(0, 2 * math.pi, size=(len(centres), n))
+    points = centres[:, None, :] + np.stack([r * np.cos(angle), r * np.sin(angle)], axis=-1)
+    points = points.reshape(-1, 2)
+    return periodic_difference(points, 0.0) if periodic else points

@@ -1,0 +1,108 @@
+"""Metropolis Monte Carlo in CG space on a learned PMF, with the ensemble-uncertainty stop (SPEC §7).
+
+All chains move at once (vectorised). Energies are free energies in kT, so acceptance is
+min(1, exp(-(F_new - F_old))).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+
+
+def wrap_angle(x: torch.Tensor) -> torch.Tensor:
+    """Wrap angles (rad) into [-pi, pi)."""
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+
+
+@dataclass
+class UncertaintySearchResult:
+    """Points where chains stopped (n_found, cg_dim), chain indices, and the number of MC steps run."""
+
+    points: torch.Tensor
+    chains: torch.Tensor
+    n_steps: int
+    success: bool
+
+
+def _metropolis_step(evaluate, x, f, aux, step_size, generator, periodic, active):
+    """One vectorised Metropolis step; ``evaluate(x) -> (F in kT, aux)``; frozen chains (``~active``) stay put."""
+    proposal = x + step_size * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    if periodic:
+        proposal = wrap_angle(proposal)
+    f_new, aux_new = evaluate(proposal)
+    u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype)
+    accept = (torch.log(u) < -(f_new - f)) & active
+    x = torch.where(accept[:, None], proposal, x)
+    return x, torch.where(accept, f_new, f), torch.where(accept, aux_new, aux), accept
+
+
+def metropolis(
+    free_energy: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    n_steps: int,
+    step_size: float,
+    generator: torch.Generator,
+    periodic: bool = False,
+) -> Tuple[torch.Tensor, float]:
+    """Plain Metropolis chains on ``free_energy`` (kT). Returns the trajectory (n_steps, n_chains, dim)
+    and the acceptance rate."""
+
+    def evaluate(points):
+        f = free_energy(points)
+        return f, f
+
+    x = start.clone()
+    f, aux = evaluate(x)
+    active = torch.ones(x.shape[0], dtype=torch.bool)
+    trajectory = torch.empty((n_steps,) + tuple(x.shape), dtype=x.dtype)
+    accepted = 0
+    for t in range(n_steps):
+        x, f, aux, acc = _metropolis_step(evaluate, x, f, aux, step_size, generator, periodic, active)
+        accepted += int(acc.sum())
+        trajectory[t] = x
+    return trajectory, accepted / (n_steps * x.shape[0])
+
+
+def uncertainty_search(
+    ensemble: torch.nn.Module,
+    start: torch.Tensor,
+    n_wanted: int,
+    step_size: float,
+    std_threshold: float,
+    min_steps: int,
+    max_steps: int,
+    generator: torch.Generator,
+    periodic: bool = False,
+) -> UncertaintySearchResult:
+    """Run Metropolis chains on the ensemble-mean PMF until ``n_wanted`` chains have stopped.
+
+    After every step, a chain that is still running stops (freezes) if the ensemble std at its current
+    state exceeds ``std_threshold`` (kT) and it has taken more than ``min_steps`` steps. The first
+    ``n_wanted`` stopped chains by chain index are returned. If ``max_steps`` pass first, the search
+    fails (``success=False``) and returns the chains that did stop.
+    """
+    n_chains = start.shape[0]
+    if n_wanted > n_chains:
+        raise ValueError(f"cannot stop {n_wanted} chains out of {n_chains}")
+
+    def evaluate(points):
+        with torch.no_grad():
+            return ensemble.mean_std(points)
+
+    x = start.clone()
+    f, std = evaluate(x)
+    running = torch.ones(n_chains, dtype=torch.bool)
+    steps = 0
+    while steps < max_steps:
+        x, f, std, _ = _metropolis_step(evaluate, x, f, std, step_size, generator, periodic, running)
+        steps += 1
+        if steps > min_steps:
+            running = running & ~(std > std_threshold)
+            if int((~running).sum()) >= n_wanted:
+                chains = torch.nonzero(~running).flatten()[:n_wanted]
+                return UncertaintySearchResult(x[chains].clone(), chains, steps, True)
+    chains = torch.nonzero(~running).flatten()
+    return UncertaintySearchResult(x[chains].clone(), chains, steps, False)

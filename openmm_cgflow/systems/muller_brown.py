@@ -1,0 +1,114 @@
+"""The Müller-Brown potential as a one-particle OpenMM System (SPEC §2.1).
+
+Units: positions in nm and energies in kJ/mol carry the Müller-Brown numbers unchanged, and the
+temperature is chosen so that beta = 1/kT = 0.1 mol/kJ, as in the paper (T = 10 kJ/mol / R ≈ 1202.7 K).
+
+CG map: s = x1 - x2 (CG) and s_perp = x1 + x2 (fine-grained). Inverse: x1 = (s + s_perp)/2,
+x2 = (s_perp - s)/2, with the constant log|det J| = ln 0.5 of (s, s_perp) -> (x1, x2).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import torch
+
+from .base import MOLAR_GAS_CONSTANT, CGSystem
+
+#: Parameters of the standard (non-regularised) Müller-Brown potential, SPEC §2.1.
+MB_A = (-200.0, -100.0, -170.0, 15.0)
+MB_a = (-1.0, -1.0, -6.5, 0.7)
+MB_b = (0.0, 0.0, 11.0, 0.6)
+MB_c = (-10.0, -10.0, -6.5, 0.7)
+MB_X = (1.0, 0.0, -0.5, -1.0)
+MB_Y = (0.0, 0.5, 1.5, 1.0)
+
+#: beta in mol/kJ (dimensionless in the paper's units).
+MB_BETA = 0.1
+#: Temperature in K at which kT = 10 kJ/mol.
+MB_TEMPERATURE = 1.0 / (MB_BETA * MOLAR_GAS_CONSTANT)
+#: Log-Jacobian of (s, s_perp) -> (x1, x2).
+MB_LOG_JACOBIAN = math.log(0.5)
+#: Spring constant (kJ/mol/nm^2) holding the particle in the z = 0 plane during dynamics.
+MB_Z_SPRING = 1.0e4
+#: The upper-left minimum, where starting data is drawn (nm).
+MB_UPPER_LEFT_MINIMUM = (-0.558224, 1.441726)
+#: Metric/plot domain of s (SPEC §2.1).
+MB_CG_DOMAIN = (-2.5, 1.1)
+
+
+def muller_brown_energy(x, y):
+    """Müller-Brown potential U(x, y) in kJ/mol for arrays ``x``, ``y`` in nm (numpy)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    total = np.zeros(np.broadcast(x, y).shape)
+    for A, a, b, c, X, Y in zip(MB_A, MB_a, MB_b, MB_c, MB_X, MB_Y):
+        dx, dy = x - X, y - Y
+        total = total + A * np.exp(a * dx * dx + b * dx * dy + c * dy * dy)
+    return total
+
+
+def _energy_expression() -> str:
+    terms = []
+    for A, a, b, c, X, Y in zip(MB_A, MB_a, MB_b, MB_c, MB_X, MB_Y):
+        dx, dy = f"(x-({X}))", f"(y-({Y}))"
+        terms.append(f"({A})*exp(({a})*{dx}^2+({b})*{dx}*{dy}+({c})*{dy}^2)")
+    return "+".join(terms) + f"+0.5*{MB_Z_SPRING}*z^2"
+
+
+def cg_to_cartesian(s: torch.Tensor, s_perp: torch.Tensor):
+    """(s, s_perp) of shape (B, 1) each -> (positions (B, 1, 3) in nm with z = 0, log|det J| (B,))."""
+    x1 = 0.5 * (s[:, 0] + s_perp[:, 0])
+    x2 = 0.5 * (s_perp[:, 0] - s[:, 0])
+    positions = torch.stack([x1, x2, torch.zeros_like(x1)], dim=-1)[:, None, :]
+    return positions, torch.full_like(x1, MB_LOG_JACOBIAN)
+
+
+def cartesian_to_cg(positions: torch.Tensor):
+    """positions (B, 1, 3) in nm -> (s (B, 1), s_perp (B, 1))."""
+    x1, x2 = positions[:, 0, 0], positions[:, 0, 1]
+    return (x1 - x2)[:, None], (x1 + x2)[:, None]
+
+
+def create_muller_brown_system(mass: float = 1.0) -> CGSystem:
+    """Build the Müller-Brown CGSystem.
+
+    Parameters
+    ----------
+    mass:
+        Particle mass in dalton (only matters for dynamics).
+    """
+    system = openmm.System()
+    system.addParticle(mass * unit.dalton)
+    force = openmm.CustomExternalForce(_energy_expression())
+    force.addParticle(0, [])
+    force.setName("MullerBrown")
+    system.addForce(force)
+
+    topology = app.Topology()
+    chain = topology.addChain()
+    residue = topology.addResidue("MB", chain)
+    topology.addAtom("P", app.element.argon, residue)
+
+    positions = np.array([[MB_UPPER_LEFT_MINIMUM[0], MB_UPPER_LEFT_MINIMUM[1], 0.0]])
+    return CGSystem(
+        name="muller-brown",
+        system=system,
+        topology=topology,
+        positions=positions,
+        temperature=MB_TEMPERATURE,
+        cg_dim=1,
+        fg_dim=1,
+        cg_periodic=False,
+        to_cartesian=cg_to_cartesian,
+        from_cartesian=cartesian_to_cg,
+        metadata={
+            "cg_definition": "s = x1 - x2 (nm), s_perp = x1 + x2",
+            "log_jacobian": MB_LOG_JACOBIAN,
+            "beta_mol_per_kJ": MB_BETA,
+        },
+        cg_domain=MB_CG_DOMAIN,
+    )

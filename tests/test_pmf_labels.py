@@ -1,0 +1,41 @@
+"""Free-energy labels by log-mean-exp on cases with a known answer."""
+import numpy as np
+import pytest
+
+from openmm_cgflow.pmf import free_energy_labels
+
+
+def test_gaussian_importance_sampling_recovers_log_partition_function():
+    # proposal q = N(0, 1); target p~(x) = Z * N(x; mu, sigma^2) -> F = -ln Z exactly
+    rng = np.random.default_rng(0)
+    n, mus, sigma = 200_000, np.array([0.0, 0.3, -0.2]), 1.1
+    log_Z = np.array([0.0, 2.5, -1.0])
+    x = rng.standard_normal((3, n))
+    log_q = -0.5 * x**2 - 0.5 * np.log(2 * np.pi)
+    log_p = log_Z[:, None] - 0.5 * ((x - mus[:, None]) / sigma) ** 2 - 0.5 * np.log(2 * np.pi * sigma**2)
+    groups, F = free_energy_labels((log_p - log_q).ravel(), np.repeat(np.arange(3), n))
+    np.testing.assert_array_equal(groups, [0, 1, 2])
+    np.testing.assert_allclose(F, -log_Z, atol=0.01)
+
+
+def test_mean_not_sum_and_nan_ignored():
+    # two groups with identical weights but different sizes (one lost samples to NaN) get equal labels
+    log_w = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 3.0, np.nan, np.nan])
+    group = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    groups, F = free_energy_labels(log_w, group)
+    expected = -np.log(np.mean(np.exp([1.0, 2.0, 3.0])))
+    np.testing.assert_allclose(F, [expected, expected], rtol=1e-12)
+
+
+def test_weight_clipping_sets_top_k_to_kth_largest():
+    log_w = np.log(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
+    _, F = free_energy_labels(log_w, np.zeros(5, dtype=int), clip_k=3)
+    np.testing.assert_allclose(F, [-np.log(np.mean([1.0, 2.0, 3.0, 3.0, 3.0]))], rtol=1e-12)
+    # groups smaller than k are not clipped
+    _, F2 = free_energy_labels(np.log([1.0, 5.0]), np.zeros(2, dtype=int), clip_k=3)
+    np.testing.assert_allclose(F2, [-np.log(3.0)], rtol=1e-12)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="same shape"):
+        free_energy_labels(np.zeros(3), np.zeros(4))

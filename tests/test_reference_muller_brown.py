@@ -1,0 +1,30 @@
+"""The exact MB PMF by quadrature against brute-force 2-D integration, and the forward KLD."""
+import numpy as np
+import pytest
+
+from openmm_cgflow.reference import forward_kld
+from openmm_cgflow.reference.muller_brown import bin_centres, exact_pmf, reference_probabilities
+from openmm_cgflow.systems.muller_brown import muller_brown_energy
+
+
+def test_exact_pmf_matches_grid_integration():
+    s = np.array([-2.0, -1.0, 0.0, 0.6])
+    y = np.linspace(-1.0, 3.0, 40001)
+    brute = np.array([-np.log(np.trapezoid(np.exp(-0.1 * muller_brown_energy(si + y, y)), y)) for si in s])
+    np.testing.assert_allclose(exact_pmf(s), brute - brute.min(), atol=1e-6)
+
+
+def test_global_minimum_is_the_upper_left_basin():
+    centres = bin_centres()
+    assert len(centres) == 100 and centres[0] == pytest.approx(-2.482) and centres[-1] == pytest.approx(1.082)
+    assert abs(centres[np.argmin(exact_pmf(centres))] - (-2.0)) < 0.05
+
+
+def test_forward_kld_properties():
+    p = reference_probabilities()
+    F = -np.log(p)
+    assert forward_kld(p, F) == pytest.approx(0.0, abs=1e-14)
+    assert forward_kld(p, F + 7.0) == pytest.approx(0.0, abs=1e-14)  # invariant to the PMF's offset
+    assert forward_kld(p, F + 0.5 * np.sin(np.arange(100))) > 1e-3
+    with pytest.raises(ValueError, match="bins"):
+        forward_kld(p, F[:50])

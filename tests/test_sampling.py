@@ -1,0 +1,80 @@
+"""Metropolis MC samples a known density; the uncertainty search stops where the std is large;
+diversity selection and spreading."""
+import numpy as np
+import torch
+
+from openmm_cgflow.sampling import farthest_point_selection, metropolis, spread_disc, spread_uniform_interval, uncertainty_search
+
+
+def double_well(s):
+    return 2.0 * (s[:, 0] ** 2 - 1.0) ** 2
+
+
+def test_metropolis_samples_known_1d_density():
+    gen = torch.Generator().manual_seed(0)
+    start = torch.zeros(200, 1, dtype=torch.float64)
+    trajectory, acceptance = metropolis(double_well, start, 3000, 0.5, gen)
+    samples = trajectory[500:].reshape(-1).numpy()
+    edges = np.linspace(-2.0, 2.0, 41)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    hist, _ = np.histogram(samples, edges)
+    p_mc = hist / hist.sum()
+    p_exact = np.exp(-double_well(torch.tensor(centres)[:, None]).numpy())
+    p_exact /= p_exact.sum()
+    assert 0.2 < acceptance < 0.9
+    kld = np.sum(p_exact * np.log(p_exact / np.maximum(p_mc, 1e-12)))
+    assert kld < 5e-3
+    assert np.abs(p_mc - p_exact).max() < 0.01
+
+
+class StepUncertainty(torch.nn.Module):
+    """Flat PMF; std = 1 kT for s > 1, else 0."""
+
+    def mean_std(self, s):
+        return torch.zeros(s.shape[0], dtype=s.dtype), (s[:, 0] > 1.0).to(s.dtype)
+
+
+def test_uncertainty_search_stops_only_where_std_exceeds_threshold():
+    gen = torch.Generator().manual_seed(0)
+    start = torch.zeros(20, 1, dtype=torch.float64)
+    result = uncertainty_search(StepUncertainty(), start, 5, 0.2, 0.5, 10, 100_000, gen)
+    assert result.success and result.points.shape == (5, 1)
+    assert (result.points[:, 0] > 1.0).all()
+    assert result.n_steps > 10
+    failed = uncertainty_search(StepUncertainty(), start, 5, 0.2, 2.0, 10, 200, gen)
+    assert not failed.success and failed.n_steps == 200
+
+
+def test_uncertainty_search_wraps_periodic_chains():
+    class Never(torch.nn.Module):
+        def mean_std(self, s):
+            return torch.zeros(s.shape[0], dtype=s.dtype), torch.zeros(s.shape[0], dtype=s.dtype)
+
+    start = torch.full((8, 2), 3.1, dtype=torch.float64)
+    result = uncertainty_search(Never(), start, 1, 0.5, 1.0, 1, 50, torch.Generator().manual_seed(0), periodic=True)
+    assert not result.success
+
+
+def test_farthest_point_selection_picks_extremes():
+    points = np.array([[0.0], [0.1], [0.2], [5.0], [-5.0]])
+    chosen = farthest_point_selection(points, 3, np.random.default_rng(0))
+    assert {3, 4} <= set(chosen.tolist())
+
+
+def test_periodic_farthest_point_uses_torus_distance():
+    # 3.0 and -3.0 are close on the circle: the diverse pair is one of them with 0.0
+    points = np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 0.0]])
+    chosen = farthest_point_selection(points, 2, np.random.default_rng(1), periodic=True)
+    assert 2 in chosen.tolist()
+
+
+def test_spreading_stays_within_bounds():
+    rng = np.random.default_rng(0)
+    pts = spread_uniform_interval(np.array([[0.5]]), 0.5, 1000, rng)
+    assert pts.shape == (1000, 1) and pts.min() >= 0.0 and pts.max() <= 1.0
+    disc = spread_disc(np.array([[3.0, 0.0]]), 0.6, 2000, rng)
+    assert disc.shape == (2000, 2) and (disc >= -np.pi).all() and (disc < np.pi).all()
+    d = np.remainder(disc - np.array([3.0, 0.0]) + np.pi, 2 * np.pi) - np.pi
+    assert np.linalg.norm(d, axis=1).max() <= 0.6 + 1e-12
+    # uniform in the disc: half of the points inside radius 0.6/sqrt(2)
+    assert abs(np.mean(np.linalg.norm(d, axis=1) < 0.6 / np.sqrt(2)) - 0.5) < 0.04
