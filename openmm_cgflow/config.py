@@ -15,11 +15,12 @@ import yaml
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys whose default is null accept these types too.
-_NULLABLE = {"ensemble.max_steps": int, "loop.stop_kld": float}
+_NULLABLE = {"loop.stop_kld": float, "search.bounds": list}
 _CHOICES = {
     "energy.platform": ("Reference", "CPU", "OpenCL", "CUDA"),
     "ensemble.strategy": ("bagging", "fraction"),
     "ensemble.init": ("gaussian_uniform", "xavier"),
+    "ensemble.optimizer": ("lbfgs", "adam"),
     "spreading.kind": ("interval", "disc"),
 }
 _FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
@@ -72,9 +73,11 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
         except ValueError:
             pass
     if expected is list:
+        if key in _NULLABLE and isinstance(value, list) and len(value) != 2:
+            raise ConfigError(f"config key '{key}' must be null or [lower, upper], got {value!r}")
         if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
             raise ConfigError(f"config key '{key}' must be a list of numbers, got {value!r}")
-        if len(value) != len(default) and key in ("search.start", "metrics.domain"):
+        if key in ("search.start", "metrics.domain") and len(value) != len(default):
             raise ConfigError(f"config key '{key}' must have {len(default)} entries, got {len(value)}")
         if key.endswith("hidden") and (not value or any(int(v) != v or v < 1 for v in value)):
             raise ConfigError(f"config key '{key}' must list positive integer layer widths, got {value!r}")

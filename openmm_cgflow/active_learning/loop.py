@@ -96,8 +96,9 @@ class ActiveLearningRun:
 
     def _build_flow(self, s_mean: float, s_std: float) -> None:
         cfg = self.config
+        torch.manual_seed(cfg["seed"])  # nn.Linear's default initialisation draws from the global generator
         self.flow = ConditionalAffineFlow(self.cg_system.cg_dim, self.cg_system.fg_dim, cfg["flow"]["hidden"], s_mean, s_std)
-        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg["pretraining"]["lr"])
+        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg["pretraining"]["lr"], fused=True)
         self.trainer = EnergyTrainer(
             self.flow, self.cg_system, self.oracle, self.optimizer, skip_top_k=cfg["energy_training"]["skip_top_k"]
         )
@@ -185,21 +186,34 @@ class ActiveLearningRun:
         ens = self.config["ensemble"]
         s = self.dataset.point_s[groups]
         self.ensemble.fit(
-            s, labels, ens["epochs"], ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], self.torch_gen, ens["max_steps"]
+            s, labels, ens["epochs"], ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], self.torch_gen, ens["optimizer"]
         )
         return groups, labels
 
-    def _search_and_spread(self) -> bool:
-        """MC search for uncertain points, diversity selection, spreading; False if the search failed."""
+    def _search(self, seeds: np.ndarray, n_found: int):
+        sc = self.config["search"]
+        start = torch.as_tensor(seeds[np.arange(sc["n_chains"]) % len(seeds)])
+        return uncertainty_search(
+            self.ensemble, start, n_found, sc["step_size"], sc["std_threshold"], sc["min_steps"], sc["max_steps"],
+            self.torch_gen, self.cg_system.cg_periodic, bounds=None if sc["bounds"] is None else tuple(sc["bounds"]),
+        )
+
+    def _search_and_spread(self, labelled_points: np.ndarray) -> bool:
+        """MC search for uncertain points, diversity selection, spreading; False if the search failed.
+
+        Chains start at the previous iteration's new centres (the paper). With ``search.restart_from_data``
+        a failed search is repeated once from labelled CG points drawn at random, so an uncertain region
+        behind a high barrier of the PMF is still found when it borders the data.
+        """
         sc, sp, ds = self.config["search"], self.config["spreading"], self.config["dataset"]
         periodic = self.cg_system.cg_periodic
         n_found = sc["n_new_points"] * sc["diversity_multiplier"]
-        seeds = self.state.search_start
-        start = torch.as_tensor(seeds[np.arange(sc["n_chains"]) % len(seeds)])
-        result = uncertainty_search(
-            self.ensemble, start, n_found, sc["step_size"], sc["std_threshold"], sc["min_steps"], sc["max_steps"], self.torch_gen, periodic
-        )
-        self.state.history[-1]["mc_steps"] = result.n_steps
+        result = self._search(self.state.search_start, n_found)
+        steps = result.n_steps
+        if not result.success and sc["restart_from_data"]:
+            result = self._search(labelled_points[self.rng.integers(len(labelled_points), size=sc["n_chains"])], n_found)
+            steps += result.n_steps
+        self.state.history[-1]["mc_steps"] = steps
         if not result.success:
             return False
         found = result.points.numpy()
@@ -242,7 +256,7 @@ class ActiveLearningRun:
             st.finished, st.stop_reason = True, f"forward KLD {kld:.3g} < {cfg['loop']['stop_kld']}"
         elif st.iteration >= cfg["loop"]["max_iterations"]:
             st.finished, st.stop_reason = True, f"reached loop.max_iterations = {cfg['loop']['max_iterations']}"
-        elif not self._search_and_spread():
+        elif not self._search_and_spread(self.dataset.point_s[groups]):
             st.finished, st.stop_reason = True, f"MC search found no uncertain point within {cfg['search']['max_steps']} steps"
         st.wall_s += time.perf_counter() - t0
         st.history[-1]["wall_s"] = st.wall_s

@@ -93,18 +93,20 @@ class EnergyTrainer:
         z = flow.sample_base(s.shape[0], generator)
         x_fg, logdet = flow(z, s)
         positions, log_jacobian = self.cg_system.to_cartesian(s, x_fg)
-        keep = torch.ones(s.shape[0], dtype=torch.bool)
-        if self.sample_filter is not None:
-            keep = self.sample_filter(positions.detach())
         before = self.oracle.n_evaluations
-        u = torch.full((s.shape[0],), float("nan"), dtype=positions.dtype)
-        if bool(keep.any()):
-            u = u.index_put((keep,), self.oracle(positions[keep]))
+        if self.sample_filter is None:
+            keep = torch.ones(s.shape[0], dtype=torch.bool)
+            u = self.oracle(positions)
+        else:
+            keep = self.sample_filter(positions.detach())
+            u = torch.full((s.shape[0],), float("nan"), dtype=positions.dtype)
+            if bool(keep.any()):
+                u = u.index_put((keep,), self.oracle(positions[keep]))
         log_p = -u + log_jacobian
         log_q = flow.base_log_prob(z) - logdet
         log_w = (log_p - log_q).detach().numpy().copy()
         per_sample = -log_p - logdet
-        losses = per_sample[keep]
+        losses = per_sample if self.sample_filter is None else per_sample[keep]
         if self.skip_top_k and losses.numel() > self.skip_top_k:
             losses = torch.sort(losses).values[: losses.numel() - self.skip_top_k]
         loss = losses.mean() if losses.numel() else torch.tensor(float("nan"))

@@ -7,7 +7,7 @@ re-initialised and trained from scratch at every fit.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -103,14 +103,16 @@ class PMFEnsemble(nn.Module):
         strategy: str,
         init: str,
         generator: torch.Generator,
-        max_steps: Optional[int] = None,
+        optimizer: str = "adam",
     ) -> List[float]:
         """Train all members from scratch on labels ``F`` (kT) at CG points ``s`` (n, cg_dim).
 
         strategy "bagging": one common random 90 % subset, then a bootstrap resample of it per member.
         strategy "fraction": an independent random 80 % subset per member.
-        ``max_steps`` caps the number of optimizer steps (the cost on a CPU; rounded up to a whole epoch).
-        Returns the mean training MSE (kT^2) per epoch.
+        ``optimizer`` "adam" is the paper's recipe (mini-batches of ``batch_size`` for ``epochs`` epochs);
+        "lbfgs" runs ``epochs`` full-batch L-BFGS iterations (strong-Wolfe line search, ``lr`` = initial
+        step, ``batch_size`` unused): as accurate on MB labels at a tenth of the CPU time.
+        Returns the mean training MSE (kT^2) per epoch (per function evaluation for L-BFGS).
         """
         dtype = self.input_mean.dtype
         s_t = torch.as_tensor(np.asarray(s), dtype=dtype).reshape(-1, self.cg_dim)
@@ -139,11 +141,13 @@ class PMFEnsemble(nn.Module):
         batch_size = min(batch_size, n_member)
         n_batches = n_member // batch_size
         X = self.features(s_t)  # (n, features)
-        optimizer = torch.optim.Adam(self.parameters(), lr=lr, fused=True)
+        if optimizer == "lbfgs":
+            return self._fit_lbfgs(X[members], F_t[members], epochs, lr)
+        if optimizer != "adam":
+            raise ValueError(f"unknown ensemble optimizer '{optimizer}' (use 'adam' or 'lbfgs')")
+        adam = torch.optim.Adam(self.parameters(), lr=lr, fused=True)
         history = []
         rows = torch.arange(M)[:, None]
-        if max_steps is not None:
-            epochs = min(epochs, -(-max_steps // n_batches))
         for _ in range(epochs):
             order = torch.argsort(torch.rand(M, n_member, generator=generator), dim=1)
             shuffled = members[rows, order]
@@ -152,11 +156,29 @@ class PMFEnsemble(nn.Module):
                 idx = shuffled[:, b * batch_size : (b + 1) * batch_size]
                 pred = self._members(X[idx])
                 loss = ((pred - F_t[idx]) ** 2).mean(1).sum()
-                optimizer.zero_grad(set_to_none=True)
+                adam.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                adam.step()
                 total += float(loss.detach())
             history.append(total / (n_batches * M))
+        return history
+
+    def _fit_lbfgs(self, X: torch.Tensor, Y: torch.Tensor, iterations: int, lr: float) -> List[float]:
+        """Full-batch L-BFGS on the sum of the members' MSEs (members stay independent: the sum separates)."""
+        optimizer = torch.optim.LBFGS(
+            self.parameters(), lr=lr, max_iter=iterations, history_size=50, line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12, tolerance_change=1e-15,
+        )
+        history: List[float] = []
+
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            loss = ((self._members(X) - Y) ** 2).mean(1).sum()
+            loss.backward()
+            history.append(float(loss.detach()) / self.n_members)
+            return loss
+
+        optimizer.step(closure)
         return history
 
     def predict(self, s: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -27,14 +27,17 @@ class UncertaintySearchResult:
     success: bool
 
 
-def _metropolis_step(evaluate, x, f, aux, step_size, generator, periodic, active):
-    """One vectorised Metropolis step; ``evaluate(x) -> (F in kT, aux)``; frozen chains (``~active``) stay put."""
+def _metropolis_step(evaluate, x, f, aux, step_size, generator, periodic, active, bounds=None):
+    """One vectorised Metropolis step; ``evaluate(x) -> (F in kT, aux)``; frozen chains (``~active``) stay put.
+    Proposals outside ``bounds`` (lower, upper), if given, are rejected (the target is restricted to the box)."""
     proposal = x + step_size * torch.randn(x.shape, generator=generator, dtype=x.dtype)
     if periodic:
         proposal = wrap_angle(proposal)
     f_new, aux_new = evaluate(proposal)
     u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype)
     accept = (torch.log(u) < -(f_new - f)) & active
+    if bounds is not None:
+        accept = accept & ((proposal >= bounds[0]) & (proposal <= bounds[1])).all(-1)
     x = torch.where(accept[:, None], proposal, x)
     return x, torch.where(accept, f_new, f), torch.where(accept, aux_new, aux), accept
 
@@ -76,13 +79,15 @@ def uncertainty_search(
     max_steps: int,
     generator: torch.Generator,
     periodic: bool = False,
+    bounds: Optional[Tuple[float, float]] = None,
 ) -> UncertaintySearchResult:
     """Run Metropolis chains on the ensemble-mean PMF until ``n_wanted`` chains have stopped.
 
     After every step, a chain that is still running stops (freezes) if the ensemble std at its current
     state exceeds ``std_threshold`` (kT) and it has taken more than ``min_steps`` steps. The first
     ``n_wanted`` stopped chains by chain index are returned. If ``max_steps`` pass first, the search
-    fails (``success=False``) and returns the chains that did stop.
+    fails (``success=False``) and returns the chains that did stop. ``bounds`` = (lower, upper) confines
+    the chains to the CG range of interest (proposals outside are rejected).
     """
     n_chains = start.shape[0]
     if n_wanted > n_chains:
@@ -97,7 +102,7 @@ def uncertainty_search(
     running = torch.ones(n_chains, dtype=torch.bool)
     steps = 0
     while steps < max_steps:
-        x, f, std, _ = _metropolis_step(evaluate, x, f, std, step_size, generator, periodic, running)
+        x, f, std, _ = _metropolis_step(evaluate, x, f, std, step_size, generator, periodic, running, bounds)
         steps += 1
         if steps > min_steps:
             running = running & ~(std > std_threshold)

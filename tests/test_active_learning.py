@@ -1,0 +1,135 @@
+"""Short Müller-Brown active-learning runs: the KLD falls, outputs are complete, and a SIGKILLed run
+resumed from its checkpoint gives exactly the metrics of an uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from openmm_cgflow.active_learning import ActiveLearningDataset, ActiveLearningRun
+from openmm_cgflow.config import load_config
+from openmm_cgflow.export import load_model
+
+SMALL = [
+    "pretraining.epochs=30",
+    "energy_training.epochs_first_iteration=3",
+    "energy_training.epochs=2",
+    "ensemble.epochs=300",
+    "search.max_steps=5000",
+]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mb_run")
+    config = load_config("muller-brown", SMALL + ["loop.max_iterations=5"], seed=3)
+    metrics = ActiveLearningRun(config, out, progress=False).run()
+    return out, metrics
+
+
+def test_short_run_lowers_the_kld(short_run):
+    _, metrics = short_run
+    kld = [row["forward_kld"] for row in metrics["iterations"]]
+    # iteration 1 knows only the starting basin; later iterations add the others
+    assert len(kld) == 5
+    assert kld[-1] < 0.1 * kld[0] and kld[-1] < 1e-2
+    evaluations = [row["energy_evaluations"] for row in metrics["iterations"]]
+    assert all(b > a for a, b in zip(evaluations, evaluations[1:]))
+
+
+def test_outputs_are_complete(short_run):
+    out, metrics = short_run
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for row in on_disk["iterations"]:
+        assert {"iteration", "energy_evaluations", "energy_evaluations_computed", "forward_kld", "wall_s"} <= set(row)
+    totals = on_disk["totals"]
+    assert totals["energy_evaluations"] == on_disk["iterations"][-1]["energy_evaluations"]
+    assert totals["starting_md_steps"] == 11000 and totals["energy_evaluations"] > totals["starting_md_steps"]
+    for figure in ("pmf.png", "pmf_iterations.png", "kld.png"):
+        assert (out / figure).stat().st_size > 10_000
+    assert (out / "checkpoint.pt").exists()
+
+
+def test_exported_models_reproduce_the_run(short_run):
+    out, metrics = short_run
+    ensemble, meta = load_model(out / "models" / "pmf_ensemble.pt", expected_kind="pmf_ensemble", expected_system="muller-brown")
+    assert meta["temperature_K"] == pytest.approx(1202.7235504, rel=1e-9)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    centres = torch.linspace(-2.482, 1.082, 100, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        mean, _ = ensemble.mean_std(centres)
+    np.testing.assert_allclose(mean.numpy(), checkpoint["state"]["history"][-1]["mean"], rtol=1e-10)
+    flow, meta = load_model(out / "models" / "flow.pt", expected_kind="conditional_flow")
+    z = torch.zeros(3, 1, dtype=torch.float64)
+    x, logdet = flow(z, torch.full((3, 1), -2.0, dtype=torch.float64))
+    assert torch.isfinite(x).all() and torch.isfinite(logdet).all()
+
+
+def test_refuses_to_overwrite_an_existing_run(short_run):
+    out, _ = short_run
+    config = load_config("muller-brown", SMALL + ["loop.max_iterations=5"], seed=3)
+    with pytest.raises(ValueError, match="use --resume"):
+        ActiveLearningRun(config, out, progress=False).run()
+
+
+def test_resume_with_a_different_config_is_refused(short_run):
+    out, _ = short_run
+    config = load_config("muller-brown", SMALL + ["loop.max_iterations=6"], seed=3)
+    with pytest.raises(ValueError, match="different config.*loop.max_iterations"):
+        ActiveLearningRun(config, out, progress=False).run(resume=True)
+
+
+def _cli(out, *extra):
+    args = [sys.executable, "-m", "openmm_cgflow.cli", "run", "muller-brown", "--out", str(out), "--quiet", "--seed", "3"]
+    for item in SMALL + ["loop.max_iterations=4"]:
+        args += ["--set", item]
+    return args + list(extra)
+
+
+def _comparable(metrics):
+    return [{k: v for k, v in row.items() if k != "wall_s"} for row in metrics["iterations"]]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(reference), check=True, timeout=600, capture_output=True)
+    expected = json.loads((reference / "metrics.json").read_text())
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_cli(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics_file = killed / "metrics.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if metrics_file.exists() and len(json.loads(metrics_file.read_text())["iterations"]) >= 1:
+            break
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before_kill = len(json.loads(metrics_file.read_text())["iterations"])
+    assert done_before_kill < len(expected["iterations"]), "the run finished before it could be killed"
+
+    subprocess.run(_cli(killed, "--resume"), check=True, timeout=600, capture_output=True)
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert _comparable(resumed) == _comparable(expected)
+    assert resumed["totals"]["energy_evaluations"] == expected["totals"]["energy_evaluations"]
+
+
+def test_dataset_epoch_composition():
+    rng = np.random.default_rng(0)
+    ds = ActiveLearningDataset(1)
+    ds.add_points(np.linspace(0, 1, 100)[:, None], 0, rng, 0.8, 30)
+    assert ds.n_entries == 3000 and ds.point_train.sum() == 80
+    batches = ds.epoch_batches(rng, 8, 0.3)
+    assert len(batches) == 300  # 2400 newest training entries, no older ones yet
+    ds.add_points(np.linspace(2, 3, 65)[:, None], 1, rng, 0.8, 30)
+    batches = ds.epoch_batches(rng, 8, 0.3)
+    chosen = np.concatenate(batches)
+    assert len(batches) == (1560 + 468) // 8  # SPEC §7 MB: 253 batches of 8
+    newest = ds.point_iteration[ds.entry_point[chosen]] == 1
+    assert newest.sum() >= 1560 - 8 and (~newest).sum() <= 468
+    assert ds.point_train[ds.entry_point[chosen]].all()

@@ -1,0 +1,82 @@
+"""Config loading and validation; the CLI reports bad input in one line with exit status 2."""
+import subprocess
+import sys
+
+import pytest
+
+from openmm_cgflow.config import ConfigError, builtin_configs, load_config
+
+
+def test_builtin_muller_brown_has_paper_defaults():
+    cfg = load_config("muller-brown")
+    assert cfg["system"] == "muller-brown"
+    assert cfg["pretraining"] == {"epochs": 80, "batch_size": 16, "lr": 5e-4}
+    assert cfg["energy_training"]["batch_size"] == 8 and cfg["energy_training"]["clip_norm"] == 20.0
+    assert cfg["search"]["n_chains"] == 50 and cfg["search"]["std_threshold"] == 0.4
+    assert cfg["dataset"]["copies"] == 30 and cfg["spreading"]["n_points"] == 65
+    assert "muller-brown" in builtin_configs()
+
+
+def test_overrides_seed_and_yaml_numbers():
+    cfg = load_config("muller-brown", ["ensemble.lr=2e-3", "loop.max_iterations=3", "search.bounds=[-2.5, 1.1]"], seed=7)
+    assert cfg["ensemble"]["lr"] == 2e-3 and cfg["loop"]["max_iterations"] == 3 and cfg["seed"] == 7
+    assert cfg["search"]["bounds"] == [-2.5, 1.1]
+
+
+def test_user_file_inherits_defaults(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("system: muller-brown\nloop:\n  max_iterations: 2\n")
+    cfg = load_config(str(path))
+    assert cfg["loop"]["max_iterations"] == 2 and cfg["ensemble"]["n_members"] == 10
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("ensemble.lrr=1", "unknown config key 'ensemble.lrr'"),
+        ("bogus.key=1", "unknown config key 'bogus.key'"),
+        ("ensemble.lr=-1", "'ensemble.lr' must be > 0"),
+        ("ensemble.n_members=ten", "'ensemble.n_members' must be of type int"),
+        ("ensemble.strategy=boost", "'ensemble.strategy' must be one of"),
+        ("dataset.train_fraction=1.5", "'dataset.train_fraction' must lie in [0, 1]"),
+        ("energy.platform=Metal", "'energy.platform' must be one of"),
+        ("search.bounds=[1]", "'search.bounds' must be null or [lower, upper]"),
+        ("ensemble.n_members=1", "'ensemble.n_members' must be >= 2"),
+        ("noequals", "must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_raise_clear_errors(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config("muller-brown", [override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_and_unknown_builtin(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="neither a built-in config"):
+        load_config("no-such-system")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "openmm_cgflow.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_reports_unknown_key_in_one_line(tmp_path):
+    result = run_cli("run", "muller-brown", "--out", str(tmp_path / "x"), "--set", "loop.max_iteration=3")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cgflow: error: unknown config key 'loop.max_iteration'")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_reports_bad_value_in_one_line(tmp_path):
+    result = run_cli("run", "muller-brown", "--out", str(tmp_path / "x"), "--set", "search.step_size=0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "cgflow: error: config key 'search.step_size' must be > 0, got 0.0"
+
+
+def test_cli_resume_without_checkpoint(tmp_path):
+    result = run_cli("run", "muller-brown", "--out", str(tmp_path / "empty"), "--resume", "--quiet")
+    assert result.returncode == 2 and "no checkpoint to resume from" in result.stderr
