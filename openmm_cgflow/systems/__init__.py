@@ -9,6 +9,7 @@ from .base import CGSystem, kT_in_kJ_per_mol  # noqa: F401
 # name -> "module:function"; modules are imported only when the system is requested.
 _REGISTRY: Dict[str, str] = {
     "muller-brown": "openmm_cgflow.systems.muller_brown:create_muller_brown_system",
+    "alanine-dipeptide": "openmm_cgflow.systems.alanine_dipeptide:create_alanine_dipeptide_system",
 }
 
 

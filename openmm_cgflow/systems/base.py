@@ -44,6 +44,10 @@ class CGSystem:
         ``positions (B, n_atoms, 3) -> (s, x_fg)``, torch.
     metadata:
         Free-form facts stored in exported model files (CG definition, angle convention, ...).
+    cg_domain:
+        Range of the CG coordinates that is scored and explored.
+    extras:
+        System-specific helpers (e.g. the internal-coordinate transform of a molecule).
     """
 
     name: str
@@ -58,6 +62,7 @@ class CGSystem:
     from_cartesian: Callable[[torch.Tensor], tuple]
     metadata: Dict[str, object] = field(default_factory=dict)
     cg_domain: Optional[tuple] = None
+    extras: Dict[str, object] = field(default_factory=dict)
 
     @property
     def n_atoms(self) -> int:

@@ -1,0 +1,177 @@
+"""Alanine dipeptide (ACE-ALA-NME, 22 atoms) in OBC1 implicit solvent (SPEC §2.2).
+
+Hamiltonian: the Amber ff96 prmtop shipped with openmmtools' AlanineDipeptideImplicit, created with
+implicitSolvent=OBC1, nonbondedMethod=NoCutoff, constraints=None (bonds to H are flexible), at 300 K.
+
+CG coordinates are the backbone dihedrals phi = C(4)-N(6)-CA(8)-C(14) and psi = N(6)-CA(8)-C(14)-N(16).
+Two frames are offered:
+* IUPAC angles (mdtraj's convention), for users: :func:`phi_psi`;
+* the paper's frame (SPEC §2.2.1), used by every model and metric: s = wrap(-angle_IUPAC - ref_bg), where
+  ref_bg = -angle_IUPAC of our minimised structure. These are entries 17 and 44 of the internal vector.
+"""
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from typing import Tuple
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import torch
+
+from ..coordinates.geometry import dihedral_angles, wrap_angle
+from ..coordinates.zmatrix import ZMatrixTransform
+from .base import CGSystem
+
+TEMPERATURE = 300.0  # K
+N_ATOMS = 22
+#: IUPAC (mdtraj) atom quadruples of the CG dihedrals.
+PHI_ATOMS = (4, 6, 8, 14)
+PSI_ATOMS = (6, 8, 14, 16)
+#: Reference triangle (CA, N, C) and Z-matrix rows (atom, bond, angle, dihedral partner), SPEC §2.2.1.
+REFERENCE_ATOMS = (8, 6, 14)
+Z_MATRIX = (
+    (0, 1, 4, 6), (1, 4, 6, 8), (2, 1, 4, 0), (3, 1, 4, 0), (4, 6, 8, 14), (5, 4, 6, 8), (7, 6, 8, 4),
+    (9, 8, 6, 4), (10, 8, 6, 4), (11, 10, 8, 6), (12, 10, 8, 11), (13, 10, 8, 11), (15, 14, 8, 16),
+    (16, 14, 8, 6), (17, 16, 14, 15), (18, 16, 14, 8), (19, 18, 16, 14), (20, 18, 16, 19), (21, 18, 16, 19),
+)
+#: Atoms whose dihedral is circular (periodic, std 1): FAB's list mapped to atoms (SPEC §2.2.1).
+CIRCULAR_ATOMS = (0, 1, 4, 5, 7, 9, 10, 11, 16, 17, 18, 19)
+#: Positions of phi and psi in the 60-dim internal vector, and the circular entries of the 58-dim flow vector.
+CG_INDICES = (17, 44)
+FLOW_CIRCULAR_INDICES = (5, 8, 19, 22, 25, 28, 31, 45, 48, 51)
+#: FAB chirality rule (SPEC §5.3): L if |wrap(y[17] - y[26]) - (-0.043)| < threshold.
+FAB_CHIRALITY_OFFSET = -0.043
+
+
+def amber_files() -> Tuple[str, str]:
+    """Paths of the prmtop and inpcrd files shipped with openmmtools."""
+    import openmmtools
+
+    folder = os.path.join(os.path.dirname(openmmtools.__file__), "data", "alanine-dipeptide-gbsa")
+    prmtop, inpcrd = os.path.join(folder, "alanine-dipeptide.prmtop"), os.path.join(folder, "alanine-dipeptide.crd")
+    for path in (prmtop, inpcrd):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"openmmtools' alanine-dipeptide file is missing: {path}")
+    return prmtop, inpcrd
+
+
+def create_openmm_system() -> Tuple[openmm.System, app.Topology, np.ndarray]:
+    """(System, Topology, inpcrd positions in nm) of the paper's Hamiltonian."""
+    prmtop_path, inpcrd_path = amber_files()
+    prmtop = app.AmberPrmtopFile(prmtop_path)
+    inpcrd = app.AmberInpcrdFile(inpcrd_path)
+    system = prmtop.createSystem(implicitSolvent=app.OBC1, nonbondedMethod=app.NoCutoff, constraints=None)
+    return system, prmtop.topology, np.asarray(inpcrd.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+
+
+@lru_cache(maxsize=1)
+def minimised_structure() -> np.ndarray:
+    """Our energy-minimised structure (nm), on the Reference platform from the inpcrd (deterministic)."""
+    system, _, positions = create_openmm_system()
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    openmm.LocalEnergyMinimizer.minimize(context, 1e-3, 0)
+    return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+
+
+def phi_psi(positions) -> np.ndarray:
+    """IUPAC (mdtraj-convention) phi and psi in radians, (B, 2), from positions (B, 22, 3) nm."""
+    x = torch.as_tensor(np.asarray(positions, dtype=np.float64)).reshape(-1, N_ATOMS, 3)
+    phi = dihedral_angles(*(x[:, i] for i in PHI_ATOMS))
+    psi = dihedral_angles(*(x[:, i] for i in PSI_ATOMS))
+    return torch.stack([phi, psi], dim=-1).numpy()
+
+
+def is_l_chirality_geometric(positions: torch.Tensor) -> torch.Tensor:
+    """SPEC §5.3 "alternative" rule: with vectors from CA, n = (C - N) x (CB - N); L if n . (HA - N) < 0."""
+    x = torch.as_tensor(positions)
+    ca = x[:, 8]
+    n, c, cb, ha = x[:, 6] - ca, x[:, 14] - ca, x[:, 10] - ca, x[:, 9] - ca
+    normal = torch.linalg.cross(c - n, cb - n, dim=-1)
+    return (normal * (ha - n)).sum(-1) < 0
+
+
+class AlanineDipeptideCG:
+    """The internal-coordinate machinery of ALDP: transform, CG split, chirality (FAB rule)."""
+
+    def __init__(self, transform: ZMatrixTransform):
+        self.transform = transform
+        keep = [i for i in range(transform.dim) if i not in CG_INDICES]
+        self.fg_index = torch.tensor(keep, dtype=torch.long)
+        self.cg_index = torch.tensor(CG_INDICES, dtype=torch.long)
+
+    def split(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return y[:, self.cg_index], y[:, self.fg_index]
+
+    def join(self, s: torch.Tensor, x_fg: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(s.shape[0], self.transform.dim, dtype=x_fg.dtype)
+        y = y.index_copy(1, self.cg_index, s.to(x_fg.dtype))
+        return y.index_copy(1, self.fg_index, x_fg)
+
+    def to_cartesian(self, s: torch.Tensor, x_fg: torch.Tensor):
+        """(s (B, 2) paper frame, x_fg (B, 58)) -> (positions (B, 22, 3) nm, ln|det dx/dy|)."""
+        return self.transform.inverse(self.join(s, x_fg))
+
+    def from_cartesian(self, positions: torch.Tensor):
+        """positions (B, 22, 3) nm -> (s (B, 2) paper frame, x_fg (B, 58))."""
+        y, _ = self.transform(torch.as_tensor(positions, dtype=torch.float64))
+        return self.split(y)
+
+    def is_l_chirality_fab(self, positions: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
+        """SPEC §5.3 FAB rule on internal coordinates: d = wrap(y[17] - y[26]); L if |d + 0.043| < threshold."""
+        y, _ = self.transform(torch.as_tensor(positions, dtype=torch.float64))
+        d = wrap_angle(y[:, 17] - y[:, 26])
+        return torch.abs(d - FAB_CHIRALITY_OFFSET) < threshold
+
+
+def paper_frame_references() -> Tuple[float, float]:
+    """(phi_ref_bg, psi_ref_bg) in rad: boltzgen-signed phi/psi of our minimised structure."""
+    phi, psi = phi_psi(minimised_structure()[None])[0]
+    return -float(phi), -float(psi)
+
+
+def to_paper_frame(phi_psi_iupac: np.ndarray) -> np.ndarray:
+    """IUPAC (phi, psi) rad -> the paper's shifted, sign-flipped CG frame s = wrap(-angle - ref_bg)."""
+    ref = np.array(paper_frame_references())
+    return np.remainder(-np.asarray(phi_psi_iupac) - ref + math.pi, 2 * math.pi) - math.pi
+
+
+def from_paper_frame(s: np.ndarray) -> np.ndarray:
+    """The paper's CG frame -> IUPAC (phi, psi) in rad, wrapped into [-pi, pi)."""
+    ref = np.array(paper_frame_references())
+    return np.remainder(-(np.asarray(s) + ref) + math.pi, 2 * math.pi) - math.pi
+
+
+def create_alanine_dipeptide_system() -> CGSystem:
+    """The ALDP CGSystem: OpenMM System (ff96 + OBC1, NoCutoff, no constraints), 300 K, CG = (phi, psi)."""
+    system, topology, _ = create_openmm_system()
+    minimum = minimised_structure()
+    bonds = [(b[0].index, b[1].index) for b in topology.bonds()]
+    transform = ZMatrixTransform.build(N_ATOMS, REFERENCE_ATOMS, Z_MATRIX, CIRCULAR_ATOMS, minimum, bonds=bonds)
+    cg = AlanineDipeptideCG(transform)
+    phi_ref, psi_ref = paper_frame_references()
+    return CGSystem(
+        name="alanine-dipeptide",
+        system=system,
+        topology=topology,
+        positions=minimum,
+        temperature=TEMPERATURE,
+        cg_dim=2,
+        fg_dim=transform.dim - 2,
+        cg_periodic=True,
+        to_cartesian=cg.to_cartesian,
+        from_cartesian=cg.from_cartesian,
+        metadata={
+            "cg_definition": {"phi": list(PHI_ATOMS), "psi": list(PSI_ATOMS)},
+            "angle_convention": "paper frame: s = wrap(-angle_IUPAC - ref_bg), ref_bg = -angle_IUPAC(minimum)",
+            "phi_ref_bg_rad": phi_ref,
+            "psi_ref_bg_rad": psi_ref,
+            "hamiltonian": "amber ff96 (openmmtools prmtop), OBC1, NoCutoff, no constraints",
+        },
+        cg_domain=((-math.pi, math.pi), (-math.pi, math.pi)),
+        extras={"cg": cg, "transform": transform},
+    )
