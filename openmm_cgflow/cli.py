@@ -1,6 +1,7 @@
 """The ``cgflow`` command line.
 
     cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
+    cgflow data aldp-start [--seed N] [--platform CPU]   make and cache alanine-dipeptide starting data
     cgflow configs                      list the built-in configs
     cgflow show-config CONFIG_OR_BUILTIN [--set ...]   print the resolved config as YAML
 
@@ -29,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. loop.max_iterations=5")
     run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    data = sub.add_parser("data", help="make and cache input data")
+    data.add_argument("what", choices=["aldp-start"], help="aldp-start: 50 ps of alanine-dipeptide MD (5,000 frames)")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--platform", default="CPU", help="OpenMM platform (CPU is pinned to one core)")
+    data.add_argument("--out", type=Path, default=None, help="file to write (default: the cache)")
     sub.add_parser("configs", help="list the built-in configs")
     show = sub.add_parser("show-config", help="print a resolved config")
     show.add_argument("config")
@@ -40,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "data":
+            import os
+
+            from .sampling.starting_data import aldp_starting_data
+
+            if args.platform == "CPU" and hasattr(os, "sched_setaffinity"):
+                os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+            result = aldp_starting_data(args.seed, args.platform, args.out)
+            print(f"{len(result['frames'])} frames, {result['md_steps']} MD steps, in {result['path']}")
+            return 0
         if args.command == "configs":
             print("\n".join(builtin_configs()))
             return 0
@@ -50,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .active_learning import ActiveLearningRun
 
         metrics = ActiveLearningRun(config, args.out, progress=not args.quiet).run(resume=args.resume)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"cgflow: error: {error}", file=sys.stderr)
         return 2
     totals = metrics["totals"]
