@@ -35,8 +35,8 @@ def bare_rate(system, positions, platform_name, properties, repeats):
     return best
 
 
-def oracle_rate(cg_system, positions, platform_name, n_workers, repeats):
-    with EnergyOracle(cg_system, platform_name, n_workers=n_workers) as oracle:
+def oracle_rate(cg_system, positions, platform_name, n_workers, repeats, in_process=None):
+    with EnergyOracle(cg_system, platform_name, n_workers=n_workers, in_process=in_process) as oracle:
         oracle.evaluate(positions[:8])  # warm up
         best = 0.0
         for _ in range(repeats):
@@ -62,6 +62,8 @@ def main() -> None:
     limit = bare_rate(aldp.system, frames, args.platform, properties, args.repeats)
     os.sched_setaffinity(0, set(cores))
     rows = [{"what": "bare Context loop, 1 pinned process", "workers": 1, "evaluations_per_s": limit, "ideal": limit, "ratio": 1.0}]
+    rate = oracle_rate(aldp, frames, args.platform, 1, args.repeats, in_process=True)
+    rows.append({"what": "EnergyOracle, in-process (unpinned)", "workers": 1, "evaluations_per_s": rate, "ideal": limit, "ratio": rate / limit})
     for workers in args.workers:
         rate = oracle_rate(aldp, frames, args.platform, workers, args.repeats)
         ideal = limit * min(workers, len(cores))
