@@ -15,7 +15,6 @@ import platform as host
 import time
 from pathlib import Path
 
-import numpy as np
 import torch  # noqa: F401  (before openmm)
 import openmm
 

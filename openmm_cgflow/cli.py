@@ -10,7 +10,6 @@ Errors in the input (config keys, values, files) are reported in one line and ex
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional

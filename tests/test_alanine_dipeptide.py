@@ -1,5 +1,4 @@
 """Alanine dipeptide: system, internal coordinates (round trip, Jacobian, phi/psi), chirality, energy oracle."""
-import math
 
 import mdtraj
 import numpy as np

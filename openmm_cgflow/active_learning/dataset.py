@@ -6,7 +6,7 @@ importance weight ln p~(x) - ln q(x | s) of its most recent sample (NaN until ev
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 

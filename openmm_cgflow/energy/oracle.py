@@ -17,12 +17,11 @@ import subprocess
 import sys
 import weakref
 from multiprocessing.connection import Connection
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import openmm
-import openmm.unit as unit
 
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
 

@@ -5,16 +5,12 @@ min(1, exp(-(F_new - F_old))).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 import torch
 
-
-def wrap_angle(x: torch.Tensor) -> torch.Tensor:
-    """Wrap angles (rad) into [-pi, pi)."""
-    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+from ..coordinates.geometry import wrap_angle
 
 
 @dataclass
