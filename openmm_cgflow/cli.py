@@ -2,6 +2,7 @@
 
     cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
     cgflow data aldp-start [--seed N] [--platform CPU]   make and cache alanine-dipeptide starting data
+    cgflow md-baseline aldp --steps N --out DIR [--reference FILE] [--resume]   MD baseline
     cgflow configs                      list the built-in configs
     cgflow show-config CONFIG_OR_BUILTIN [--set ...]   print the resolved config as YAML
 
@@ -34,6 +35,16 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--platform", default="CPU", help="OpenMM platform (CPU is pinned to one core)")
     data.add_argument("--out", type=Path, default=None, help="file to write (default: the cache)")
+    md = sub.add_parser("md-baseline", help="plain MD and its KLD-vs-steps curve (the denominator of every speedup)")
+    md.add_argument("system", choices=["aldp"])
+    md.add_argument("--steps", type=int, required=True, help="number of 1 fs MD steps")
+    md.add_argument("--out", type=Path, required=True)
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--platform", default="CPU")
+    md.add_argument("--record-every", type=int, default=10, help="steps between histogrammed frames")
+    md.add_argument("--reference", type=Path, default=None, help="reference file to score the curve against")
+    md.add_argument("--resume", action="store_true")
+    md.add_argument("--quiet", action="store_true")
     sub.add_parser("configs", help="list the built-in configs")
     show = sub.add_parser("show-config", help="print a resolved config")
     show.add_argument("config")
@@ -54,6 +65,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
             result = aldp_starting_data(args.seed, args.platform, args.out)
             print(f"{len(result['frames'])} frames, {result['md_steps']} MD steps, in {result['path']}")
+            return 0
+        if args.command == "md-baseline":
+            import os
+
+            from .reference.md_baseline import run_md_baseline, score_md_baseline
+
+            if args.steps < args.record_every or args.record_every < 1:
+                raise ValueError("--steps must be >= --record-every >= 1")
+            if args.platform == "CPU" and hasattr(os, "sched_setaffinity"):
+                os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+            summary = run_md_baseline(args.out, args.steps, args.seed, args.platform, args.record_every, args.resume, not args.quiet)
+            print(f"{summary['steps']} MD steps at {summary['steps_per_s']:.0f} steps/s; histograms in {args.out}")
+            if args.reference is not None:
+                for point in score_md_baseline(args.out, args.reference):
+                    print(f"{point['md_steps']:>12d} steps  forward KLD {point['forward_kld']:.4e}")
             return 0
         if args.command == "configs":
             print("\n".join(builtin_configs()))
