@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, type=Path, help="output directory (metrics.json, figures, models/, checkpoint)")
     run.add_argument("--seed", type=int, default=None, help="random seed (overrides the config's)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. loop.max_iterations=5")
-    run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt (with its stored config unless --set/--seed are given, which must then match)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     data = sub.add_parser("data", help="make and cache input data")
     data.add_argument("what", choices=["aldp-start"], help="aldp-start: 50 ps of alanine-dipeptide MD (5,000 frames)")
@@ -84,7 +84,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "configs":
             print("\n".join(builtin_configs()))
             return 0
-        config = load_config(args.config, args.overrides, args.seed)
+        if args.command == "run" and args.resume and not args.overrides and args.seed is None:
+            # a plain --resume continues with the config stored in the checkpoint
+            from .active_learning.checkpoint import load_checkpoint
+            from .active_learning.loop import CHECKPOINT_NAME
+
+            config = load_checkpoint(args.out / CHECKPOINT_NAME)["config"]
+            if load_config(args.config)["system"] != config["system"]:
+                raise ConfigError(f"{args.out} holds a run of system '{config['system']}', not '{args.config}'")
+        else:
+            config = load_config(args.config, args.overrides, args.seed)
         if args.command == "show-config":
             print(yaml.safe_dump(config, sort_keys=False), end="")
             return 0

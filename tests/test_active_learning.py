@@ -113,7 +113,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     done_before_kill = len(json.loads(metrics_file.read_text())["iterations"])
     assert done_before_kill < len(expected["iterations"]), "the run finished before it could be killed"
 
-    subprocess.run(_cli(killed, "--resume"), check=True, timeout=600, capture_output=True)
+    # a plain --resume (no --set/--seed) continues with the config stored in the checkpoint
+    plain_resume = [sys.executable, "-m", "openmm_cgflow.cli", "run", "muller-brown", "--out", str(killed), "--quiet", "--resume"]
+    subprocess.run(plain_resume, check=True, timeout=600, capture_output=True)
     resumed = json.loads((killed / "metrics.json").read_text())
     assert _comparable(resumed) == _comparable(expected)
     assert resumed["totals"]["energy_evaluations"] == expected["totals"]["energy_evaluations"]
