@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.command == "run" and args.resume and not args.overrides and args.seed is None:
             # a plain --resume continues with the config stored in the checkpoint
-            from .active_learning.checkpoint import load_checkpoint
+            from .storage import load_checkpoint
             from .active_learning.loop import CHECKPOINT_NAME
 
             config = load_checkpoint(args.out / CHECKPOINT_NAME)["config"]

@@ -7,13 +7,13 @@ archives hold code and tensors only, and the metadata is parsed as JSON and vali
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
 import torch
 
 from . import __version__
+from .storage import atomic_write
 
 METADATA_FILE = "metadata.json"
 REQUIRED_METADATA = ("format_version", "kind", "system", "temperature_K", "energy_unit", "length_unit", "package_version")
@@ -26,8 +26,6 @@ class ModelFileError(ValueError):
 
 def save_model(module: torch.nn.Module, path: Union[str, Path], kind: str, system: str, temperature_K: float, **metadata: Any) -> Path:
     """Script ``module`` and write it with its metadata to ``path`` (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
@@ -39,10 +37,8 @@ def save_model(module: torch.nn.Module, path: Union[str, Path], kind: str, syste
         **metadata,
     }
     scripted = torch.jit.script(module)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(record, sort_keys=True)})
-    os.replace(tmp, path)
-    return path
+    extra = {METADATA_FILE: json.dumps(record, sort_keys=True)}
+    return atomic_write(Path(path), lambda handle: torch.jit.save(scripted, handle, _extra_files=extra))
 
 
 def load_model(path: Union[str, Path], expected_kind: str = None, expected_system: str = None) -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:

@@ -27,7 +27,7 @@ from ..pmf import PMFEnsemble, free_energy_labels
 from ..reference.kld import forward_kld
 from ..sampling import farthest_point_selection, run_langevin, spread_disc, spread_uniform_interval, uncertainty_search
 from ..systems import CGSystem, create_system
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from ..storage import load_checkpoint, save_checkpoint, write_json
 from .dataset import ActiveLearningDataset
 
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict
 
 import numpy as np
 
+from ..storage import atomic_write
 from .kld import forward_kld
 
 N_BINS = 100
@@ -84,12 +84,10 @@ def save_reference(path: Path, probabilities: np.ndarray, provenance: Dict[str, 
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] != p.shape[1] or abs(p.sum() - 1) > 1e-8 or (p < 0).any():
         raise ValueError("reference probabilities must be a square (n, n) grid of non-negative values summing to 1")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, probabilities=p, edges=grid_edges(p.shape[0]), frame=FRAME, provenance=json.dumps(provenance))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(
+        Path(path),
+        lambda handle: np.savez_compressed(handle, probabilities=p, edges=grid_edges(p.shape[0]), frame=FRAME, provenance=json.dumps(provenance)),
+    )
 
 
 def load_reference(path: Path, n_bins: int = N_BINS) -> ReferencePMF:

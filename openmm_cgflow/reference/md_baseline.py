@@ -15,7 +15,7 @@ import openmm
 import openmm.unit as unit
 from tqdm.auto import tqdm
 
-from ..active_learning.checkpoint import load_checkpoint, save_checkpoint, write_json
+from ..storage import atomic_write, load_checkpoint, save_checkpoint, write_json
 from ..energy.oracle import resolve_platform
 from ..systems import create_system
 from ..systems.alanine_dipeptide import phi_psi, to_paper_frame
@@ -86,9 +86,8 @@ def run_md_baseline(
 def _write_outputs(out: Path, state: Dict[str, object]) -> Dict[str, object]:
     """Histogram snapshots so far (``md_histograms.npz``) and the summary (``md_baseline.json``)."""
     steps_list = sorted(state["snapshots"])
-    tmp = out / "md_histograms.tmp.npz"
-    np.savez_compressed(tmp, steps=np.array(steps_list, dtype=np.int64), counts=np.array([state["snapshots"][s] for s in steps_list], dtype=np.int64).reshape(-1, 100, 100))
-    tmp.replace(out / "md_histograms.npz")
+    counts = np.array([state["snapshots"][s] for s in steps_list], dtype=np.int64).reshape(-1, 100, 100)
+    atomic_write(out / "md_histograms.npz", lambda handle: np.savez_compressed(handle, steps=np.array(steps_list, dtype=np.int64), counts=counts))
     summary = {
         "protocol": "minimise, Langevin (LangevinMiddle) 1 fs, 300 K, friction 1/ps, OBC1, no constraints",
         "record_every": state["record_every"],

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..storage import atomic_write
 from ..systems import create_system
 from .molecular_dynamics import run_langevin
 
@@ -40,8 +41,5 @@ def aldp_starting_data(seed: int = 0, platform: str = "CPU", path: Optional[Path
         "wall_s": time.perf_counter() - start,
         "command": f"cgflow data aldp-start --seed {seed} --platform {platform}",
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, frames=md.frames.astype(np.float32), md_steps=md.n_steps, provenance=json.dumps(provenance))
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: np.savez_compressed(handle, frames=md.frames.astype(np.float32), md_steps=md.n_steps, provenance=json.dumps(provenance)))
     return {"frames": md.frames, "md_steps": md.n_steps, "provenance": provenance, "path": path}

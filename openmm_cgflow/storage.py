@@ -1,15 +1,18 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, fsync, then rename over the old one."""
+"""Atomic file writes for everything a run leaves behind (checkpoints, metrics, models, data, references):
+write to a temporary file in the same folder, fsync, then rename over the old one, so a kill never leaves a
+half-written file."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, BinaryIO, Callable, Dict
 
 import torch
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(handle)`` on a temporary binary file, then atomically move it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -18,11 +21,12 @@ def _atomic_write(path: Path, write) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    return path
 
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     """Write ``state`` (tensors, numpy arrays, plain Python) atomically with torch.save."""
-    _atomic_write(path, lambda handle: torch.save(state, handle))
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
@@ -35,4 +39,4 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (metrics files are read while runs go on)."""
-    _atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=2).encode()))
+    atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=2).encode()))
