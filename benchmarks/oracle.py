@@ -19,6 +19,7 @@ import torch  # noqa: F401  (before openmm)
 import openmm
 
 from openmm_cgflow import EnergyOracle, create_system
+from openmm_cgflow.energy import default_properties, pin_to_core
 from openmm_cgflow.sampling import run_langevin
 
 
@@ -56,9 +57,8 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     aldp = create_system("alanine-dipeptide")
     frames = run_langevin(aldp, n_steps=args.batch * 10, save_every=10, seed=0, platform="Reference").frames
-    properties = {"Threads": "1"} if args.platform == "CPU" else {}
-    os.sched_setaffinity(0, {cores[0]})  # the bare loop: one pinned process
-    limit = bare_rate(aldp.system, frames, args.platform, properties, args.repeats)
+    pin_to_core(cores[0])  # the bare loop: one pinned process
+    limit = bare_rate(aldp.system, frames, args.platform, default_properties(args.platform), args.repeats)
     os.sched_setaffinity(0, set(cores))
     rows = [{"what": "bare Context loop, 1 pinned process", "workers": 1, "evaluations_per_s": limit, "ideal": limit, "ratio": 1.0}]
     rate = oracle_rate(aldp, frames, args.platform, 1, args.repeats, in_process=True)

@@ -56,25 +56,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "data":
-            import os
+        if args.command in ("data", "md-baseline") and args.platform == "CPU":
+            from .energy import pin_to_core
 
+            pin_to_core()
+        if args.command == "data":
             from .sampling.starting_data import aldp_starting_data
 
-            if args.platform == "CPU" and hasattr(os, "sched_setaffinity"):
-                os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
             result = aldp_starting_data(args.seed, args.platform, args.out)
             print(f"{len(result['frames'])} frames, {result['md_steps']} MD steps, in {result['path']}")
             return 0
         if args.command == "md-baseline":
-            import os
-
             from .reference.md_baseline import run_md_baseline, score_md_baseline
 
             if args.steps < args.record_every or args.record_every < 1:
                 raise ValueError("--steps must be >= --record-every >= 1")
-            if args.platform == "CPU" and hasattr(os, "sched_setaffinity"):
-                os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
             summary = run_md_baseline(args.out, args.steps, args.seed, args.platform, args.record_every, args.resume, not args.quiet)
             print(f"{summary['steps']} MD steps at {summary['steps_per_s']:.0f} steps/s; histograms in {args.out}")
             if args.reference is not None:

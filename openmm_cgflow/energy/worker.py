@@ -5,14 +5,15 @@ The parent first sends (system_xml, platform_name, properties); the worker answe
 ("error", message), then serves ("eval", positions) requests until ("stop", None) or until the
 parent goes away (EOF), so a killed parent never leaves workers behind.
 """
-import os
 import sys
 from multiprocessing.connection import Connection
 
 
 def main(fd: int, core: int) -> None:
-    if core >= 0 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {core})
+    from .oracle import pin_to_core
+
+    if core >= 0:
+        pin_to_core(core)
     conn = Connection(fd)
     try:
         system_xml, platform_name, properties = conn.recv()

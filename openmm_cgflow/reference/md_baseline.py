@@ -16,7 +16,7 @@ import openmm.unit as unit
 from tqdm.auto import tqdm
 
 from ..storage import atomic_write, load_checkpoint, save_checkpoint, write_json
-from ..energy.oracle import resolve_platform
+from ..energy.oracle import default_properties, resolve_platform
 from ..systems import create_system
 from ..systems.alanine_dipeptide import phi_psi, to_paper_frame
 from .grid import MD_PSEUDOCOUNT, histogram_counts, kld_of_histogram, load_reference
@@ -40,8 +40,7 @@ def run_md_baseline(
     aldp = create_system("alanine-dipeptide")
     integrator = openmm.LangevinMiddleIntegrator(aldp.temperature * unit.kelvin, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
     integrator.setRandomNumberSeed(seed)
-    properties = {"Threads": "1"} if platform == "CPU" else {}
-    context = openmm.Context(aldp.system, integrator, resolve_platform(platform), properties)
+    context = openmm.Context(aldp.system, integrator, resolve_platform(platform), default_properties(platform))
     if resume:
         state = load_checkpoint(checkpoint_path)
         if (state["steps_target"], state["seed"], state["record_every"]) != (steps, seed, record_every):

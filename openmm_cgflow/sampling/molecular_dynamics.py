@@ -8,7 +8,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
-from ..energy.oracle import resolve_platform
+from ..energy.oracle import default_properties, resolve_platform
 from ..systems.base import CGSystem
 
 
@@ -33,14 +33,15 @@ def run_langevin(
     properties: Optional[dict] = None,
 ) -> MDResult:
     """Minimise (optional), then run ``n_steps`` LangevinMiddle steps at the system's temperature,
-    saving every ``save_every``-th frame. Minimiser force evaluations are not counted as MD steps."""
+    saving every ``save_every``-th frame. Minimiser force evaluations are not counted as MD steps.
+    ``properties`` default to :func:`~openmm_cgflow.energy.oracle.default_properties` of the platform."""
     if n_steps < 1 or save_every < 1:
         raise ValueError("n_steps and save_every must be >= 1")
     integrator = openmm.LangevinMiddleIntegrator(
         cg_system.temperature * unit.kelvin, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond
     )
     integrator.setRandomNumberSeed(int(seed))
-    context = openmm.Context(cg_system.system, integrator, resolve_platform(platform), properties or {})
+    context = openmm.Context(cg_system.system, integrator, resolve_platform(platform), default_properties(platform) if properties is None else properties)
     start = cg_system.check_positions(cg_system.positions if positions is None else positions)[0]
     context.setPositions(start)
     if minimize:

@@ -32,8 +32,7 @@ def aldp_starting_data(seed: int = 0, platform: str = "CPU", path: Optional[Path
         return {"frames": data["frames"].astype(np.float64), "md_steps": int(data["md_steps"]), "provenance": json.loads(str(data["provenance"])), "path": path}
     aldp = create_system("alanine-dipeptide")
     start = time.perf_counter()
-    properties = {"Threads": "1"} if platform == "CPU" else None
-    md = run_langevin(aldp, n_steps=n_steps, save_every=SAVE_EVERY, seed=seed, timestep_fs=1.0, friction_per_ps=1.0, platform=platform, properties=properties)
+    md = run_langevin(aldp, n_steps=n_steps, save_every=SAVE_EVERY, seed=seed, timestep_fs=1.0, friction_per_ps=1.0, platform=platform)
     provenance = {
         "protocol": f"minimise, {n_steps} x 1 fs LangevinMiddle steps at 300 K, friction 1/ps, every {SAVE_EVERY}th frame",
         "seed": seed,
