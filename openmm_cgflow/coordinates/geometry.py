@@ -4,6 +4,7 @@ The dihedral of (p0, p1, p2, p3) is the angle in (-pi, pi] between the planes (p
 (p1, p2, p3), positive for a clockwise rotation of the front bond looking along p1 -> p2 (IUPAC; the
 same sign as ``mdtraj.compute_dihedrals``).
 """
+import numpy as np
 import torch
 
 
@@ -44,6 +45,11 @@ def place_atom(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, r: torch.Tenso
     along = r * torch.cos(theta)
     perp = r * torch.sin(theta)
     return a + along[:, None] * ab + (perp * torch.cos(phi))[:, None] * m - (perp * torch.sin(phi))[:, None] * n
+
+
+def periodic_difference(a, b=0.0) -> np.ndarray:
+    """Numpy: a - b for angles (rad), wrapped into [-pi, pi); with b = 0 it wraps a."""
+    return np.remainder(np.asarray(a, dtype=np.float64) - b + np.pi, 2 * np.pi) - np.pi
 
 
 def wrap_angle(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Dict
 
 import numpy as np
 
+from ..coordinates.geometry import periodic_difference
 from ..storage import atomic_write
 from .kld import forward_kld
 
@@ -36,7 +37,7 @@ def grid_centres(n_bins: int = N_BINS) -> np.ndarray:
 
 def histogram_counts(s: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     """Counts (n_bins, n_bins) of CG points s (N, 2) in the paper frame (wrapped into [-pi, pi) first)."""
-    s = np.remainder(np.asarray(s, dtype=np.float64) + math.pi, 2 * math.pi) - math.pi
+    s = periodic_difference(s)
     index = np.clip(np.floor((s + math.pi) / (2 * math.pi) * n_bins).astype(np.int64), 0, n_bins - 1)
     return np.bincount(index[:, 0] * n_bins + index[:, 1], minlength=n_bins * n_bins).reshape(n_bins, n_bins).astype(np.float64)
 

@@ -5,10 +5,7 @@ import math
 
 import numpy as np
 
-
-def periodic_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Difference a - b of angles (rad) wrapped into [-pi, pi)."""
-    return np.remainder(a - b + math.pi, 2 * math.pi) - math.pi
+from ..coordinates.geometry import periodic_difference
 
 
 def farthest_point_selection(points: np.ndarray, n: int, rng: np.random.Generator, periodic: bool = False) -> np.ndarray:

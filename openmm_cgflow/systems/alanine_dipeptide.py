@@ -22,7 +22,7 @@ import openmm.app as app
 import openmm.unit as unit
 import torch
 
-from ..coordinates.geometry import dihedral_angles, wrap_angle
+from ..coordinates.geometry import dihedral_angles, periodic_difference, wrap_angle
 from ..coordinates.zmatrix import ZMatrixTransform
 from .base import CGSystem
 
@@ -137,13 +137,13 @@ def paper_frame_references() -> Tuple[float, float]:
 def to_paper_frame(phi_psi_iupac: np.ndarray) -> np.ndarray:
     """IUPAC (phi, psi) rad -> the paper's shifted, sign-flipped CG frame s = wrap(-angle - ref_bg)."""
     ref = np.array(paper_frame_references())
-    return np.remainder(-np.asarray(phi_psi_iupac) - ref + math.pi, 2 * math.pi) - math.pi
+    return periodic_difference(-np.asarray(phi_psi_iupac), ref)
 
 
 def from_paper_frame(s: np.ndarray) -> np.ndarray:
     """The paper's CG frame -> IUPAC (phi, psi) in rad, wrapped into [-pi, pi)."""
     ref = np.array(paper_frame_references())
-    return np.remainder(-(np.asarray(s) + ref) + math.pi, 2 * math.pi) - math.pi
+    return periodic_difference(-(np.asarray(s) + ref))
 
 
 def create_alanine_dipeptide_system() -> CGSystem:
