@@ -128,6 +128,7 @@ class AlanineDipeptideCG:
         return torch.abs(d - FAB_CHIRALITY_OFFSET) < threshold
 
 
+@lru_cache(maxsize=1)
 def paper_frame_references() -> Tuple[float, float]:
     """(phi_ref_bg, psi_ref_bg) in rad: boltzgen-signed phi/psi of our minimised structure."""
     phi, psi = phi_psi(minimised_structure()[None])[0]
