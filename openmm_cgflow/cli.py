@@ -3,6 +3,8 @@
     cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
     cgflow data aldp-start [--seed N] [--platform CPU]   make and cache alanine-dipeptide starting data
     cgflow md-baseline aldp --steps N --out DIR [--reference FILE] [--resume]   MD baseline
+    cgflow reference aldp --out DIR --passes N [--seeds 1 2] [--resume] [--fit-only] [--output FILE]
+                                        umbrella-sampling reference PMF (runs, then fits and writes FILE)
     cgflow configs                      list the built-in configs
     cgflow show-config CONFIG_OR_BUILTIN [--set ...]   print the resolved config as YAML
 
@@ -45,6 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     md.add_argument("--reference", type=Path, default=None, help="reference file to score the curve against")
     md.add_argument("--resume", action="store_true")
     md.add_argument("--quiet", action="store_true")
+    ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + variational (vFEP) fit")
+    ref.add_argument("system", choices=["aldp"])
+    ref.add_argument("--out", type=Path, required=True, help="run directory (per-seed passes and checkpoints)")
+    ref.add_argument("--passes", type=int, required=True, help="passes over all windows per seed")
+    ref.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="independent runs (the convergence halves)")
+    ref.add_argument("--windows", type=int, default=18, help="windows per dihedral (n x n grid)")
+    ref.add_argument("--force-constant", type=float, default=40.0, help="restraint force constant in kT/rad^2")
+    ref.add_argument("--steps-per-pass", type=int, default=4000, help="1 fs steps per window per pass")
+    ref.add_argument("--platform", default="CPU")
+    ref.add_argument("--resume", action="store_true")
+    ref.add_argument("--fit-only", action="store_true", help="do not simulate; fit the passes already in --out")
+    ref.add_argument("--output", type=Path, default=None, help="reference file to write (default: DIR/reference_aldp.npz)")
+    ref.add_argument("--quiet", action="store_true")
     sub.add_parser("configs", help="list the built-in configs")
     show = sub.add_parser("show-config", help="print a resolved config")
     show.add_argument("config")
@@ -56,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("data", "md-baseline") and args.platform == "CPU":
+        if args.command in ("data", "md-baseline", "reference") and args.platform == "CPU":
             from .energy import pin_to_core
 
             pin_to_core()
@@ -77,6 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for point in score_md_baseline(args.out, args.reference):
                     print(f"{point['md_steps']:>12d} steps  forward KLD {point['forward_kld']:.4e}")
             return 0
+        if args.command == "reference":
+            return _reference(args)
         if args.command == "configs":
             print("\n".join(builtin_configs()))
             return 0
@@ -104,6 +121,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"finished after {totals['iterations']} iterations ({totals['stop_reason']}): forward KLD "
         f"{totals['final_forward_kld']:.3e}, {totals['energy_evaluations']} energy evaluations, {totals['wall_s']:.1f} s; "
         f"results in {args.out}"
+    )
+    return 0
+
+
+def _reference(args) -> int:
+    from .reference.umbrella import UmbrellaProtocol, run_umbrella
+
+    protocol = UmbrellaProtocol(
+        windows_per_dim=args.windows, force_constant=args.force_constant, steps_per_pass=args.steps_per_pass, platform=args.platform
+    )
+    if args.passes < 1 or args.windows < 2 or args.force_constant <= 0 or args.steps_per_pass < protocol.record_every:
+        raise ValueError("--passes >= 1, --windows >= 2, --force-constant > 0 and --steps-per-pass >= 10 are required")
+    if not args.fit_only:
+        run_umbrella(args.out, args.seeds, args.passes, protocol, resume=args.resume, progress=not args.quiet)
+    from .reference.vfep import build_reference
+
+    result = build_reference(args.out, args.seeds, args.output or args.out / "reference_aldp.npz", command=" ".join(["cgflow"] + sys.argv[1:]))
+    print(
+        f"reference written to {result['path']}: Fourier order {result['order']}, KLD between halves {result['kld_between_halves']:.3e}, "
+        f"{result['md_steps']} MD steps"
     )
     return 0
 

@@ -1,0 +1,238 @@
+"""Umbrella sampling of alanine dipeptide on a periodic (phi, psi) grid of harmonic restraints.
+
+Each window k restrains the IUPAC dihedrals to its centre (phi_k, psi_k) with
+w_k = k_umb / 2 * (d(phi - phi_k)^2 + d(psi - psi_k)^2) (d = periodic difference); the all-atom Hamiltonian is
+the one of :func:`openmm_cgflow.systems.create_system` ("alanine-dipeptide": ff96 + OBC1, no constraints), run
+with LangevinMiddle at 1 fs, 300 K, friction 1/ps on one pinned CPU-platform core.
+
+The run is organised in *passes*: one pass runs every window for ``steps_per_pass`` steps, continuing each
+window's own trajectory, and stores its (phi, psi) samples in ``seed<S>/pass_<NNN>.npz``. Every pass ends with an
+atomic checkpoint (positions and velocities of every window), so the run can stop anywhere and resume, and every
+estimate can be recomputed from the first P passes (the convergence curve). Independent seeds are the
+independent halves of the convergence check. Estimation: :mod:`.vfep`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import openmm
+import openmm.unit as unit
+from tqdm.auto import tqdm
+
+from ..energy.oracle import default_properties, resolve_platform
+from ..storage import atomic_write, write_json
+from ..systems import create_system
+from ..systems.alanine_dipeptide import PHI_ATOMS, PSI_ATOMS, phi_psi
+
+KT_300K_KJ = float((unit.MOLAR_GAS_CONSTANT_R * 300.0 * unit.kelvin).value_in_unit(unit.kilojoule_per_mole))
+
+
+@dataclass(frozen=True)
+class UmbrellaProtocol:
+    """Window layout and MD settings. ``force_constant`` in kT/rad^2 (converted to kJ/mol/rad^2 for OpenMM)."""
+
+    windows_per_dim: int = 18
+    force_constant: float = 40.0
+    equilibration_steps: int = 2_000
+    steps_per_pass: int = 4_000
+    record_every: int = 10
+    timestep_fs: float = 1.0
+    friction_per_ps: float = 1.0
+    platform: str = "CPU"
+
+    def centres(self) -> np.ndarray:
+        """Window centres (n^2, 2), IUPAC (phi, psi) in rad, phi-major, at -pi + (i + 1/2) 2 pi / n."""
+        c = -math.pi + (np.arange(self.windows_per_dim) + 0.5) * 2 * math.pi / self.windows_per_dim
+        phi, psi = np.meshgrid(c, c, indexing="ij")
+        return np.stack([phi.ravel(), psi.ravel()], axis=-1)
+
+    def snake_order(self) -> List[int]:
+        """Window order in which each window starts from its neighbour's structure (rows alternate direction)."""
+        n = self.windows_per_dim
+        return [i * n + (j if i % 2 == 0 else n - 1 - j) for i in range(n) for j in range(n)]
+
+
+def restraint_forces(k_kj: float) -> List[openmm.CustomTorsionForce]:
+    """Harmonic periodic restraints on phi and psi with global centres ``umbrella_phi0``/``umbrella_psi0`` (rad)."""
+    forces = []
+    for name, atoms in (("umbrella_phi0", PHI_ATOMS), ("umbrella_psi0", PSI_ATOMS)):
+        force = openmm.CustomTorsionForce(
+            f"0.5*umbrella_k*dtheta^2; dtheta = min(dt, 2*pi - dt); dt = abs(theta - {name}); pi = {math.pi!r}"
+        )
+        force.addGlobalParameter("umbrella_k", k_kj)
+        force.addGlobalParameter(name, 0.0)
+        force.addTorsion(*atoms, [])
+        forces.append(force)
+    return forces
+
+
+class UmbrellaRun:
+    """One independent umbrella-sampling run (one seed) in ``out/seed<S>``; see the module docstring."""
+
+    def __init__(self, out: Path, seed: int, protocol: UmbrellaProtocol):
+        self.out = Path(out) / f"seed{seed}"
+        self.seed = seed
+        self.protocol = protocol
+        aldp = create_system("alanine-dipeptide")
+        self.temperature = aldp.temperature
+        self.kT_kj = float((unit.MOLAR_GAS_CONSTANT_R * aldp.temperature * unit.kelvin).value_in_unit(unit.kilojoule_per_mole))
+        system = openmm.System()
+        system.__setstate__(aldp.system.__getstate__())  # a copy, so the shared System stays unbiased
+        for force in restraint_forces(protocol.force_constant * self.kT_kj):
+            system.addForce(force)
+        self.integrator = openmm.LangevinMiddleIntegrator(
+            aldp.temperature * unit.kelvin, protocol.friction_per_ps / unit.picosecond, protocol.timestep_fs * unit.femtosecond
+        )
+        self.integrator.setRandomNumberSeed(seed + 1)  # 0 would mean "pick one at random"
+        self.context = openmm.Context(system, self.integrator, resolve_platform(protocol.platform), default_properties(protocol.platform))
+        self.start_positions = aldp.positions
+        self.state_path = self.out / "state.npz"
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def load_state(self) -> Dict[str, object]:
+        data = np.load(self.state_path, allow_pickle=False)
+        protocol = dict(zip(data["protocol_keys"].tolist(), data["protocol_values"].tolist()))
+        mine = {key: str(value) for key, value in asdict(self.protocol).items()}
+        if protocol != mine:
+            raise ValueError(f"{self.state_path} was written with another protocol ({protocol}); use a new --out")
+        return {key: data[key] for key in ("positions", "velocities")} | {
+            "passes_done": int(data["passes_done"]), "wall_s": float(data["wall_s"]), "md_steps": int(data["md_steps"])
+        }
+
+    def save_state(self, state: Dict[str, object]) -> None:
+        keys = list(asdict(self.protocol))
+        values = [str(v) for v in asdict(self.protocol).values()]
+        atomic_write(
+            self.state_path,
+            lambda handle: np.savez(
+                handle, positions=state["positions"], velocities=state["velocities"], passes_done=state["passes_done"],
+                wall_s=state["wall_s"], md_steps=state["md_steps"], seed=self.seed,
+                protocol_keys=np.array(keys), protocol_values=np.array(values),
+            ),
+        )
+
+    # -- simulation -----------------------------------------------------------------------------------------
+    def _set_window(self, centre: np.ndarray) -> None:
+        self.context.setParameter("umbrella_phi0", float(centre[0]))
+        self.context.setParameter("umbrella_psi0", float(centre[1]))
+
+    def initialise(self) -> Dict[str, object]:
+        """Minimise, then walk the windows in snake order, equilibrating each from its predecessor's end state."""
+        p = self.protocol
+        centres = p.centres()
+        n = len(centres)
+        positions = np.zeros((n, 22, 3))
+        velocities = np.zeros((n, 22, 3))
+        self.context.setPositions(self.start_positions)
+        self._set_window(centres[p.snake_order()[0]])
+        openmm.LocalEnergyMinimizer.minimize(self.context)
+        self.context.setVelocitiesToTemperature(self.temperature * unit.kelvin, self.seed + 1)
+        start = time.perf_counter()
+        for k in p.snake_order():
+            self._set_window(centres[k])
+            self.integrator.step(p.equilibration_steps)
+            state = self.context.getState(getPositions=True, getVelocities=True)
+            positions[k] = state.getPositions(asNumpy=True)._value
+            velocities[k] = state.getVelocities(asNumpy=True)._value
+        return {"positions": positions, "velocities": velocities, "passes_done": 0,
+                "wall_s": time.perf_counter() - start, "md_steps": n * p.equilibration_steps}
+
+    def run_pass(self, state: Dict[str, object], progress: bool = False) -> Dict[str, object]:
+        """Run every window for one pass, write its samples, then checkpoint; returns the new state."""
+        p = self.protocol
+        centres = p.centres()
+        n_frames = p.steps_per_pass // p.record_every
+        samples = np.zeros((len(centres), n_frames, 2), dtype=np.float32)
+        positions, velocities = state["positions"].copy(), state["velocities"].copy()
+        start = time.perf_counter()
+        for k in tqdm(range(len(centres)), disable=not progress, leave=False, desc=f"seed {self.seed} pass {state['passes_done'] + 1}"):
+            self._set_window(centres[k])
+            self.context.setPositions(positions[k])
+            self.context.setVelocities(velocities[k])
+            frames = np.zeros((n_frames, 22, 3))
+            for f in range(n_frames):
+                self.integrator.step(p.record_every)
+                frames[f] = self.context.getState(getPositions=True).getPositions(asNumpy=True)._value
+            if not np.isfinite(frames).all():
+                raise FloatingPointError(f"seed {self.seed}, window {k}: positions became NaN (integration blew up)")
+            final = self.context.getState(getPositions=True, getVelocities=True)
+            positions[k] = final.getPositions(asNumpy=True)._value
+            velocities[k] = final.getVelocities(asNumpy=True)._value
+            samples[k] = phi_psi(frames)
+        index = state["passes_done"] + 1
+        atomic_write(self.out / f"pass_{index:03d}.npz", lambda handle: np.savez_compressed(handle, phi_psi=samples, centres=centres))
+        new = {"positions": positions, "velocities": velocities, "passes_done": index,
+               "wall_s": state["wall_s"] + time.perf_counter() - start, "md_steps": state["md_steps"] + len(centres) * p.steps_per_pass}
+        self.save_state(new)
+        return new
+
+
+def run_umbrella(out: Path, seeds: Sequence[int], passes: int, protocol: UmbrellaProtocol, resume: bool = False, progress: bool = True) -> Dict[str, object]:
+    """Run (or resume) independent umbrella runs, one per seed, pass by pass in turn, until each has ``passes``.
+
+    Alternating the seeds keeps the halves equally long whenever the run stops. Returns the summary written to
+    ``out/umbrella.json``.
+    """
+    out = Path(out)
+    runs = [UmbrellaRun(out, seed, protocol) for seed in seeds]
+    states = []
+    for run in runs:
+        if run.state_path.exists():
+            if not resume:
+                raise ValueError(f"{run.state_path} exists: use --resume to continue it, or another --out")
+            states.append(run.load_state())
+        else:
+            state = run.initialise()
+            run.save_state(state)
+            states.append(state)
+    bar = tqdm(total=passes * len(runs), initial=sum(min(s["passes_done"], passes) for s in states), disable=not progress, desc="umbrella passes")
+    while min(s["passes_done"] for s in states) < passes:
+        for i, run in enumerate(runs):
+            if states[i]["passes_done"] < passes:
+                states[i] = run.run_pass(states[i], progress)
+                bar.update(1)
+                _write_summary(out, runs, states)
+    bar.close()
+    return _write_summary(out, runs, states)
+
+
+def _write_summary(out: Path, runs: List[UmbrellaRun], states: List[Dict[str, object]]) -> Dict[str, object]:
+    summary = {
+        "method": "umbrella sampling on a periodic (phi, psi) grid of harmonic restraints",
+        "protocol": asdict(runs[0].protocol),
+        "runs": [{"seed": r.seed, "passes": s["passes_done"], "md_steps": s["md_steps"], "wall_s": s["wall_s"]} for r, s in zip(runs, states)],
+    }
+    write_json(Path(out) / "umbrella.json", summary)
+    return summary
+
+
+def load_run(out: Path, seed: int) -> Dict[str, object]:
+    """The completed passes of one seed (as recorded in its checkpoint): ``samples`` (list over passes of
+    (windows, frames, 2) IUPAC rad), ``centres`` (windows, 2), the protocol, and its MD-step and time accounting."""
+    state_path = Path(out) / f"seed{seed}" / "state.npz"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"no umbrella run for seed {seed} in {out} (missing {state_path})")
+    state = np.load(state_path, allow_pickle=False)
+    protocol = dict(zip(state["protocol_keys"].tolist(), state["protocol_values"].tolist()))
+    passes = int(state["passes_done"])
+    samples = []
+    centres = None
+    for index in range(1, passes + 1):
+        data = np.load(Path(out) / f"seed{seed}" / f"pass_{index:03d}.npz")
+        samples.append(data["phi_psi"].astype(np.float64))
+        centres = data["centres"]
+    n_windows = int(protocol["windows_per_dim"]) ** 2
+    return {
+        "samples": samples,
+        "centres": centres if centres is not None else UmbrellaProtocol(windows_per_dim=int(protocol["windows_per_dim"])).centres(),
+        "protocol": protocol,
+        "force_constant_kT": float(protocol["force_constant"]),
+        "equilibration_md_steps": n_windows * int(protocol["equilibration_steps"]),
+        "md_steps_per_pass": n_windows * int(protocol["steps_per_pass"]),
+        "wall_s": float(state["wall_s"]),
+    }
