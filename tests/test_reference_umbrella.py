@@ -5,7 +5,6 @@ import math
 import numpy as np
 import openmm
 import pytest
-import torch
 from scipy.interpolate import BSpline
 
 from openmm_cgflow.coordinates.geometry import periodic_difference
