@@ -16,15 +16,23 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys whose default is null accept these types too.
 _NULLABLE = {"loop.stop_kld": float, "search.bounds": list}
+#: The built-in config whose keys (and defaults) a user file for each system is checked against.
+SYSTEM_DEFAULTS = {"muller-brown": "muller-brown", "alanine-dipeptide": "aldp"}
+
 _CHOICES = {
     "energy.platform": ("Reference", "CPU", "OpenCL", "CUDA"),
+    "flow.kind": ("affine", "spline"),
+    "flow.context": ("periodic", "raw"),
+    "energy_training.schedule": ("per_iteration", "global_cosine"),
+    "energy_training.chirality_filter": ("none", "fab", "geometric"),
+    "dataset.kind": ("active", "grid"),
     "ensemble.strategy": ("bagging", "fraction"),
     "ensemble.init": ("gaussian_uniform", "xavier"),
     "ensemble.optimizer": ("lbfgs", "adam"),
     "spreading.kind": ("interval", "disc"),
 }
 _FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
-_NON_NEGATIVE = ("energy_training.skip_top_k", "labels.clip_k", "search.min_steps", "starting_data.equilibration_steps", "seed")
+_NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "search.min_steps", "starting_data.equilibration_steps", "seed")
 
 
 class ConfigError(ValueError):
@@ -153,16 +161,14 @@ def load_config(name_or_path: str, overrides: Iterable[str] = (), seed: Optional
     """
     path = Path(name_or_path)
     if name_or_path in builtin_configs():
-        user: Dict[str, Any] = {}
-        schema = _read_yaml(CONFIG_DIR / f"{name_or_path}.yaml")
+        user: Dict[str, Any] = _read_yaml(CONFIG_DIR / f"{name_or_path}.yaml")
+        schema = _read_yaml(CONFIG_DIR / f"{SYSTEM_DEFAULTS[user['system']]}.yaml")
     elif path.suffix in (".yaml", ".yml") or path.exists():
         user = _read_yaml(path)
         system = user.get("system")
-        if system not in builtin_configs():
-            raise ConfigError(
-                f"config file {path}: 'system' must name one of {', '.join(builtin_configs())}, got {system!r}"
-            )
-        schema = _read_yaml(CONFIG_DIR / f"{system}.yaml")
+        if system not in SYSTEM_DEFAULTS:
+            raise ConfigError(f"config file {path}: 'system' must name one of {', '.join(SYSTEM_DEFAULTS)}, got {system!r}")
+        schema = _read_yaml(CONFIG_DIR / f"{SYSTEM_DEFAULTS[system]}.yaml")
     else:
         raise ConfigError(f"'{name_or_path}' is neither a built-in config ({', '.join(builtin_configs())}) nor a YAML file")
     flat = _flatten(user)

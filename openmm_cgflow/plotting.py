@@ -79,3 +79,22 @@ def plot_kld(path: Path, evaluations: Sequence[float], kld: Sequence[float], tar
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def plot_pmf_2d(path: Path, edges: np.ndarray, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, points: np.ndarray = None, title: str = "") -> None:
+    """Reference PMF, learned PMF (ensemble mean) and ensemble std on a 2-D periodic grid (kT, minima 0), with the
+    labelled CG points on the learned panel. Grids are (n, n) with axis 0 = first CG coordinate."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
+    extent = [edges[0], edges[-1], edges[0], edges[-1]]
+    for ax, grid, name, vmax in ((axes[0], reference - reference.min(), "reference F (kT)", 15),
+                                  (axes[1], mean - mean.min(), "learned F (kT)", 15), (axes[2], std, "ensemble std (kT)", None)):
+        im = ax.imshow(np.minimum(grid, vmax).T if vmax else grid.T, origin="lower", extent=extent, cmap="viridis")
+        fig.colorbar(im, ax=ax, label=name)
+        ax.set_xlabel("s_phi (rad)")
+        ax.set_ylabel("s_psi (rad)")
+    if points is not None and len(points):
+        axes[1].plot(points[:, 0], points[:, 1], "w.", ms=1, alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -8,10 +8,11 @@ Evaluation counters (cumulative, starting MD included):
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from .. import __version__
 from ..config import ConfigError, config_differences
 from ..energy import EnergyOracle
 from ..export import save_model
-from ..flows import ConditionalAffineFlow
+from ..flows import ConditionalAffineFlow, ConditionalSplineFlow
 from ..flows.training import EnergyTrainer, train_by_example
 from ..pmf import PMFEnsemble, free_energy_labels
 from ..reference.kld import forward_kld
@@ -42,13 +43,51 @@ class MetricGrid:
 
 
 def metric_grid_for(config: Dict[str, Any]) -> MetricGrid:
-    """The scoring grid and reference distribution of the config's system."""
+    """The scoring grid and reference distribution of the config's system (``metrics.reference``)."""
+    reference = config["metrics"]["reference"]
     if config["system"] == "muller-brown":
+        if reference != "exact":
+            raise ConfigError(f"config key 'metrics.reference' must be 'exact' for muller-brown, got {reference!r}")
         from ..reference.muller_brown import bin_centres, reference_probabilities
 
         n_bins, domain = config["metrics"]["n_bins"], tuple(config["metrics"]["domain"])
         return MetricGrid(bin_centres(n_bins, domain)[:, None], reference_probabilities(n_bins, domain))
+    if config["system"] == "alanine-dipeptide":
+        from ..reference.grid import grid_centres, load_reference, packaged_reference_path
+
+        if reference == "exact":
+            raise ConfigError("config key 'metrics.reference': alanine dipeptide has no exact PMF; use 'packaged' or a file")
+        path = packaged_reference_path() if reference == "packaged" else Path(reference)
+        ref = load_reference(path, config["metrics"]["n_bins"])
+        return MetricGrid(grid_centres(config["metrics"]["n_bins"]), ref.probabilities.ravel())
     raise ConfigError(f"no reference PMF is available for system '{config['system']}'")
+
+
+def learning_rate_factor(et: Dict[str, Any], iteration: int, epoch: int, global_epoch: int, total_epochs: int) -> float:
+    """The lr multiplier of an epoch (``epoch`` counts within the 1-based ``iteration``, ``global_epoch`` over the
+    run): a linear warm-up lr (k + 1) / n, then constant (per_iteration) or cosine decay to 0 (global_cosine)."""
+    if et["schedule"] == "global_cosine":
+        warm = et["warmup_epochs_first"]
+        if global_epoch < warm:
+            return (global_epoch + 1) / warm
+        remaining = max(total_epochs - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (global_epoch - warm) / remaining))
+    warm = et["warmup_epochs_first"] if iteration == 1 else et["warmup_epochs"]
+    return (epoch + 1) / warm if epoch < warm else 1.0
+
+
+def clip_norm_for(et: Dict[str, Any], epoch: int, global_epoch: int) -> float:
+    """Gradient-norm clip of an epoch: ``clip_norm_warmup`` during the first ``clip_warmup_epochs`` (of every
+    iteration, or of the run with the global_cosine schedule), ``clip_norm`` afterwards."""
+    counter = global_epoch if et["schedule"] == "global_cosine" else epoch
+    return et["clip_norm_warmup"] if counter < et["clip_warmup_epochs"] else et["clip_norm"]
+
+
+def grid_points(domain: Tuple[float, float], n: int, cg_dim: int) -> np.ndarray:
+    """The grid baseline's CG points: linspace(lower, upper, n) per dimension, ends included (SPEC §8)."""
+    axis = np.linspace(domain[0], domain[1], n)
+    mesh = np.meshgrid(*([axis] * cg_dim), indexing="ij")
+    return np.stack([m.ravel() for m in mesh], axis=-1)
 
 
 @dataclass
@@ -61,6 +100,7 @@ class RunState:
     md_steps: int = 0
     wall_s: float = 0.0
     skipped_batches: int = 0
+    epochs_done: int = 0
     finished: bool = False
     stop_reason: str = ""
     search_start: Optional[np.ndarray] = None
@@ -95,18 +135,43 @@ class ActiveLearningRun:
         )
 
     def _build_flow(self, s_mean: float, s_std: float) -> None:
-        cfg = self.config
+        cfg, fc = self.config, self.config["flow"]
         torch.manual_seed(cfg["seed"])  # nn.Linear's default initialisation draws from the global generator
-        self.flow = ConditionalAffineFlow(self.cg_system.cg_dim, self.cg_system.fg_dim, cfg["flow"]["hidden"], s_mean, s_std)
+        if fc["kind"] == "affine":
+            self.flow = ConditionalAffineFlow(self.cg_system.cg_dim, self.cg_system.fg_dim, fc["hidden"], s_mean, s_std)
+        else:
+            circular = self.cg_system.metadata.get("flow_circular_indices", [])
+            self.flow = ConditionalSplineFlow(
+                self.cg_system.fg_dim, circular, self.cg_system.cg_dim, fc["n_layers"], fc["n_bins"], fc["hidden"][0],
+                fc["n_blocks"], context=fc["context"],
+            )
+        self.flow_norm = (s_mean, s_std)
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg["pretraining"]["lr"], fused=True)
         self.trainer = EnergyTrainer(
-            self.flow, self.cg_system, self.oracle, self.optimizer, skip_top_k=cfg["energy_training"]["skip_top_k"]
+            self.flow, self.cg_system, self.oracle, self.optimizer, skip_top_k=cfg["energy_training"]["skip_top_k"],
+            sample_filter=self._chirality_filter(cfg["energy_training"]["chirality_filter"]),
         )
 
-    def _start(self) -> None:
-        """Starting MD, pre-training by example, and the iteration-0 dataset."""
+    def _chirality_filter(self, kind: str):
+        if kind == "none":
+            return None
+        if self.cg_system.name != "alanine-dipeptide":
+            raise ConfigError(f"config key 'energy_training.chirality_filter' = {kind!r} applies to alanine dipeptide only")
+        from ..systems.alanine_dipeptide import is_l_chirality_geometric
+
+        return self.cg_system.extras["cg"].is_l_chirality_fab if kind == "fab" else is_l_chirality_geometric
+
+    def _starting_frames(self) -> Tuple[np.ndarray, int]:
+        """Starting MD frames (n_frames, atoms, 3) nm and the MD steps they cost."""
         cfg, sd = self.config, self.config["starting_data"]
-        self.state = RunState()
+        if self.cg_system.name == "alanine-dipeptide":
+            from ..sampling.starting_data import SAVE_EVERY, aldp_starting_data
+
+            if sd["save_every"] % SAVE_EVERY or sd["timestep_fs"] != 1.0 or sd["friction_per_ps"] != 1.0:
+                raise ConfigError(f"alanine-dipeptide starting data is 1 fs MD at friction 1/ps saved every multiple of {SAVE_EVERY} steps")
+            n_steps = sd["equilibration_steps"] + sd["n_frames"] * sd["save_every"]
+            data = aldp_starting_data(cfg["seed"], cfg["energy"]["platform"] if cfg["energy"]["platform"] in ("CPU", "Reference") else "CPU", n_steps=n_steps)
+            return data["frames"][sd["save_every"] // SAVE_EVERY - 1 :: sd["save_every"] // SAVE_EVERY][-sd["n_frames"] :], data["md_steps"]
         md = run_langevin(
             self.cg_system,
             n_steps=sd["equilibration_steps"] + sd["n_frames"] * sd["save_every"],
@@ -115,8 +180,13 @@ class ActiveLearningRun:
             timestep_fs=sd["timestep_fs"],
             friction_per_ps=sd["friction_per_ps"],
         )
-        frames = md.frames[-sd["n_frames"] :]
-        self.state.md_steps = md.n_steps
+        return md.frames[-sd["n_frames"] :], md.n_steps
+
+    def _start(self) -> None:
+        """Starting MD, pre-training by example, and the iteration-0 dataset."""
+        cfg = self.config
+        self.state = RunState()
+        frames, self.state.md_steps = self._starting_frames()
         s0, x0 = self.cg_system.from_cartesian(torch.as_tensor(frames))
         self._build_flow(float(s0.mean()), float(s0.std(unbiased=False)))
         pt = cfg["pretraining"]
@@ -124,7 +194,9 @@ class ActiveLearningRun:
         for group in self.optimizer.param_groups:
             group["lr"] = cfg["energy_training"]["lr"]
         self.dataset = ActiveLearningDataset(self.cg_system.cg_dim)
-        self.dataset.add_points(s0.numpy(), 0, self.rng, cfg["dataset"]["train_fraction"], cfg["dataset"]["copies"])
+        ds = cfg["dataset"]
+        first = s0.numpy() if ds["kind"] == "active" else grid_points(tuple(cfg["metrics"]["domain"]), ds["grid_points"], self.cg_system.cg_dim)
+        self.dataset.add_points(first, 0, self.rng, ds["train_fraction"], ds["copies"])
         self.state.search_start = np.asarray(cfg["search"]["start"], dtype=np.float64)[None, :]
 
     # ------------------------------------------------------------------ checkpoints
@@ -136,7 +208,7 @@ class ActiveLearningRun:
                 "config": self.config,
                 "state": self.state.__dict__,
                 "flow": self.flow.state_dict(),
-                "flow_norm": (float(self.flow.s_mean), float(self.flow.s_std)),
+                "flow_norm": self.flow_norm,
                 "optimizer": self.optimizer.state_dict(),
                 "dataset": self.dataset.state_dict(),
                 "ensemble": self.ensemble.state_dict(),
@@ -165,12 +237,18 @@ class ActiveLearningRun:
 
     # ------------------------------------------------------------------ one iteration
     def _train_by_energy(self, epochs: int) -> None:
-        et = self.config["energy_training"]
-        bar = tqdm(range(epochs), desc=f"iteration {self.state.iteration + 1}: training by energy", leave=False, disable=not self.progress)
-        for _ in bar:
+        et, st = self.config["energy_training"], self.state
+        total_epochs = et["epochs_first_iteration"] + (self.config["loop"]["max_iterations"] - 1) * et["epochs"]
+        bar = tqdm(range(epochs), desc=f"iteration {st.iteration + 1}: training by energy", leave=False, disable=not self.progress)
+        for epoch in bar:
+            lr = et["lr"] * learning_rate_factor(et, st.iteration + 1, epoch, st.epochs_done, total_epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            clip = clip_norm_for(et, epoch, st.epochs_done)
+            st.epochs_done += 1
             for entries in self.dataset.epoch_batches(self.rng, et["batch_size"], et["replay_fraction"]):
                 s = torch.as_tensor(self.dataset.entry_s(entries))
-                result = self.trainer.step(s, self.torch_gen, et["clip_norm"])
+                result = self.trainer.step(s, self.torch_gen, clip)
                 self.dataset.record(entries, result.log_w)
                 self.state.visited += len(entries)
                 self.state.computed += result.n_computed
@@ -256,6 +334,8 @@ class ActiveLearningRun:
             st.finished, st.stop_reason = True, f"forward KLD {kld:.3g} < {cfg['loop']['stop_kld']}"
         elif st.iteration >= cfg["loop"]["max_iterations"]:
             st.finished, st.stop_reason = True, f"reached loop.max_iterations = {cfg['loop']['max_iterations']}"
+        elif cfg["dataset"]["kind"] == "grid":
+            pass  # the grid baseline has no search: the next iteration continues training on the same grid
         elif not self._search_and_spread(self.dataset.point_s[groups]):
             st.finished, st.stop_reason = True, f"MC search found no uncertain point within {cfg['search']['max_steps']} steps"
         st.wall_s += time.perf_counter() - t0
@@ -331,7 +411,22 @@ class ActiveLearningRun:
         from ..plotting import plot_kld, plot_pmf_1d, plot_pmf_iterations
 
         history = self.state.history
-        if not history or self.cg_system.cg_dim != 1:
+        if not history:
+            return
+        if self.cg_system.cg_dim == 2:
+            from ..plotting import plot_pmf_2d
+
+            last = history[-1]
+            n = self.config["metrics"]["n_bins"]
+            domain = self.config["metrics"]["domain"]
+            plot_pmf_2d(
+                self.out_dir / "pmf.png", np.linspace(domain[0], domain[1], n + 1), -np.log(self.grid.p_reference.reshape(n, n)),
+                np.asarray(last["mean"]).reshape(n, n), np.asarray(last["std"]).reshape(n, n), np.asarray(last["label_points"]),
+                title=f"{self.config['system']}: iteration {last['iteration']}, forward KLD {last['forward_kld']:.2e}",
+            )
+            plot_kld(self.out_dir / "kld.png", [h["energy_evaluations"] for h in history], [h["forward_kld"] for h in history], target=1e-3)
+            return
+        if self.cg_system.cg_dim != 1:
             return
         centres = self.grid.centres[:, 0]
         exact = -np.log(self.grid.p_reference)

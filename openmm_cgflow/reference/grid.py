@@ -20,6 +20,12 @@ from .kld import forward_kld
 
 N_BINS = 100
 FRAME = "paper"
+PACKAGED_REFERENCE = "reference_aldp.npz"
+
+
+def packaged_reference_path() -> Path:
+    """The alanine-dipeptide reference shipped in the package (``openmm_cgflow/data/reference_aldp.npz``)."""
+    return Path(__file__).resolve().parent.parent / "data" / PACKAGED_REFERENCE
 
 
 def grid_edges(n_bins: int = N_BINS) -> np.ndarray:

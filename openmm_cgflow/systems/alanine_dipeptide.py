@@ -172,6 +172,7 @@ def create_alanine_dipeptide_system() -> CGSystem:
             "phi_ref_bg_rad": phi_ref,
             "psi_ref_bg_rad": psi_ref,
             "hamiltonian": "amber ff96 (openmmtools prmtop), OBC1, NoCutoff, no constraints",
+            "flow_circular_indices": list(FLOW_CIRCULAR_INDICES),
         },
         cg_domain=((-math.pi, math.pi), (-math.pi, math.pi)),
         extras={"cg": cg, "transform": transform},

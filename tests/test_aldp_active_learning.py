@@ -1,0 +1,79 @@
+"""Alanine-dipeptide active learning: a tiny smoke run through the whole loop (spline flow, chirality filter,
+periodic search, disc spreading, packaged reference), the lr/clip schedules, and the grid baseline's points."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from openmm_cgflow.active_learning import ActiveLearningRun
+from openmm_cgflow.active_learning.loop import clip_norm_for, grid_points, learning_rate_factor
+from openmm_cgflow.config import ConfigError, load_config
+from openmm_cgflow.export import load_model
+
+SMOKE = [
+    "starting_data.n_frames=200", "starting_data.save_every=10", "flow.hidden=[16]", "flow.n_layers=2",
+    "pretraining.epochs=2", "pretraining.batch_size=64", "energy_training.batch_size=64",
+    "energy_training.epochs_first_iteration=1", "energy_training.epochs=1", "dataset.copies=4", "ensemble.epochs=30",
+    "spreading.n_points=20", "search.n_new_points=3", "search.n_chains=20", "search.max_steps=3000", "loop.max_iterations=2",
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aldp_smoke")
+    config = load_config("aldp-small", SMOKE, seed=0)
+    return out, ActiveLearningRun(config, out, progress=False).run()
+
+
+def test_smoke_run_counts_and_outputs(smoke_run):
+    out, metrics = smoke_run
+    rows, totals = metrics["iterations"], metrics["totals"]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert totals["starting_md_steps"] == 2000
+    # iteration 1 visits the 160 training points x 4 copies in whole batches of 64; the filter only removes
+    assert rows[0]["energy_evaluations"] == 2000 + (160 * 4 // 64) * 64
+    assert 2000 < rows[0]["energy_evaluations_computed"] <= rows[0]["energy_evaluations"]
+    assert rows[1]["n_cg_points"] == 200 + 3 * 20
+    assert all(math.isfinite(r["forward_kld"]) and r["forward_kld"] > 0 for r in rows)
+    assert json.loads((out / "metrics.json").read_text())["totals"] == totals
+    assert (out / "pmf.png").stat().st_size > 10_000
+    flow, meta = load_model(out / "models" / "flow.pt", expected_kind="conditional_flow", expected_system="alanine-dipeptide")
+    s = torch.zeros(3, 2, dtype=torch.float64)
+    z = torch.zeros(3, 58, dtype=torch.float64)
+    x, _ = flow(z, s)
+    assert x.shape == (3, 58) and torch.isfinite(x).all()
+
+
+def test_learning_rate_and_clip_schedules():
+    al = load_config("aldp")["energy_training"]
+    assert learning_rate_factor(al, 1, 0, 0, 1000) == pytest.approx(1 / 15)
+    assert learning_rate_factor(al, 1, 14, 14, 1000) == 1.0
+    assert learning_rate_factor(al, 2, 0, 50, 1000) == pytest.approx(1 / 11)
+    assert learning_rate_factor(al, 2, 20, 70, 1000) == 1.0
+    assert clip_norm_for(al, 10, 60) == 100.0 and clip_norm_for(al, 11, 61) == 1000.0
+    grid = load_config("aldp-grid")["energy_training"]
+    assert learning_rate_factor(grid, 1, 0, 0, 100) == pytest.approx(1 / 30)
+    assert learning_rate_factor(grid, 4, 0, 30, 100) == 1.0
+    assert learning_rate_factor(grid, 7, 5, 65, 100) == pytest.approx(0.5)
+    assert learning_rate_factor(grid, 10, 9, 99, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 69 / 70)))
+    assert clip_norm_for(grid, 9, 29) == 100.0 and clip_norm_for(grid, 0, 30) == 1000.0
+
+
+def test_grid_baseline_config_and_points():
+    config = load_config("aldp-grid")
+    assert config["dataset"]["kind"] == "grid" and config["flow"]["context"] == "raw"
+    assert config["energy_training"]["chirality_filter"] == "geometric"
+    points = grid_points(tuple(config["metrics"]["domain"]), 100, 2)
+    assert points.shape == (10_000, 2)
+    assert np.isclose(points.min(), -math.pi) and np.isclose(points.max(), math.pi)
+    budget = 0.8 * 10_000 * config["dataset"]["copies"] * (config["energy_training"]["epochs_first_iteration"] + 9 * config["energy_training"]["epochs"])
+    assert budget == pytest.approx(2.4e7)
+
+
+def test_aldp_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="flow.kind"):
+        load_config("aldp", ["flow.kind=realnvp"])
+    with pytest.raises(ConfigError, match="chirality_filter"):
+        load_config("aldp", ["energy_training.chirality_filter=maybe"])
