@@ -1,0 +1,178 @@
+"""The learned PMF as an OpenMM Force.
+
+:func:`create_pmf_force` wraps a PMF ensemble (a model file written by :mod:`openmm_cgflow.export`, or a live
+:class:`~openmm_cgflow.pmf.PMFEnsemble`) in a TorchScript module that computes the CG coordinates from the
+particle positions and returns ``scale * kT * F(s)`` in kJ/mol; forces are its negative gradient. Backends:
+
+* ``"torchforce"``: an ``openmmtorch.TorchForce`` (runs inside the Context on Reference, CPU and CUDA; the model
+  is frozen when the Context is created, so rebuild the Context after retraining);
+* ``"pythonforce"``: an ``openmm.PythonForce`` (OpenMM >= 8.5) calling the same TorchScript module from Python.
+
+Both serialise with ``XmlSerializer`` (TorchForce stores the model file; PythonForce pickles a callable that
+holds the TorchScript archive as bytes, never arbitrary objects). With openmmtorch 1.5 on OpenMM 8.6.1,
+``XmlSerializer.deserialize`` of a TorchForce fails ("Unknown property 'encodedFileContents'", or a crash once
+the plugins are reloaded); :func:`torchforce_from_xml` rebuilds it from the model embedded in the XML instead.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import openmm
+import openmm.unit as unit
+import torch
+from torch import nn
+
+from ..export import ModelFileError, load_model
+from .cg_coordinates import cg_module_from_metadata
+
+BACKENDS = ("torchforce", "pythonforce")
+
+
+class PMFEnergy(nn.Module):
+    """positions (n_particles, 3) nm -> PMF energy (kJ/mol): scale * kT * sum over replicas of F(s)."""
+
+    def __init__(self, cg: nn.Module, pmf: nn.Module, kT_kJ_per_mol: float, scale: float = 1.0):
+        super().__init__()
+        self.cg = cg
+        self.pmf = pmf
+        self.kT = float(kT_kJ_per_mol)
+        self.scale = float(scale)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        mean, _ = self.pmf.mean_std(self.cg(positions))
+        return (self.scale * self.kT) * mean.sum()
+
+    @torch.jit.export
+    def free_energy(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(s, F mean, F std) per replica, F in kT."""
+        s = self.cg(positions)
+        mean, std = self.pmf.mean_std(s)
+        return s, mean, std
+
+
+def load_torch_plugins() -> None:
+    """Load openmm-torch's platform plugins if ``import openmm`` ran before ``import torch``: they link libraries
+    (e.g. libnvrtc) that only importing torch puts on the search path, so OpenMM's start-up load failed and a
+    Context would report "does not support all required kernels". Loading them again now succeeds."""
+    import re
+
+    for failure in openmm.Platform.getPluginLoadFailures():
+        match = re.match(r"Error loading library (\S*OpenMMTorch\w*\.(?:so|dylib|dll)): ", failure)
+        if match and "OpenCL" not in match.group(1):
+            try:
+                openmm.Platform.loadPluginLibrary(match.group(1))
+            except Exception:  # noqa: BLE001 - e.g. the CUDA plugin without a GPU; the others still load
+                pass
+
+
+def _kT(temperature_K: float) -> float:
+    return float((unit.MOLAR_GAS_CONSTANT_R * temperature_K * unit.kelvin).value_in_unit(unit.kilojoule_per_mole))
+
+
+def pmf_energy_module(model: Union[str, Path, nn.Module], metadata: Optional[dict] = None, scale: float = 1.0,
+                      n_replicas: int = 1) -> Tuple[torch.jit.ScriptModule, dict]:
+    """The scripted :class:`PMFEnergy` of a PMF model file (or a live ensemble with its export ``metadata``)."""
+    if isinstance(model, (str, Path)):
+        ensemble, metadata = load_model(model, expected_kind="pmf_ensemble")
+    else:
+        if metadata is None:
+            raise ValueError("a live PMF ensemble needs its metadata (system, temperature_K, cg_metadata); or pass a model file")
+        ensemble = model
+    for key in ("system", "temperature_K", "cg_dim"):
+        if key not in metadata:
+            raise ModelFileError(f"PMF model metadata is missing the field '{key}'")
+    cg = cg_module_from_metadata(metadata, n_replicas)
+    module = PMFEnergy(cg, ensemble, _kT(metadata["temperature_K"]), scale)
+    probe = cg(torch.zeros(cg.n_particles, 3, dtype=torch.float64))
+    if probe.shape[-1] != int(metadata["cg_dim"]):
+        raise ModelFileError(f"the model takes {metadata['cg_dim']} CG coordinates but its CG definition gives {probe.shape[-1]}")
+    return torch.jit.script(module), metadata
+
+
+class TorchScriptEnergy:
+    """A picklable PythonForce computation: holds a TorchScript archive as bytes, loads it lazily, and returns
+    (energy kJ/mol, forces kJ/mol/nm) by autograd."""
+
+    def __init__(self, archive: bytes):
+        self.archive = archive
+        self._module = None
+
+    def __getstate__(self):
+        return {"archive": self.archive}
+
+    def __setstate__(self, state):
+        self.archive = state["archive"]
+        self._module = None
+
+    def __call__(self, state):
+        if self._module is None:
+            self._module = torch.jit.load(io.BytesIO(self.archive), map_location="cpu")
+        x = torch.tensor(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=torch.float64, requires_grad=True)
+        energy = self._module(x)
+        (grad,) = torch.autograd.grad(energy, x)
+        return float(energy.detach()), (-grad).numpy()
+
+
+def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict] = None, backend: str = "torchforce",
+                     scale: float = 1.0, n_replicas: int = 1, system: Optional[openmm.System] = None) -> openmm.Force:
+    """An OpenMM Force applying ``scale`` x the learned PMF (kJ/mol) to a System of ``n_replicas`` copies of the
+    model's molecule (its particles first, in the model system's order).
+
+    ``model``: a PMF model file from :func:`openmm_cgflow.export.save_model` (or ``cgflow run``'s
+    ``models/pmf_ensemble.pt``), or a live ``PMFEnsemble`` with its export ``metadata``. ``system``: if given,
+    its particle count is checked against the model. ``scale``: e.g. -0.5 for a bias of half the PMF's depth.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+    if n_replicas < 1:
+        raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
+    module, metadata = pmf_energy_module(model, metadata, scale, n_replicas)
+    n_particles = module.cg.n_particles
+    if system is not None and system.getNumParticles() < n_particles:
+        raise ValueError(
+            f"the PMF model of '{metadata['system']}' needs {n_particles} particles ({n_replicas} replica(s)), "
+            f"but the System has {system.getNumParticles()}"
+        )
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    if backend == "torchforce":
+        try:
+            import openmmtorch
+        except ImportError as error:  # pragma: no cover - depends on the installation
+            raise ImportError("backend='torchforce' needs openmmtorch (pip install openmmtorch==1.5); or use backend='pythonforce'") from error
+        load_torch_plugins()
+        force = openmmtorch.TorchForce(module)
+    else:
+        force = openmm.PythonForce(TorchScriptEnergy(buffer.getvalue()))
+        if system is not None and system.getNumParticles() != n_particles:
+            force.setParticles(list(range(n_particles)))
+    force.setName(f"cgflow PMF ({metadata['system']}, scale {scale:g})")
+    return force
+
+
+def torchforce_from_xml(xml: str) -> openmm.Force:
+    """Rebuild a serialised TorchForce from the TorchScript model its XML carries (hex ``encodedFileContents``);
+    the workaround for openmmtorch 1.5's failing deserialiser. Force group and the uses-periodic flag are kept."""
+    import xml.etree.ElementTree as ElementTree
+
+    import openmmtorch
+
+    load_torch_plugins()
+    root = ElementTree.fromstring(xml)
+    if root.get("type") != "TorchForce" or not root.get("encodedFileContents"):
+        raise ValueError("not a serialised TorchForce with an embedded model (encodedFileContents)")
+    module = torch.jit.load(io.BytesIO(bytes.fromhex(root.get("encodedFileContents"))), map_location="cpu")
+    force = openmmtorch.TorchForce(module)
+    force.setForceGroup(int(root.get("forceGroup", 0)))
+    force.setUsesPeriodicBoundaryConditions(root.get("usesPeriodic", "0") == "1")
+    force.setOutputsForces(root.get("outputsForces", "0") == "1")
+    return force
+
+
+def pmf_at_positions(force_module: torch.jit.ScriptModule, positions: np.ndarray) -> np.ndarray:
+    """F (kT) per replica for positions (n_particles, 3) nm, from a scripted :class:`PMFEnergy`."""
+    _, mean, _ = force_module.free_energy(torch.as_tensor(positions, dtype=torch.float64))
+    return mean.detach().numpy()
