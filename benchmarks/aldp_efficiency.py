@@ -1,0 +1,114 @@
+"""Benchmark: forward KLD vs all-atom energy evaluations for alanine dipeptide, for active-learning and grid
+runs against the MD baseline, all scored on the same reference (SPEC §9).
+
+    python benchmarks/aldp_efficiency.py --run AL=runs/aldp [--run grid=runs/aldp-grid ...] \\
+        [--md benchmarks/results/md_baseline_aldp_seed0] [--reference openmm_cgflow/data/reference_aldp.npz] \\
+        [--out benchmarks/results/aldp_efficiency]
+
+A run directory is what `cgflow run aldp|aldp-grid|aldp-small --out DIR` writes (metrics.json); the MD baseline
+is `cgflow md-baseline aldp --out DIR`. Every method's KLD is recomputed here against ``--reference`` (the runs'
+own scores used the reference they ran with). Speedup = (MD steps the baseline needs to reach the method's KLD,
+interpolated log-log between snapshots) / (the method's evaluations, starting MD included); "> max" when the
+MD baseline has not reached that KLD yet (the speedup is then a lower bound). Writes JSON and a figure, prints
+a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from openmm_cgflow.reference.grid import kld_of_histogram, load_reference, packaged_reference_path
+from openmm_cgflow.reference.kld import forward_kld
+
+
+def md_curve(md_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
+    data = np.load(Path(md_dir) / "md_histograms.npz")
+    return [{"md_steps": int(s), "forward_kld": kld_of_histogram(p_reference, c)} for s, c in zip(data["steps"], data["counts"])]
+
+
+def md_steps_to_reach(curve: List[Dict[str, float]], kld: float) -> Optional[float]:
+    """MD steps at which the baseline first reaches ``kld`` (log-log interpolation); None if it never does."""
+    for a, b in zip(curve, curve[1:]):
+        if a["forward_kld"] <= kld:
+            return float(a["md_steps"])
+        if b["forward_kld"] <= kld:
+            t = (math.log(kld) - math.log(a["forward_kld"])) / (math.log(b["forward_kld"]) - math.log(a["forward_kld"]))
+            return float(math.exp(math.log(a["md_steps"]) + t * (math.log(b["md_steps"]) - math.log(a["md_steps"]))))
+    return float(curve[0]["md_steps"]) if curve and curve[0]["forward_kld"] <= kld else None
+
+
+def method_curve(run_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
+    """Per iteration: evaluations (entries visited + starting MD; also the computed count) and the KLD of the
+    ensemble-mean PMF on the grid against ``p_reference``. Needs the run's checkpoint (it holds the means)."""
+    import torch
+
+    checkpoint = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    rows = []
+    for h in checkpoint["state"]["history"]:
+        rows.append({
+            "iteration": h["iteration"], "energy_evaluations": h["energy_evaluations"],
+            "energy_evaluations_computed": h["energy_evaluations_computed"],
+            "forward_kld": forward_kld(p_reference, np.asarray(h["mean"])), "forward_kld_at_run_time": h["forward_kld"],
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", default=[], metavar="LABEL=DIR", help="a finished or running cgflow run")
+    parser.add_argument("--md", type=Path, default=Path("benchmarks/results/md_baseline_aldp_seed0"))
+    parser.add_argument("--reference", type=Path, default=packaged_reference_path())
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/aldp_efficiency"))
+    args = parser.parse_args()
+    reference = load_reference(args.reference)
+    p = reference.probabilities.ravel()
+    md = md_curve(args.md, reference.probabilities)
+    methods = {}
+    for item in args.run:
+        label, _, directory = item.partition("=")
+        rows = method_curve(Path(directory), p)
+        for row in rows:
+            steps = md_steps_to_reach(md, row["forward_kld"])
+            row["md_steps_to_same_kld"] = steps
+            row["speedup"] = steps / row["energy_evaluations"] if steps is not None else None
+            row["speedup_lower_bound"] = None if steps is not None else md[-1]["md_steps"] / row["energy_evaluations"]
+        methods[label] = {"run_dir": directory, "config": json.loads((Path(directory) / "metrics.json").read_text())["config"], "curve": rows}
+    result = {
+        "reference": str(args.reference), "reference_kld_between_halves": reference.provenance.get("kld_between_halves"),
+        "md_baseline": {"dir": str(args.md), "curve": md}, "methods": methods,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "aldp_efficiency.json").write_text(json.dumps(result, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.loglog([r["md_steps"] for r in md], [r["forward_kld"] for r in md], "k.-", label="MD baseline")
+    for label, m in methods.items():
+        ax.loglog([r["energy_evaluations"] for r in m["curve"]], [r["forward_kld"] for r in m["curve"]], "o-", label=label)
+    ax.axhline(1e-3, color="C3", ls=":", lw=1, label="target 1e-3")
+    if result["reference_kld_between_halves"]:
+        ax.axhline(result["reference_kld_between_halves"], color="gray", ls="--", lw=1, label="reference floor (halves)")
+    ax.set_xlabel("all-atom energy evaluations (MD: steps)")
+    ax.set_ylabel("forward KLD vs reference")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out / "aldp_efficiency.png", dpi=120)
+    print(f"{'method':<12}{'iteration':>10}{'evaluations':>14}{'KLD':>11}{'MD steps same KLD':>20}{'speedup':>12}")
+    print(f"{'MD':<12}{'':>10}{md[-1]['md_steps']:>14}{md[-1]['forward_kld']:>11.3e}")
+    for label, m in methods.items():
+        for r in m["curve"]:
+            speed = f"{r['speedup']:.2f}" if r["speedup"] is not None else f"> {r['speedup_lower_bound']:.1f}"
+            steps = f"{r['md_steps_to_same_kld']:.3g}" if r["md_steps_to_same_kld"] is not None else "not reached"
+            print(f"{label:<12}{r['iteration']:>10}{r['energy_evaluations']:>14}{r['forward_kld']:>11.3e}{steps:>20}{speed:>12}")
+
+
+if __name__ == "__main__":
+    main()
