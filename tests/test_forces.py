@@ -157,3 +157,33 @@ def test_dihedral_cg_matches_the_system_frame():
     s_system, _ = aldp.from_cartesian(torch.as_tensor(positions)[None])
     torch.testing.assert_close(s_model, s_system, rtol=0, atol=1e-12)
     assert math.isclose(float(cg(torch.as_tensor(aldp.positions)).abs().max()), 0.0, abs_tol=1e-12)  # the minimum is s = 0
+
+
+def test_cg_langevin_on_the_pmf_force_samples_exp_minus_F(tmp_path):
+    """Müller-Brown CG dynamics: replicas started from exp(-F) stay distributed as exp(-F) under Langevin
+    dynamics on the PMF force (a wrong force or a wrong kT would drift the histogram)."""
+    from openmm_cgflow.forces.cg_dynamics import muller_brown_cg_system, positions_for_s, run_cg_langevin
+    from openmm_cgflow.reference.kld import forward_kld
+    from openmm_cgflow.reference.muller_brown import exact_pmf
+
+    mb = create_system("muller-brown")
+    grid = np.linspace(-2.5, 1.1, 200)
+    ensemble = PMFEnsemble(1, 3, (32, 32)).double()
+    ensemble.fit(grid[:, None], exact_pmf(grid), 300, 64, 1.0, "bagging", "gaussian_uniform", torch.Generator().manual_seed(0), "lbfgs")
+    path = save_model(ensemble, tmp_path / "mb.pt", kind="pmf_ensemble", system="muller-brown", temperature_K=mb.temperature, cg_dim=1,
+                      cg_metadata=mb.metadata)
+    edges = np.linspace(-2.5, 1.1, 61)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    module, _ = pmf_energy_module(path)
+    F = np.array([float(module.free_energy(torch.tensor([[c / 2, -c / 2, 0.0]], dtype=torch.float64))[1][0]) for c in centres])
+    p_model = np.exp(-(F - F.min()))
+    p_model /= p_model.sum()
+    rng = np.random.default_rng(0)
+    n = 400
+    start = centres[rng.choice(len(centres), size=n, p=p_model)] + rng.uniform(-0.03, 0.03, size=n)
+    system = muller_brown_cg_system(path, n)
+    s = run_cg_langevin(system, positions_for_s(start), n_steps=4000, record_every=40, platform="CPU")
+    counts = np.histogram(s[20:].ravel(), bins=edges)[0]
+    assert counts.sum() > 0.99 * s[20:].size  # the walls keep s in the domain
+    kld = forward_kld(p_model, -np.log((counts + 0.5) / (counts + 0.5).sum()))
+    assert kld < 5e-3, kld

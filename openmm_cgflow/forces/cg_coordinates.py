@@ -3,7 +3,6 @@ PMF defined on them). Every module maps positions (n_replicas * atoms_per_replic
 (n_replicas, cg_dim); several replicas of the molecule in one System are evaluated in one call."""
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
