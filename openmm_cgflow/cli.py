@@ -5,6 +5,7 @@
     cgflow md-baseline aldp --steps N --out DIR [--reference FILE] [--resume]   MD baseline
     cgflow reference aldp --out DIR --passes N [--seeds 1 2] [--resume] [--fit-only] [--output FILE]
                                         umbrella-sampling reference PMF (runs, then fits and writes FILE)
+    cgflow backmap MODEL CG_FILE --out FILE.pdb|.dcd [--n-per-frame N] [--refine minimize]   backmapping
     cgflow configs                      list the built-in configs
     cgflow show-config CONFIG_OR_BUILTIN [--set ...]   print the resolved config as YAML
 
@@ -60,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--fit-only", action="store_true", help="do not simulate; fit the passes already in --out")
     ref.add_argument("--output", type=Path, default=None, help="reference file to write (default: DIR/reference_aldp.npz)")
     ref.add_argument("--quiet", action="store_true")
+    bm = sub.add_parser("backmap", help="all-atom structures from CG frames with a trained flow")
+    bm.add_argument("model", type=Path, help="flow model file (a run's models/flow.pt)")
+    bm.add_argument("cg_file", type=Path, help=".npy or text file of CG frames (n, cg_dim), in the model's CG frame")
+    bm.add_argument("--out", type=Path, required=True, help="trajectory to write (.pdb or .dcd); weights go to OUT.weights.npz")
+    bm.add_argument("--n-per-frame", type=int, default=10)
+    bm.add_argument("--seed", type=int, default=0)
+    bm.add_argument("--refine", choices=["minimize"], default=None, help="minimise each structure with its CG coordinates restrained")
+    bm.add_argument("--platform", default="CPU")
     sub.add_parser("configs", help="list the built-in configs")
     show = sub.add_parser("show-config", help="print a resolved config")
     show.add_argument("config")
@@ -71,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("data", "md-baseline", "reference") and args.platform == "CPU":
+        if args.command in ("data", "md-baseline", "reference", "backmap") and args.platform == "CPU":
             from .energy import pin_to_core
 
             pin_to_core()
@@ -94,6 +103,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.command == "reference":
             return _reference(args)
+        if args.command == "backmap":
+            return _backmap(args)
         if args.command == "configs":
             print("\n".join(builtin_configs()))
             return 0
@@ -122,6 +133,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{totals['final_forward_kld']:.3e}, {totals['energy_evaluations']} energy evaluations, {totals['wall_s']:.1f} s; "
         f"results in {args.out}"
     )
+    return 0
+
+
+def _backmap(args) -> int:
+    import numpy as np
+
+    from .backmapping import Backmapper
+
+    if args.out.suffix not in (".pdb", ".dcd"):
+        raise ValueError(f"--out must end in .pdb or .dcd, got {args.out}")
+    if not args.cg_file.is_file():
+        raise FileNotFoundError(f"CG file not found: {args.cg_file}")
+    cg = np.load(args.cg_file) if args.cg_file.suffix == ".npy" else np.loadtxt(args.cg_file, ndmin=2)
+    result = Backmapper(args.model, args.platform).backmap(cg, args.n_per_frame, args.seed, args.refine)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result.trajectory.save(str(args.out))
+    np.savez_compressed(f"{args.out}.weights.npz", cg_index=result.cg_index, log_weights=result.log_weights, weights=result.weights,
+                        ess=result.ess, reduced_energies=result.reduced_energies)
+    print(f"{result.trajectory.n_frames} structures for {len(result.ess)} CG frames in {args.out}; ESS per frame: "
+          f"median {np.median(result.ess):.2f} of {args.n_per_frame}; weights in {args.out}.weights.npz")
     return 0
 
 
