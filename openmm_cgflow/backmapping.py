@@ -23,6 +23,7 @@ import torch
 from .energy import EnergyOracle
 from .export import load_model
 from .systems import create_system
+from .systems.base import kT_in_kJ_per_mol
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Backmapper:
         from .reference.umbrella import restraint_forces
         from .systems.alanine_dipeptide import from_paper_frame
 
-        kT = float((unit.MOLAR_GAS_CONSTANT_R * self.cg_system.temperature * unit.kelvin).value_in_unit(unit.kilojoule_per_mole))
+        kT = kT_in_kJ_per_mol(self.cg_system.temperature)
         system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(self.cg_system.system))
         for force in restraint_forces(k_kT * kT):
             system.addForce(force)

@@ -16,6 +16,7 @@ import openmm
 import openmm.unit as unit
 from torch import nn
 
+from ..systems.base import kT_in_kJ_per_mol
 from ..systems.muller_brown import MB_CG_DOMAIN, MB_TEMPERATURE
 from .pmf_force import create_pmf_force
 
@@ -24,7 +25,7 @@ def muller_brown_cg_system(model: Union[str, Path, nn.Module], n_replicas: int, 
                            backend: str = "torchforce", k_perp_kT: float = 10.0, k_z_kT: float = 10.0,
                            walls: Tuple[float, float] = MB_CG_DOMAIN, k_wall_kT: float = 1000.0, mass_dalton: float = 1.0) -> openmm.System:
     """An OpenMM System of ``n_replicas`` CG particles on the PMF ``model`` (spring constants in kT/nm^2)."""
-    kT = float((unit.MOLAR_GAS_CONSTANT_R * MB_TEMPERATURE * unit.kelvin).value_in_unit(unit.kilojoule_per_mole))
+    kT = kT_in_kJ_per_mol(MB_TEMPERATURE)
     system = openmm.System()
     for _ in range(n_replicas):
         system.addParticle(mass_dalton)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..export import ModelFileError, load_model
+from ..systems.base import kT_in_kJ_per_mol
 from .cg_coordinates import cg_module_from_metadata
 
 BACKENDS = ("torchforce", "pythonforce")
@@ -69,7 +70,7 @@ def load_torch_plugins() -> None:
 
 
 def _kT(temperature_K: float) -> float:
-    return float((unit.MOLAR_GAS_CONSTANT_R * temperature_K * unit.kelvin).value_in_unit(unit.kilojoule_per_mole))
+    return kT_in_kJ_per_mol(temperature_K)
 
 
 def pmf_energy_module(model: Union[str, Path, nn.Module], metadata: Optional[dict] = None, scale: float = 1.0,

@@ -27,10 +27,8 @@ from tqdm.auto import tqdm
 from ..energy.oracle import default_properties, resolve_platform
 from ..storage import atomic_write, write_json
 from ..systems import create_system
+from ..systems.base import kT_in_kJ_per_mol
 from ..systems.alanine_dipeptide import PHI_ATOMS, PSI_ATOMS, phi_psi
-
-KT_300K_KJ = float((unit.MOLAR_GAS_CONSTANT_R * 300.0 * unit.kelvin).value_in_unit(unit.kilojoule_per_mole))
-
 
 @dataclass(frozen=True)
 class UmbrellaProtocol:
@@ -80,7 +78,7 @@ class UmbrellaRun:
         self.protocol = protocol
         aldp = create_system("alanine-dipeptide")
         self.temperature = aldp.temperature
-        self.kT_kj = float((unit.MOLAR_GAS_CONSTANT_R * aldp.temperature * unit.kelvin).value_in_unit(unit.kilojoule_per_mole))
+        self.kT_kj = kT_in_kJ_per_mol(aldp.temperature)
         system = openmm.System()
         system.__setstate__(aldp.system.__getstate__())  # a copy, so the shared System stays unbiased
         for force in restraint_forces(protocol.force_constant * self.kT_kj):
