@@ -19,7 +19,6 @@ import io
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-import numpy as np
 import openmm
 import openmm.unit as unit
 import torch
@@ -171,9 +170,3 @@ def torchforce_from_xml(xml: str) -> openmm.Force:
     force.setUsesPeriodicBoundaryConditions(root.get("usesPeriodic", "0") == "1")
     force.setOutputsForces(root.get("outputsForces", "0") == "1")
     return force
-
-
-def pmf_at_positions(force_module: torch.jit.ScriptModule, positions: np.ndarray) -> np.ndarray:
-    """F (kT) per replica for positions (n_particles, 3) nm, from a scripted :class:`PMFEnergy`."""
-    _, mean, _ = force_module.free_energy(torch.as_tensor(positions, dtype=torch.float64))
-    return mean.detach().numpy()

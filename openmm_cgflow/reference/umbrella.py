@@ -79,8 +79,7 @@ class UmbrellaRun:
         aldp = create_system("alanine-dipeptide")
         self.temperature = aldp.temperature
         self.kT_kj = kT_in_kJ_per_mol(aldp.temperature)
-        system = openmm.System()
-        system.__setstate__(aldp.system.__getstate__())  # a copy, so the shared System stays unbiased
+        system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(aldp.system))  # a copy: the shared System stays unbiased
         for force in restraint_forces(protocol.force_constant * self.kT_kj):
             system.addForce(force)
         self.integrator = openmm.LangevinMiddleIntegrator(
