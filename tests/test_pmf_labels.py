@@ -39,3 +39,31 @@ def test_weight_clipping_sets_top_k_to_kth_largest():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="same shape"):
         free_energy_labels(np.zeros(3), np.zeros(4))
+
+
+def test_accumulated_labels_equal_labels_of_all_samples():
+    # every sample a point ever received, merged batch by batch into (count, top-k, rest), gives exactly the
+    # log-mean-exp labels (with the same clipping) of the concatenated samples
+    from openmm_cgflow.active_learning.dataset import ActiveLearningDataset
+
+    rng = np.random.default_rng(0)
+    for clip_k in (0, 3):
+        dataset = ActiveLearningDataset(2, top_k=clip_k)
+        dataset.add_points(rng.normal(size=(7, 2)), 0, rng, 0.8, 5)
+        points, values = [], []
+        for _ in range(6):
+            entries = rng.choice(dataset.n_entries, size=17, replace=False)
+            log_w = 3 * rng.normal(size=17)
+            log_w[rng.random(17) < 0.1] = np.nan
+            dataset.record(entries, log_w)
+            points.append(dataset.entry_point[entries])
+            values.append(log_w)
+        points, values = np.concatenate(points), np.concatenate(values)
+        train = dataset.point_train[points]
+        expected_groups, expected = free_energy_labels(values[train], points[train], clip_k)
+        groups, labels, counts = dataset.accumulated_labels(clip_k)
+        np.testing.assert_array_equal(groups, expected_groups)
+        np.testing.assert_allclose(labels, expected, atol=1e-12)
+        assert counts.sum() == np.isfinite(values[train]).sum()
+        restored = ActiveLearningDataset.from_state_dict(dataset.state_dict())
+        np.testing.assert_allclose(restored.accumulated_labels(clip_k)[1], labels, atol=0)

@@ -3,6 +3,12 @@
 Each CG point is split into train or test when it is added, then copied ``copies`` times. Every
 entry remembers the iteration that added it and, once visited by training by energy, the log
 importance weight ln p~(x) - ln q(x | s) of its most recent sample (NaN until evaluated).
+
+Every point also accumulates *all* the samples its entries ever received (not only the latest one per entry,
+which is all the paper's labels use): a count, the ``top_k`` largest log weights (kept apart so that weight
+clipping can still be applied) and the log-sum-exp of the rest. Each such sample is an unbiased importance
+sample of exp(-F(s)) whatever flow parameters drew it, so labels from the accumulated samples use every
+energy evaluation paid for instead of the last 1/epochs of them.
 """
 from __future__ import annotations
 
@@ -20,14 +26,18 @@ class ActiveLearningDataset:
         Number of CG coordinates.
     """
 
-    def __init__(self, cg_dim: int):
+    def __init__(self, cg_dim: int, top_k: int = 3):
         self.cg_dim = cg_dim
+        self.top_k = max(int(top_k), 1)
         self.point_s = np.zeros((0, cg_dim))
         self.point_iteration = np.zeros(0, dtype=np.int64)
         self.point_train = np.zeros(0, dtype=bool)
         self.entry_point = np.zeros(0, dtype=np.int64)
         self.entry_log_w = np.zeros(0)
         self.entry_visits = np.zeros(0, dtype=np.int64)
+        self.point_n_samples = np.zeros(0, dtype=np.int64)
+        self.point_top_log_w = np.zeros((0, self.top_k))
+        self.point_rest_log_w = np.zeros(0)
 
     # ------------------------------------------------------------------ building
     def add_points(
@@ -47,6 +57,9 @@ class ActiveLearningDataset:
         self.entry_point = np.concatenate([self.entry_point, new_points])
         self.entry_log_w = np.concatenate([self.entry_log_w, np.full(len(new_points), np.nan)])
         self.entry_visits = np.concatenate([self.entry_visits, np.zeros(len(new_points), dtype=np.int64)])
+        self.point_n_samples = np.concatenate([self.point_n_samples, np.zeros(len(s), dtype=np.int64)])
+        self.point_top_log_w = np.concatenate([self.point_top_log_w, np.full((len(s), self.top_k), -np.inf)])
+        self.point_rest_log_w = np.concatenate([self.point_rest_log_w, np.full(len(s), -np.inf)])
 
     @property
     def n_entries(self) -> int:
@@ -82,12 +95,48 @@ class ActiveLearningDataset:
         """Store the log weights of freshly sampled entries (NaN where the sample was not evaluated)."""
         self.entry_log_w[entries] = log_w
         self.entry_visits[entries] += 1
+        self._accumulate(self.entry_point[entries], np.asarray(log_w, dtype=np.float64))
+
+    def _accumulate(self, points: np.ndarray, log_w: np.ndarray) -> None:
+        """Merge finite samples into their points' running (count, top-k, log-sum-exp of the rest)."""
+        finite = np.isfinite(log_w)
+        points, log_w = points[finite], log_w[finite]
+        if len(points) == 0:
+            return
+        order = np.argsort(points, kind="stable")
+        points, log_w = points[order], log_w[order]
+        unique, start = np.unique(points, return_index=True)
+        k = self.top_k
+        for p, values in zip(unique, np.split(log_w, start[1:])):
+            candidates = np.sort(np.concatenate([self.point_top_log_w[p], values]))[::-1]
+            self.point_top_log_w[p] = candidates[:k]
+            rest = candidates[k:]
+            rest = rest[np.isfinite(rest)]
+            if len(rest):
+                self.point_rest_log_w[p] = np.logaddexp(self.point_rest_log_w[p], np.logaddexp.reduce(rest))
+            self.point_n_samples[p] += len(values)
 
     # ------------------------------------------------------------------ labels
     def labelled_train_entries(self) -> np.ndarray:
         """Indices of training entries that hold a finite log weight."""
         train_entry = self.point_train[self.entry_point]
         return np.flatnonzero(train_entry & np.isfinite(self.entry_log_w))
+
+    def accumulated_labels(self, clip_k: int = 0):
+        """Labels F = -ln mean exp(log_w) (kT) over every sample each training point has received, with the
+        ``clip_k`` largest weights of a point set to its ``clip_k``-th largest (as :func:`free_energy_labels`).
+        Returns (point ids, labels, samples per point)."""
+        if clip_k > self.top_k:
+            raise ValueError(f"clip_k={clip_k} needs the dataset to keep the top {clip_k} weights, it keeps {self.top_k}")
+        points = np.flatnonzero(self.point_train & (self.point_n_samples > 0))
+        top = self.point_top_log_w[points].copy()
+        n = self.point_n_samples[points]
+        if clip_k > 1:
+            kth = top[:, clip_k - 1 : clip_k]
+            clipped = n >= clip_k
+            top[clipped, :clip_k] = np.minimum(top[clipped, :clip_k], kth[clipped])
+        log_sum = np.logaddexp(np.logaddexp.reduce(top, axis=1), self.point_rest_log_w[points])
+        return points, -(log_sum - np.log(n)), n
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> Dict[str, np.ndarray]:
@@ -99,11 +148,23 @@ class ActiveLearningDataset:
             "entry_point": self.entry_point,
             "entry_log_w": self.entry_log_w,
             "entry_visits": self.entry_visits,
+            "top_k": self.top_k,
+            "point_n_samples": self.point_n_samples,
+            "point_top_log_w": self.point_top_log_w,
+            "point_rest_log_w": self.point_rest_log_w,
         }
 
     @classmethod
     def from_state_dict(cls, state: Dict[str, np.ndarray]) -> "ActiveLearningDataset":
-        dataset = cls(int(state["cg_dim"]))
+        dataset = cls(int(state["cg_dim"]), int(state.get("top_k", 3)))
         for key in ("point_s", "point_iteration", "point_train", "entry_point", "entry_log_w", "entry_visits"):
             setattr(dataset, key, np.asarray(state[key]).copy())
+        n = len(dataset.point_s)
+        if "point_n_samples" in state:  # checkpoints before accumulation start with empty accumulators
+            for key in ("point_n_samples", "point_top_log_w", "point_rest_log_w"):
+                setattr(dataset, key, np.asarray(state[key]).copy())
+        else:
+            dataset.point_n_samples = np.zeros(n, dtype=np.int64)
+            dataset.point_top_log_w = np.full((n, dataset.top_k), -np.inf)
+            dataset.point_rest_log_w = np.full(n, -np.inf)
         return dataset

@@ -193,7 +193,7 @@ class ActiveLearningRun:
         train_by_example(self.flow, self.optimizer, s0, x0, pt["epochs"], pt["batch_size"], self.torch_gen)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg["energy_training"]["lr"]
-        self.dataset = ActiveLearningDataset(self.cg_system.cg_dim)
+        self.dataset = ActiveLearningDataset(self.cg_system.cg_dim, top_k=cfg["labels"]["clip_k"])
         ds = cfg["dataset"]
         first = s0.numpy() if ds["kind"] == "active" else grid_points(tuple(cfg["metrics"]["domain"]), ds["grid_points"], self.cg_system.cg_dim)
         self.dataset.add_points(first, 0, self.rng, ds["train_fraction"], ds["copies"])
@@ -257,10 +257,12 @@ class ActiveLearningRun:
                     bar.set_postfix(loss=f"{result.loss:.3f}", refresh=False)
 
     def _fit_pmf(self):
-        entries = self.dataset.labelled_train_entries()
-        groups, labels = free_energy_labels(
-            self.dataset.entry_log_w[entries], self.dataset.entry_point[entries], self.config["labels"]["clip_k"]
-        )
+        lc = self.config["labels"]
+        if lc["samples"] == "all":
+            groups, labels, _ = self.dataset.accumulated_labels(lc["clip_k"])
+        else:
+            entries = self.dataset.labelled_train_entries()
+            groups, labels = free_energy_labels(self.dataset.entry_log_w[entries], self.dataset.entry_point[entries], lc["clip_k"])
         ens = self.config["ensemble"]
         s = self.dataset.point_s[groups]
         self.ensemble.fit(
