@@ -3,7 +3,7 @@ PMF defined on them). Every module maps positions (n_replicas * atoms_per_replic
 (n_replicas, cg_dim); several replicas of the molecule in one System are evaluated in one call."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -54,16 +54,31 @@ class DifferenceCG(nn.Module):
         return (x[:, 0] - x[:, 1]).unsqueeze(-1)
 
 
-def cg_module_from_metadata(metadata: dict, n_replicas: int = 1, atoms_per_replica: int = 0) -> nn.Module:
-    """The CG-coordinate module a model's metadata describes (system and CG definition)."""
+def cg_module_from_metadata(metadata: dict, n_replicas: int = 1, atoms_per_replica: int = 0,
+                            replica_atoms: Optional[Sequence[int]] = None) -> nn.Module:
+    """The CG-coordinate module a model's metadata describes (system and CG definition).
+
+    ``replica_atoms``: the atom of the model's molecule that each particle of one replica stands for, when the
+    System holds only some of its atoms (e.g. the five backbone atoms of the ALDP CG system); default: every
+    atom in the model's order. A CG atom that no particle stands for is an error naming it.
+    """
     system = metadata["system"]
     cg = metadata.get("cg_metadata", {})
     if system == "alanine-dipeptide":
         definition = cg.get("cg_definition")
         if not isinstance(definition, dict) or set(definition) != {"phi", "psi"}:
             raise ValueError("alanine-dipeptide model metadata lacks cg_definition {'phi': [4 atoms], 'psi': [4 atoms]}")
+        quadruples = [list(definition["phi"]), list(definition["psi"])]
+        if replica_atoms is not None:
+            replica_atoms = [int(a) for a in replica_atoms]
+            missing = sorted({a for q in quadruples for a in q} - set(replica_atoms))
+            if missing:
+                raise ValueError(f"the CG definition {definition} uses atoms {missing}, which no particle of the replica "
+                                 f"(atoms {replica_atoms}) stands for")
+            quadruples = [[replica_atoms.index(a) for a in q] for q in quadruples]
+            atoms_per_replica = atoms_per_replica or len(replica_atoms)
         offsets = [cg["phi_ref_bg_rad"], cg["psi_ref_bg_rad"]]
-        return DihedralCG([definition["phi"], definition["psi"]], atoms_per_replica or 22, n_replicas, sign=-1.0, offsets=offsets)
+        return DihedralCG(quadruples, atoms_per_replica or 22, n_replicas, sign=-1.0, offsets=offsets)
     if system == "muller-brown":
         return DifferenceCG(0, atoms_per_replica or 1, n_replicas)
     raise ValueError(f"no CG definition is known for system '{system}'")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import openmm
 import openmm.unit as unit
@@ -73,8 +73,9 @@ def _kT(temperature_K: float) -> float:
 
 
 def pmf_energy_module(model: Union[str, Path, nn.Module], metadata: Optional[dict] = None, scale: float = 1.0,
-                      n_replicas: int = 1) -> Tuple[torch.jit.ScriptModule, dict]:
-    """The scripted :class:`PMFEnergy` of a PMF model file (or a live ensemble with its export ``metadata``)."""
+                      n_replicas: int = 1, replica_atoms: Optional[Sequence[int]] = None) -> Tuple[torch.jit.ScriptModule, dict]:
+    """The scripted :class:`PMFEnergy` of a PMF model file (or a live ensemble with its export ``metadata``);
+    ``replica_atoms`` as in :func:`~openmm_cgflow.forces.cg_coordinates.cg_module_from_metadata`."""
     if isinstance(model, (str, Path)):
         ensemble, metadata = load_model(model, expected_kind="pmf_ensemble")
     else:
@@ -84,7 +85,7 @@ def pmf_energy_module(model: Union[str, Path, nn.Module], metadata: Optional[dic
     for key in ("system", "temperature_K", "cg_dim"):
         if key not in metadata:
             raise ModelFileError(f"PMF model metadata is missing the field '{key}'")
-    cg = cg_module_from_metadata(metadata, n_replicas)
+    cg = cg_module_from_metadata(metadata, n_replicas, replica_atoms=replica_atoms)
     module = PMFEnergy(cg, ensemble, _kT(metadata["temperature_K"]), scale)
     probe = cg(torch.zeros(cg.n_particles, 3, dtype=torch.float64))
     if probe.shape[-1] != int(metadata["cg_dim"]):
@@ -117,9 +118,11 @@ class TorchScriptEnergy:
 
 
 def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict] = None, backend: str = "torchforce",
-                     scale: float = 1.0, n_replicas: int = 1, system: Optional[openmm.System] = None) -> openmm.Force:
+                     scale: float = 1.0, n_replicas: int = 1, system: Optional[openmm.System] = None,
+                     replica_atoms: Optional[Sequence[int]] = None) -> openmm.Force:
     """An OpenMM Force applying ``scale`` x the learned PMF (kJ/mol) to a System of ``n_replicas`` copies of the
-    model's molecule (its particles first, in the model system's order).
+    model's molecule (its particles first, in the model system's order; or, with ``replica_atoms``, copies of a
+    subset of its atoms: ``replica_atoms[j]`` is the model atom that particle j of a replica stands for).
 
     ``model``: a PMF model file from :func:`openmm_cgflow.export.save_model` (or ``cgflow run``'s
     ``models/pmf_ensemble.pt``), or a live ``PMFEnsemble`` with its export ``metadata``. ``system``: if given,
@@ -129,7 +132,7 @@ def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict
         raise ValueError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
     if n_replicas < 1:
         raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
-    module, metadata = pmf_energy_module(model, metadata, scale, n_replicas)
+    module, metadata = pmf_energy_module(model, metadata, scale, n_replicas, replica_atoms)
     n_particles = module.cg.n_particles
     if system is not None and system.getNumParticles() < n_particles:
         raise ValueError(
