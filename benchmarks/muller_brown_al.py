@@ -7,6 +7,8 @@ another, so timings are not disturbed by each other). Writes `muller_brown_al.js
 Variants:
   default  the shipped config (L-BFGS ensemble fit, search bounded to the scored range, restart from data)
   paper    the paper's recipe (Adam ensemble fit, batch 5 x 1000 epochs; unbounded search; stop on a failed search)
+  cg_dynamics  the default config with the uncertainty search run as OpenMM Langevin CG dynamics on the PMF
+           force (search.backend=cg_dynamics) instead of Metropolis MC
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ VARIANTS = {
         "ensemble.optimizer=adam", "ensemble.lr=1.0e-3", "ensemble.batch_size=5", "ensemble.epochs=1000",
         "search.bounds=null", "search.restart_from_data=false",
     ],
+    "cg_dynamics": ["search.backend=cg_dynamics"],
 }
 
 

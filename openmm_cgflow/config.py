@@ -31,6 +31,7 @@ _CHOICES = {
     "ensemble.optimizer": ("lbfgs", "adam"),
     "spreading.kind": ("interval", "disc"),
     "labels.samples": ("last", "all"),
+    "search.backend": ("mc", "cg_dynamics"),
 }
 _FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
 _NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "search.min_steps", "starting_data.equilibration_steps", "seed")

@@ -78,3 +78,50 @@ def test_spreading_stays_within_bounds():
     assert np.linalg.norm(d, axis=1).max() <= 0.6 + 1e-12
     # uniform in the disc: half of the points inside radius 0.6/sqrt(2)
     assert abs(np.mean(np.linalg.norm(d, axis=1) < 0.6 / np.sqrt(2)) - 0.5) < 0.04
+
+
+class FlatWithUncertainRegion(torch.nn.Module):
+    """A scriptable stand-in PMF ensemble: F = 0 everywhere, std = 1 kT where s[0] > edge, else 0."""
+
+    def __init__(self, edge: float):
+        super().__init__()
+        self.edge = edge
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(1, s.shape[0], dtype=s.dtype)
+
+    @torch.jit.export
+    def mean_std(self, s: torch.Tensor):
+        return 0.0 * s[:, 0], (s[:, 0] > self.edge).to(s.dtype)  # 0 * s: a zero PMF that autograd can differentiate
+
+
+def test_cg_dynamics_search_stops_only_where_std_exceeds_threshold():
+    """OpenMM Langevin CG dynamics as the search backend: Müller-Brown CG particles diffuse on the (flat) PMF
+    force from s = -2 nm and stop past s = 0.5 nm, where the std jumps; with a threshold the std never exceeds
+    the search runs out of steps."""
+    from openmm_cgflow.sampling.cg_dynamics_search import cg_dynamics_search
+    from openmm_cgflow.systems.muller_brown import MB_TEMPERATURE
+
+    metadata = {"system": "muller-brown", "temperature_K": MB_TEMPERATURE, "cg_dim": 1, "cg_metadata": {}}
+    start = np.full((20, 1), -2.0)
+    result = cg_dynamics_search(FlatWithUncertainRegion(0.5), metadata, start, 5, 0.5, 20, 50_000, seed=0,
+                                timestep_fs=5.0, friction_per_ps=10.0, bounds=(-2.5, 1.1))
+    assert result.success and result.points.shape == (5, 1)
+    assert (result.points[:, 0] > 0.5).all() and (result.points[:, 0] < 1.2).all()
+    assert result.n_steps > 20
+    failed = cg_dynamics_search(FlatWithUncertainRegion(0.5), metadata, start, 5, 2.0, 20, 200, seed=0,
+                                timestep_fs=5.0, friction_per_ps=10.0, bounds=(-2.5, 1.1))
+    assert not failed.success and failed.n_steps == 200
+
+
+def test_cg_dynamics_search_on_alanine_dipeptide_backbone_chains():
+    from openmm_cgflow.sampling.cg_dynamics_search import cg_dynamics_search
+    from openmm_cgflow.systems import create_system
+
+    aldp = create_system("alanine-dipeptide")
+    metadata = {"system": "alanine-dipeptide", "temperature_K": aldp.temperature, "cg_dim": 2, "cg_metadata": aldp.metadata}
+    start = np.zeros((16, 2))
+    result = cg_dynamics_search(FlatWithUncertainRegion(1.0), metadata, start, 4, 0.5, 10, 20_000, seed=1,
+                                timestep_fs=2.0, friction_per_ps=10.0)
+    assert result.success and result.points.shape == (4, 2)
+    assert (result.points[:, 0] > 1.0).all() and (result.points.abs() <= np.pi).all()

@@ -27,6 +27,7 @@ from ..flows.training import EnergyTrainer, train_by_example
 from ..pmf import PMFEnsemble, free_energy_labels
 from ..reference.kld import forward_kld
 from ..sampling import farthest_point_selection, run_langevin, spread_disc, spread_uniform_interval, uncertainty_search
+from ..sampling.cg_dynamics_search import cg_dynamics_search
 from ..systems import CGSystem, create_system
 from ..storage import load_checkpoint, save_checkpoint, write_json
 from .dataset import ActiveLearningDataset
@@ -272,11 +273,23 @@ class ActiveLearningRun:
 
     def _search(self, seeds: np.ndarray, n_found: int):
         sc = self.config["search"]
-        start = torch.as_tensor(seeds[np.arange(sc["n_chains"]) % len(seeds)])
+        start = seeds[np.arange(sc["n_chains"]) % len(seeds)]
+        bounds = None if sc["bounds"] is None else tuple(sc["bounds"])
+        if sc["backend"] == "cg_dynamics":
+            return cg_dynamics_search(
+                self.ensemble, self._model_metadata(), start, n_found, sc["std_threshold"], sc["min_steps"], sc["max_steps"],
+                int(self.rng.integers(2**31 - 1)), sc["md_timestep_fs"], sc["md_friction_per_ps"], sc["md_check_every"], bounds,
+                platform=self.config["energy"]["platform"],
+            )
         return uncertainty_search(
-            self.ensemble, start, n_found, sc["step_size"], sc["std_threshold"], sc["min_steps"], sc["max_steps"],
-            self.torch_gen, self.cg_system.cg_periodic, bounds=None if sc["bounds"] is None else tuple(sc["bounds"]),
+            self.ensemble, torch.as_tensor(start), n_found, sc["step_size"], sc["std_threshold"], sc["min_steps"], sc["max_steps"],
+            self.torch_gen, self.cg_system.cg_periodic, bounds=bounds,
         )
+
+    def _model_metadata(self) -> Dict[str, Any]:
+        """The export metadata of this run's models (system, temperature, CG definition)."""
+        return dict(system=self.cg_system.name, temperature_K=self.cg_system.temperature, cg_metadata=self.cg_system.metadata,
+                    cg_dim=self.cg_system.cg_dim)
 
     def _search_and_spread(self, labelled_points: np.ndarray) -> bool:
         """MC search for uncertain points, diversity selection, spreading; False if the search failed.
@@ -339,7 +352,7 @@ class ActiveLearningRun:
         elif cfg["dataset"]["kind"] == "grid":
             pass  # the grid baseline has no search: the next iteration continues training on the same grid
         elif not self._search_and_spread(self.dataset.point_s[groups]):
-            st.finished, st.stop_reason = True, f"MC search found no uncertain point within {cfg['search']['max_steps']} steps"
+            st.finished, st.stop_reason = True, f"the uncertainty search ({cfg['search']['backend']}) found no uncertain point within {cfg['search']['max_steps']} steps"
         st.wall_s += time.perf_counter() - t0
         st.history[-1]["wall_s"] = st.wall_s
 
@@ -405,9 +418,9 @@ class ActiveLearningRun:
 
     def _export_models(self) -> None:
         models = self.out_dir / "models"
-        common = dict(system=self.cg_system.name, temperature_K=self.cg_system.temperature, cg_metadata=self.cg_system.metadata)
-        save_model(self.flow, models / "flow.pt", kind="conditional_flow", cg_dim=self.cg_system.cg_dim, fg_dim=self.cg_system.fg_dim, **common)
-        save_model(self.ensemble, models / "pmf_ensemble.pt", kind="pmf_ensemble", cg_dim=self.cg_system.cg_dim, **common)
+        common = self._model_metadata()
+        save_model(self.flow, models / "flow.pt", kind="conditional_flow", fg_dim=self.cg_system.fg_dim, **common)
+        save_model(self.ensemble, models / "pmf_ensemble.pt", kind="pmf_ensemble", **common)
 
     def _plot(self) -> None:
         from ..plotting import plot_kld, plot_pmf_1d, plot_pmf_iterations

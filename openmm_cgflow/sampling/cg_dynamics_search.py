@@ -1,0 +1,97 @@
+"""The uncertainty search by OpenMM CG dynamics: an exploration backend beside Metropolis MC (SPEC §7).
+
+Instead of Metropolis chains on the ensemble-mean PMF, ``n_chains`` replicas of the system's CG model
+(:mod:`openmm_cgflow.forces.cg_dynamics`: Müller-Brown CG particles, or alanine-dipeptide backbone chains) run
+Langevin dynamics at the system's temperature in one OpenMM Context, on the PMF force (the ensemble mean as
+a TorchForce: one batched model call per step for all replicas). Their stationary distribution in s is
+exp(-F), the same as the MC chains'. Every ``check_every`` steps the ensemble std at each replica's current s is
+computed; a replica that has run more than ``min_steps`` steps stops (its first point with std > the
+threshold is kept) and the search succeeds once ``n_wanted`` replicas have stopped (the first ``n_wanted`` by
+replica index, as in the MC search). Dynamics moves along the PMF's gradient rather than by blind proposals,
+and runs on any OpenMM platform.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import openmm
+import openmm.unit as unit
+import torch
+
+from .monte_carlo import UncertaintySearchResult
+
+
+def _cg_system_and_positions(ensemble, metadata: dict, start: np.ndarray, bounds: Optional[Tuple[float, float]], backend: str):
+    from ..forces import cg_dynamics
+
+    system_name = metadata["system"]
+    n = len(start)
+    if system_name == "muller-brown":
+        walls = tuple(bounds) if bounds is not None else cg_dynamics.MB_CG_DOMAIN
+        system = cg_dynamics.muller_brown_cg_system(ensemble, n, metadata, backend=backend, walls=walls)
+        return system, cg_dynamics.positions_for_s(start[:, 0]), lambda x: (x[:, 0] - x[:, 1])[:, None]
+    if system_name == "alanine-dipeptide":
+        from ..systems.alanine_dipeptide import from_paper_frame, to_paper_frame
+
+        system = cg_dynamics.alanine_dipeptide_cg_system(ensemble, n, metadata, backend=backend)
+        positions = cg_dynamics.aldp_backbone_positions(from_paper_frame(start))
+        return system, positions, lambda x: to_paper_frame(cg_dynamics.aldp_backbone_phi_psi(x))
+    raise ValueError(f"CG dynamics is not available for system '{system_name}'")
+
+
+def cg_dynamics_search(
+    ensemble: torch.nn.Module,
+    metadata: dict,
+    start: np.ndarray,
+    n_wanted: int,
+    std_threshold: float,
+    min_steps: int,
+    max_steps: int,
+    seed: int,
+    timestep_fs: float,
+    friction_per_ps: float,
+    check_every: int = 10,
+    bounds: Optional[Tuple[float, float]] = None,
+    platform: str = "CPU",
+    backend: str = "torchforce",
+) -> UncertaintySearchResult:
+    """Langevin CG dynamics on the ensemble-mean PMF until ``n_wanted`` replicas reach std > ``std_threshold`` (kT).
+
+    ``metadata``: the ensemble's export metadata (system, temperature_K, cg_dim, cg_metadata). ``start``:
+    (n_chains, cg_dim) CG coordinates (MB: s in nm; ALDP: paper-frame rad). ``bounds``: MB walls (nm).
+    ``max_steps``: MD steps before the search gives up (``success=False``).
+    """
+    from ..energy.oracle import default_properties, resolve_platform
+
+    start = np.asarray(start, dtype=np.float64).reshape(len(start), -1)
+    n_chains = len(start)
+    if n_wanted > n_chains:
+        raise ValueError(f"cannot stop {n_wanted} replicas out of {n_chains}")
+    system, positions, cg_of = _cg_system_and_positions(ensemble, metadata, start, bounds, backend)
+    temperature = float(metadata["temperature_K"]) * unit.kelvin
+    integrator = openmm.LangevinMiddleIntegrator(temperature, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond)
+    integrator.setRandomNumberSeed(seed + 1)
+    context = openmm.Context(system, integrator, resolve_platform(platform), default_properties(platform))
+    context.setPositions(positions)
+    context.setVelocitiesToTemperature(temperature, seed + 1)
+    stopped = np.zeros(n_chains, dtype=bool)
+    stop_point = np.zeros_like(start)
+    steps = 0
+    while steps < max_steps:
+        integrator.step(check_every)
+        steps += check_every
+        x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        s = np.asarray(cg_of(x), dtype=np.float64).reshape(n_chains, -1)
+        if steps <= min_steps:
+            continue
+        with torch.no_grad():
+            _, std = ensemble.mean_std(torch.as_tensor(s, dtype=torch.float64))
+        new = (std.numpy() > std_threshold) & ~stopped
+        stop_point[new] = s[new]
+        stopped |= new
+        if stopped.sum() >= n_wanted:
+            chains = np.flatnonzero(stopped)[:n_wanted]
+            return UncertaintySearchResult(torch.as_tensor(stop_point[chains]), torch.as_tensor(chains), steps, True)
+    chains = np.flatnonzero(stopped)
+    return UncertaintySearchResult(torch.as_tensor(stop_point[chains]), torch.as_tensor(chains), steps, False)
