@@ -6,34 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_cgflow.export import save_model
 from openmm_cgflow.forces import create_pmf_force, pmf_energy_module
 from openmm_cgflow.forces.cg_dynamics import (
     ALDP_BACKBONE_ATOMS, aldp_backbone_phi_psi, aldp_backbone_positions, alanine_dipeptide_cg_system, run_langevin_frames,
 )
-from openmm_cgflow.pmf import PMFEnsemble
-from openmm_cgflow.reference.grid import grid_centres, load_reference, packaged_reference_path
 from openmm_cgflow.reference.kld import forward_kld
 from openmm_cgflow.systems import create_system
 from openmm_cgflow.systems.alanine_dipeptide import from_paper_frame, to_paper_frame
 
 N_BINS = 20
 SUB = 5  # sub-grid points per bin and axis: bin probabilities integrate exp(-F) over the bin
-
-
-@pytest.fixture(scope="module")
-def reference_pmf_model(tmp_path_factory):
-    """A small ensemble fitted to the packaged ALDP reference PMF (a realistic surface: beta, alphaR, alphaL)."""
-    aldp = create_system("alanine-dipeptide")
-    F = load_reference(packaged_reference_path()).free_energy().ravel()
-    centres = grid_centres(100)
-    sub = np.arange(0, 100, 4)
-    pick = (sub[:, None] * 100 + sub[None, :]).ravel()
-    ensemble = PMFEnsemble(2, 3, (32, 32), periodic=True).double()
-    ensemble.fit(centres[pick], np.minimum(F[pick], 20.0), 300, 64, 1.0, "fraction", "xavier", torch.Generator().manual_seed(0), "lbfgs")
-    path = save_model(ensemble, tmp_path_factory.mktemp("cg") / "aldp_pmf.pt", kind="pmf_ensemble", system="alanine-dipeptide",
-                      temperature_K=aldp.temperature, cg_dim=2, cg_metadata=aldp.metadata)
-    return path, ensemble
 
 
 def model_bin_probabilities(ensemble):

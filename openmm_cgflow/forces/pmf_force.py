@@ -139,20 +139,28 @@ def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict
             f"the PMF model of '{metadata['system']}' needs {n_particles} particles ({n_replicas} replica(s)), "
             f"but the System has {system.getNumParticles()}"
         )
-    buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
+    force = force_from_module(module, backend, n_particles, system)
+    force.setName(f"cgflow PMF ({metadata['system']}, scale {scale:g})")
+    return force
+
+
+def force_from_module(module: torch.jit.ScriptModule, backend: str, n_particles: int, system: Optional[openmm.System] = None) -> openmm.Force:
+    """Wrap a scripted energy module (positions (n_particles, 3) nm -> energy kJ/mol) as an OpenMM Force on the
+    System's first ``n_particles`` particles: an ``openmmtorch.TorchForce`` or an ``openmm.PythonForce``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
     if backend == "torchforce":
         try:
             import openmmtorch
         except ImportError as error:  # pragma: no cover - depends on the installation
             raise ImportError("backend='torchforce' needs openmmtorch (pip install openmmtorch==1.5); or use backend='pythonforce'") from error
         load_torch_plugins()
-        force = openmmtorch.TorchForce(module)
-    else:
-        force = openmm.PythonForce(TorchScriptEnergy(buffer.getvalue()))
-        if system is not None and system.getNumParticles() != n_particles:
-            force.setParticles(list(range(n_particles)))
-    force.setName(f"cgflow PMF ({metadata['system']}, scale {scale:g})")
+        return openmmtorch.TorchForce(module)
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    force = openmm.PythonForce(TorchScriptEnergy(buffer.getvalue()))
+    if system is not None and system.getNumParticles() != n_particles:
+        force.setParticles(list(range(n_particles)))
     return force
 
 

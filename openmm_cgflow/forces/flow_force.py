@@ -1,0 +1,94 @@
+"""The trained model as an all-atom OpenMM force: U_theta(x) = kT [F(s(x)) - ln q(x_fg(x) | s(x)) + ln|det dx/dy|].
+
+The model's joint density of an all-atom configuration is exp(-F(s)) q(x_fg | s) in the internal coordinates
+y = (s, x_fg) of the Z-matrix transform; in Cartesian coordinates it picks up the Jacobian of y -> x, so its
+energy is U_theta above (ln|det dx/dy| is the Z-matrix volume term sum(2 ln r + ln sin theta) plus the
+normalisation; the rigid-body coordinates are free, as in U). The TorchScript module computes the internal
+coordinates, the flow's density (its inverse pass) and the PMF from the positions, so forces are -grad U_theta
+by autograd.
+
+What it is for: evaluated beside the true force field U in the same OpenMM System (another force group), the
+difference gives each configuration's log importance weight ln w = (U_theta - U) / kT = ln p(x) - ln q_model(x)
+up to a constant: how well the model describes a configuration, for reweighting or for checking a backmapped
+or simulated structure. Langevin dynamics on U_theta alone samples the model's own distribution, whose (phi,
+psi) marginal is exp(-F).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import openmm
+import torch
+from torch import nn
+
+from ..export import ModelFileError, load_model
+from ..systems import create_system
+from ..systems.base import kT_in_kJ_per_mol
+from .pmf_force import force_from_module
+
+
+class FlowFreeEnergy(nn.Module):
+    """positions (n_replicas * n_atoms, 3) nm -> kT * sum over replicas of U_theta / kT (kJ/mol)."""
+
+    def __init__(self, transform: nn.Module, flow: nn.Module, pmf: nn.Module, cg_index: torch.Tensor, fg_index: torch.Tensor,
+                 kT_kJ_per_mol: float, n_atoms: int, n_replicas: int = 1):
+        super().__init__()
+        self.transform = transform
+        self.flow = flow
+        self.pmf = pmf
+        self.register_buffer("cg_index", cg_index.to(torch.long))
+        self.register_buffer("fg_index", fg_index.to(torch.long))
+        self.kT = float(kT_kJ_per_mol)
+        self.n_atoms = int(n_atoms)
+        self.n_replicas = int(n_replicas)
+        self.n_particles = self.n_atoms * self.n_replicas
+
+    @torch.jit.export
+    def reduced_energy(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per replica: (U_theta / kT, s, ln q(x_fg | s)); U_theta / kT = F(s) - ln q + ln|det dx/dy|."""
+        x = positions.to(torch.float64).reshape(self.n_replicas, self.n_atoms, 3)
+        y, log_det_yx = self.transform(x)
+        s = y[:, self.cg_index]
+        log_q = self.flow.log_prob(y[:, self.fg_index], s)
+        free_energy, _ = self.pmf.mean_std(s)
+        return free_energy - log_q - log_det_yx, s, log_q
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        u, _, _ = self.reduced_energy(positions)
+        return self.kT * u.sum()
+
+
+def flow_energy_module(flow: Union[str, Path], pmf: Union[str, Path], n_replicas: int = 1) -> Tuple[torch.jit.ScriptModule, dict]:
+    """The scripted :class:`FlowFreeEnergy` of a flow model file and a PMF model file of the same system."""
+    flow_module, flow_meta = load_model(flow, expected_kind="conditional_flow")
+    pmf_module, pmf_meta = load_model(pmf, expected_kind="pmf_ensemble")
+    for key in ("system", "temperature_K", "cg_dim"):
+        if flow_meta.get(key) != pmf_meta.get(key):
+            raise ModelFileError(f"the flow ({flow}) and the PMF ({pmf}) disagree on '{key}': {flow_meta.get(key)!r} vs {pmf_meta.get(key)!r}")
+    if n_replicas < 1:
+        raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
+    cg_system = create_system(flow_meta["system"])
+    transform = cg_system.extras.get("transform")
+    if transform is None:
+        raise ValueError(f"system '{flow_meta['system']}' has no internal-coordinate transform: the flow force needs one")
+    if int(flow_meta.get("fg_dim", -1)) != cg_system.fg_dim:
+        raise ModelFileError(f"{flow}: a flow of {flow_meta.get('fg_dim')} fine-grained coordinates, the system has {cg_system.fg_dim}")
+    cg = cg_system.extras["cg"]
+    module = FlowFreeEnergy(transform, flow_module, pmf_module, cg.cg_index, cg.fg_index, kT_in_kJ_per_mol(flow_meta["temperature_K"]),
+                            cg_system.n_atoms, n_replicas)
+    return torch.jit.script(module), flow_meta
+
+
+def create_flow_force(flow: Union[str, Path], pmf: Union[str, Path], backend: str = "torchforce", n_replicas: int = 1,
+                      system: Optional[openmm.System] = None) -> openmm.Force:
+    """An OpenMM Force with energy U_theta (kJ/mol) on ``n_replicas`` copies of the model's molecule (the System's
+    first particles, in the model system's atom order). ``flow``/``pmf``: ``cgflow run``'s ``models/flow.pt`` and
+    ``models/pmf_ensemble.pt``. Put it in its own force group to read U_theta beside the force field's U."""
+    module, meta = flow_energy_module(flow, pmf, n_replicas)
+    if system is not None and system.getNumParticles() < module.n_particles:
+        raise ValueError(f"the flow model of '{meta['system']}' needs {module.n_particles} particles ({n_replicas} replica(s)), "
+                         f"but the System has {system.getNumParticles()}")
+    force = force_from_module(module, backend, module.n_particles, system)
+    force.setName(f"cgflow flow free energy ({meta['system']})")
+    return force

@@ -1,0 +1,25 @@
+"""Shared fixtures: a small PMF ensemble fitted to the packaged alanine-dipeptide reference."""
+import numpy as np
+import pytest
+import torch
+
+from openmm_cgflow.export import save_model
+from openmm_cgflow.pmf import PMFEnsemble
+from openmm_cgflow.reference.grid import grid_centres, load_reference, packaged_reference_path
+from openmm_cgflow.systems import create_system
+
+
+@pytest.fixture(scope="session")
+def reference_pmf_model(tmp_path_factory):
+    """(model file, ensemble): 3 members fitted to the reference PMF on a 25 x 25 subgrid (a realistic surface
+    with the beta, alphaR and alphaL basins), saved with the ALDP export metadata."""
+    aldp = create_system("alanine-dipeptide")
+    F = load_reference(packaged_reference_path()).free_energy().ravel()
+    centres = grid_centres(100)
+    sub = np.arange(0, 100, 4)
+    pick = (sub[:, None] * 100 + sub[None, :]).ravel()
+    ensemble = PMFEnsemble(2, 3, (32, 32), periodic=True).double()
+    ensemble.fit(centres[pick], np.minimum(F[pick], 20.0), 300, 64, 1.0, "fraction", "xavier", torch.Generator().manual_seed(0), "lbfgs")
+    path = save_model(ensemble, tmp_path_factory.mktemp("reference_pmf") / "aldp_pmf.pt", kind="pmf_ensemble", system="alanine-dipeptide",
+                      temperature_K=aldp.temperature, cg_dim=2, cg_metadata=aldp.metadata)
+    return path, ensemble
