@@ -136,7 +136,9 @@ def run_langevin_frames(system: openmm.System, positions: np.ndarray, n_steps: i
     """LangevinMiddle dynamics of a CG System; returns the positions (frames, particles, 3) nm every
     ``record_every`` steps."""
     from ..energy.oracle import default_properties, resolve_platform
+    from .pmf_force import check_platform_for_system
 
+    check_platform_for_system(system, platform)
     integrator = openmm.LangevinMiddleIntegrator(temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond)
     integrator.setRandomNumberSeed(seed + 1)
     context = openmm.Context(system, integrator, resolve_platform(platform), default_properties(platform))

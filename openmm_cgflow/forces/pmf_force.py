@@ -29,6 +29,25 @@ from ..systems.base import kT_in_kJ_per_mol
 from .cg_coordinates import cg_module_from_metadata
 
 BACKENDS = ("torchforce", "pythonforce")
+#: Why a TorchForce must not meet the OpenCL platform: the process would die, not raise.
+OPENCL_TORCHFORCE_BROKEN = (
+    "openmmtorch 1.5's OpenCL TorchForce plugin is broken with OpenMM >= 8.5 (it needs the missing symbol "
+    "ContextImpl::getPositions and kills the process when a Context is created); use backend='pythonforce' on "
+    "OpenCL, or the Reference, CPU or CUDA platform"
+)
+
+
+def check_platform_for_system(system: openmm.System, platform: str) -> None:
+    """Raise a ValueError (instead of letting the process crash) if ``system`` holds a TorchForce and
+    ``platform`` is OpenCL."""
+    if platform != "OpenCL":
+        return
+    try:
+        import openmmtorch
+    except ImportError:  # pragma: no cover - no openmm-torch, no TorchForce
+        return
+    if any(openmmtorch.TorchForce.isinstance(system.getForce(i)) for i in range(system.getNumForces())):
+        raise ValueError(OPENCL_TORCHFORCE_BROKEN)
 
 
 class PMFEnergy(nn.Module):

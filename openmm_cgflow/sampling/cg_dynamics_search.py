@@ -68,7 +68,10 @@ def cg_dynamics_search(
     n_chains = len(start)
     if n_wanted > n_chains:
         raise ValueError(f"cannot stop {n_wanted} replicas out of {n_chains}")
+    from ..forces import check_platform_for_system
+
     system, positions, cg_of = _cg_system_and_positions(ensemble, metadata, start, bounds, backend)
+    check_platform_for_system(system, platform)
     temperature = float(metadata["temperature_K"]) * unit.kelvin
     integrator = openmm.LangevinMiddleIntegrator(temperature, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond)
     integrator.setRandomNumberSeed(seed + 1)
