@@ -25,7 +25,7 @@ _CHOICES = {
     "flow.context": ("periodic", "raw"),
     "energy_training.schedule": ("per_iteration", "global_cosine"),
     "energy_training.chirality_filter": ("none", "fab", "geometric"),
-    "dataset.kind": ("active", "grid"),
+    "dataset.kind": ("active", "grid", "grid_then_active"),
     "ensemble.strategy": ("bagging", "fraction"),
     "ensemble.init": ("gaussian_uniform", "xavier"),
     "ensemble.optimizer": ("lbfgs", "adam"),
@@ -34,7 +34,7 @@ _CHOICES = {
     "search.backend": ("mc", "cg_dynamics"),
 }
 _FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
-_NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "search.min_steps", "starting_data.equilibration_steps", "seed")
+_NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "labels.burn_in_visits", "search.min_steps", "starting_data.equilibration_steps", "seed")
 
 
 class ConfigError(ValueError):

@@ -84,9 +84,14 @@ def clip_norm_for(et: Dict[str, Any], epoch: int, global_epoch: int) -> float:
     return et["clip_norm_warmup"] if counter < et["clip_warmup_epochs"] else et["clip_norm"]
 
 
-def grid_points(domain: Tuple[float, float], n: int, cg_dim: int) -> np.ndarray:
-    """The grid baseline's CG points: linspace(lower, upper, n) per dimension, ends included (SPEC §8)."""
-    axis = np.linspace(domain[0], domain[1], n)
+def grid_points(domain: Tuple[float, float], n: int, cg_dim: int, cell_centres: bool = False) -> np.ndarray:
+    """The grid baseline's CG points: linspace(lower, upper, n) per dimension, ends included (SPEC §8); or, with
+    ``cell_centres``, the centres of n equal cells per dimension (no point twice on a periodic domain)."""
+    if cell_centres:
+        width = (domain[1] - domain[0]) / n
+        axis = domain[0] + width * (np.arange(n) + 0.5)
+    else:
+        axis = np.linspace(domain[0], domain[1], n)
     mesh = np.meshgrid(*([axis] * cg_dim), indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=-1)
 
@@ -196,7 +201,10 @@ class ActiveLearningRun:
             group["lr"] = cfg["energy_training"]["lr"]
         self.dataset = ActiveLearningDataset(self.cg_system.cg_dim, top_k=cfg["labels"]["clip_k"])
         ds = cfg["dataset"]
-        first = s0.numpy() if ds["kind"] == "active" else grid_points(tuple(cfg["metrics"]["domain"]), ds["grid_points"], self.cg_system.cg_dim)
+        if ds["kind"] == "active":
+            first = s0.numpy()
+        else:  # grid (SPEC §8), or grid_then_active: a coarse grid of cell centres first, then active learning
+            first = grid_points(tuple(cfg["metrics"]["domain"]), ds["grid_points"], self.cg_system.cg_dim, cell_centres=ds["kind"] != "grid")
         self.dataset.add_points(first, 0, self.rng, ds["train_fraction"], ds["copies"])
         self.state.search_start = np.asarray(cfg["search"]["start"], dtype=np.float64)[None, :]
 
@@ -250,7 +258,7 @@ class ActiveLearningRun:
             for entries in self.dataset.epoch_batches(self.rng, et["batch_size"], et["replay_fraction"]):
                 s = torch.as_tensor(self.dataset.entry_s(entries))
                 result = self.trainer.step(s, self.torch_gen, clip)
-                self.dataset.record(entries, result.log_w)
+                self.dataset.record(entries, result.log_w, self.config["labels"]["burn_in_visits"])
                 self.state.visited += len(entries)
                 self.state.computed += result.n_computed
                 self.state.skipped_batches += int(result.skipped)

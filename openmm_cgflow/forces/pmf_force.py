@@ -6,7 +6,11 @@ particle positions and returns ``scale * kT * F(s)`` in kJ/mol; forces are its n
 
 * ``"torchforce"``: an ``openmmtorch.TorchForce`` (runs inside the Context on Reference, CPU and CUDA; the model
   is frozen when the Context is created, so rebuild the Context after retraining);
-* ``"pythonforce"``: an ``openmm.PythonForce`` (OpenMM >= 8.5) calling the same TorchScript module from Python.
+* ``"pythonforce"``: an ``openmm.PythonForce`` (OpenMM >= 8.5) calling the same TorchScript module from Python;
+* ``"cmap"`` (dihedral CG coordinates, e.g. alanine dipeptide's phi/psi): the PMF tabulated on a periodic grid
+  as an ``openmm.CMAPTorsionForce`` (bicubic interpolation), a frozen copy that runs at the speed of a torsion
+  term on every platform: the choice for long biased all-atom runs. Its error is the interpolation error of the
+  grid (:func:`tabulated_pmf_force`).
 
 Both serialise with ``XmlSerializer`` (TorchForce stores the model file; PythonForce pickles a callable that
 holds the TorchScript archive as bytes, never arbitrary objects). With openmmtorch 1.5 on OpenMM 8.6.1,
@@ -28,7 +32,7 @@ from ..export import ModelFileError, load_model
 from ..systems.base import kT_in_kJ_per_mol
 from .cg_coordinates import cg_module_from_metadata
 
-BACKENDS = ("torchforce", "pythonforce")
+BACKENDS = ("torchforce", "pythonforce", "cmap")
 #: Why a TorchForce must not meet the OpenCL platform: the process would die, not raise.
 OPENCL_TORCHFORCE_BROKEN = (
     "openmmtorch 1.5's OpenCL TorchForce plugin is broken with OpenMM >= 8.5 (it needs the missing symbol "
@@ -151,6 +155,8 @@ def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict
         raise ValueError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
     if n_replicas < 1:
         raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
+    if backend == "cmap":
+        return tabulated_pmf_force(model, metadata, scale, n_replicas=n_replicas, system=system, replica_atoms=replica_atoms)
     module, metadata = pmf_energy_module(model, metadata, scale, n_replicas, replica_atoms)
     n_particles = module.cg.n_particles
     if system is not None and system.getNumParticles() < n_particles:
@@ -163,11 +169,42 @@ def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict
     return force
 
 
+def tabulated_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict] = None, scale: float = 1.0, grid: int = 120,
+                        n_replicas: int = 1, system: Optional[openmm.System] = None,
+                        replica_atoms: Optional[Sequence[int]] = None) -> openmm.CMAPTorsionForce:
+    """``scale`` x the PMF (kJ/mol) of a model on two dihedral CG coordinates, tabulated on a ``grid`` x ``grid``
+    periodic map of the IUPAC torsions (OpenMM's convention: entry i + grid * j at angles (2 pi i / grid,
+    2 pi j / grid)) as a ``CMAPTorsionForce`` on every replica."""
+    module, metadata = pmf_energy_module(model, metadata, scale, 1, replica_atoms)
+    cg = module.cg
+    if not hasattr(cg, "indices") or cg.indices.shape[1] != 2:
+        raise ValueError(f"backend='cmap' tabulates PMFs of two dihedral CG coordinates; '{metadata['system']}' has other CG coordinates")
+    angles = torch.arange(grid, dtype=torch.float64) * (2 * torch.pi / grid)
+    phi, psi = torch.meshgrid(angles, angles, indexing="ij")
+    iupac = torch.stack([phi.reshape(-1), psi.reshape(-1)], dim=-1)
+    s = torch.remainder(cg.sign * iupac - cg.offsets + torch.pi, 2 * torch.pi) - torch.pi  # the model's CG frame
+    with torch.no_grad():
+        mean, _ = module.pmf.mean_std(s)
+    energy = (module.scale * module.kT) * mean.reshape(grid, grid)  # [i, j] at (phi_i, psi_j)
+    force = openmm.CMAPTorsionForce()
+    force.addMap(grid, energy.T.reshape(-1).tolist())  # element i + grid * j
+    quadruples = cg.indices[0].tolist()
+    n_atoms = cg.n_particles
+    if system is not None and system.getNumParticles() < n_atoms * n_replicas:
+        raise ValueError(f"the PMF model of '{metadata['system']}' needs {n_atoms * n_replicas} particles ({n_replicas} replica(s)), "
+                         f"but the System has {system.getNumParticles()}")
+    for r in range(n_replicas):
+        a, b = ([atom + r * n_atoms for atom in q] for q in quadruples)
+        force.addTorsion(0, *a, *b)
+    force.setName(f"cgflow PMF ({metadata['system']}, scale {scale:g}, {grid}x{grid} CMAP)")
+    return force
+
+
 def force_from_module(module: torch.jit.ScriptModule, backend: str, n_particles: int, system: Optional[openmm.System] = None) -> openmm.Force:
     """Wrap a scripted energy module (positions (n_particles, 3) nm -> energy kJ/mol) as an OpenMM Force on the
     System's first ``n_particles`` particles: an ``openmmtorch.TorchForce`` or an ``openmm.PythonForce``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+    if backend not in ("torchforce", "pythonforce"):
+        raise ValueError(f"a TorchScript module becomes a 'torchforce' or a 'pythonforce', not '{backend}'")
     if backend == "torchforce":
         try:
             import openmmtorch
