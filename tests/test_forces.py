@@ -223,14 +223,14 @@ def test_cmap_backend_tabulates_the_pmf(reference_pmf_model):
     configurations = [aldp.positions + 0.05 * rng.standard_normal(aldp.positions.shape) for _ in range(10)]
     exact = [energy_and_forces(create_pmf_force(path), x) for x in configurations]
     worst = {}
-    for grid in (60, 120):
-        make = (lambda: create_pmf_force(path, backend="cmap")) if grid == 120 else (lambda: tabulated_pmf_force(path, grid=grid))
+    for grid in (36, 60, 120):
+        make = (lambda: create_pmf_force(path, backend="cmap")) if grid == 36 else (lambda: tabulated_pmf_force(path, grid=grid))
         assert isinstance(make(), openmm.CMAPTorsionForce)
         tabulated = [energy_and_forces(make(), x) for x in configurations]  # a Force belongs to one System
         worst[grid] = max(abs(e - e0) for (e, _), (e0, _) in zip(tabulated, exact))
         force_error = max(np.linalg.norm(f - f0) / np.linalg.norm(f0) for (_, f), (_, f0) in zip(tabulated, exact))
-        assert force_error < (1e-2 if grid == 60 else 1e-3)
-    assert worst[120] < 1e-3 and worst[120] < worst[60] / 8, worst
+        assert force_error < {36: 3e-2, 60: 1e-2, 120: 1e-3}[grid]
+    assert worst[36] < 2e-2 and worst[120] < 1e-3 and worst[120] < worst[60] / 8, worst  # kJ/mol
     with pytest.raises(ValueError, match="two dihedral CG coordinates"):
         tabulated_pmf_force(save_model(PMFEnsemble(1, 2, (4,)).double(), path.parent / "mb.pt", kind="pmf_ensemble", system="muller-brown",
                                        temperature_K=1000.0, cg_dim=1, cg_metadata={}))
