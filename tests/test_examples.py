@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("mb_cg_dynamics.py", "KLD(exp(-F) || CG histogram)"),
     ("aldp_backmap.py", "structures in"),
     ("aldp_bias.py", "phi sign changes"),
+    ("aldp_cg_dynamics.py", "KLD(exp(-F) || CG histogram)"),
+    ("aldp_flow_force.py", "force-field MD frames: ln w std"),
 ])
 def test_example_runs(script, expect, tmp_path):
     args = [sys.executable, str(ROOT / "examples" / script), "--quick"]

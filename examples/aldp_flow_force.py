@@ -1,0 +1,58 @@
+"""The trained model as an all-atom OpenMM force beside the force field: U (Amber ff96 + OBC1, force group 0)
+and the model's U_theta = kT [F(s) - ln q(x_fg | s) + ln|det dx/dy|] (force group 1) in one System. For every
+configuration (U_theta - U) / kT is its log importance weight under the model: here for structures backmapped by
+the flow and for frames of a short all-atom MD run.
+
+    python examples/aldp_flow_force.py [--flow torchscript_models/alanine-dipeptide/flow.pt]
+                                       [--pmf torchscript_models/alanine-dipeptide/pmf_ensemble.pt] [--quick]
+"""
+import argparse
+
+import torch  # noqa: F401
+import numpy as np
+import openmm
+import openmm.unit as unit
+
+from openmm_cgflow import create_system
+from openmm_cgflow.backmapping import Backmapper
+from openmm_cgflow.energy import default_properties
+from openmm_cgflow.forces import create_flow_force
+from openmm_cgflow.systems.alanine_dipeptide import to_paper_frame
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--flow", default="torchscript_models/alanine-dipeptide/flow.pt")
+parser.add_argument("--pmf", default="torchscript_models/alanine-dipeptide/pmf_ensemble.pt")
+parser.add_argument("--quick", action="store_true")
+args = parser.parse_args()
+
+aldp = create_system("alanine-dipeptide")
+system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(aldp.system))
+model = create_flow_force(args.flow, args.pmf, system=system)
+model.setForceGroup(1)
+system.addForce(model)
+integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 1 * unit.femtosecond)
+integrator.setIntegrationForceGroups({0})                                   # MD on the force field only; U_theta is observed
+context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), default_properties("CPU"))
+kT = 8.314462618e-3 * 300.0
+
+
+def log_weight(positions):
+    """(U_theta - U) / kT of one configuration (positions nm): its log importance weight under the model."""
+    context.setPositions(positions)
+    U = context.getState(getEnergy=True, groups={0}).getPotentialEnergy()._value
+    U_theta = context.getState(getEnergy=True, groups={1}).getPotentialEnergy()._value
+    return (U_theta - U) / kT
+
+
+cg = to_paper_frame(np.radians([[-150.0, 155.0], [-70.0, -40.0]]))          # beta and alphaR, in the model's frame
+backmapped = Backmapper(args.flow).backmap(cg, n_per_frame=2 if args.quick else 10)
+log_w = np.array([log_weight(x) for x in backmapped.trajectory.xyz])
+print(f"backmapped structures: ln w spread (std) {log_w.std():.2f} kT")
+context.setPositions(aldp.positions)
+context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+md = []
+for _ in range(5 if args.quick else 50):
+    integrator.step(100)
+    md.append(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+log_w_md = np.array([log_weight(x) for x in md])
+print(f"force-field MD frames: ln w std {log_w_md.std():.2f} kT over {len(md)} frames (a perfect model gives 0)")
