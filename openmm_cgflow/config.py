@@ -32,9 +32,10 @@ _CHOICES = {
     "spreading.kind": ("interval", "disc"),
     "labels.samples": ("last", "all"),
     "search.backend": ("mc", "cg_dynamics"),
+    "search.acquisition": ("stop_at_uncertainty", "uncertainty_weighted"),
 }
 _FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
-_NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "labels.burn_in_visits", "search.min_steps", "starting_data.equilibration_steps", "seed")
+_NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "labels.accumulate_from_epoch", "search.min_steps", "starting_data.equilibration_steps", "seed")
 
 
 class ConfigError(ValueError):

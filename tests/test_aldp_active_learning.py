@@ -46,6 +46,27 @@ def test_smoke_run_counts_and_outputs(smoke_run):
     assert x.shape == (3, 58) and torch.isfinite(x).all()
 
 
+def test_smoke_run_grid_then_active_with_accumulated_labels(tmp_path):
+    """The other recipe through the whole loop: a coarse periodic grid of cell centres first, labels from every
+    accumulated sample after the first epoch, uncertainty-weighted acquisition."""
+    config = load_config("aldp-small", SMOKE + [
+        "dataset.kind=grid_then_active", "dataset.grid_points=8", "dataset.train_fraction=1.0", "labels.samples=all",
+        "labels.accumulate_from_epoch=2", "energy_training.epochs_first_iteration=3", "search.acquisition=uncertainty_weighted",
+        "search.weighted_steps=50", "energy_training.chirality_filter=none",
+    ], seed=0)
+    rows = ActiveLearningRun(config, tmp_path, progress=False).run()["iterations"]
+    assert rows[0]["n_cg_points"] == 64 and rows[0]["n_labels"] == 64
+    assert rows[1]["n_cg_points"] == 64 + 3 * 20
+    assert rows[0]["energy_evaluations"] == 2000 + 3 * (64 * 4 // 64) * 64
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    dataset = checkpoint["dataset"]
+    visits = np.bincount(dataset["entry_point"], weights=dataset["entry_visits"])[:64]
+    # every visit of epochs 0 and 1 (2 x 4 copies per grid point) is left out of the accumulated samples, every
+    # later one (epoch 2, and replay in iteration 2) is in: without the filter every sample is evaluated
+    np.testing.assert_array_equal(dataset["point_n_samples"][:64], visits - 8)
+    assert np.allclose(np.sort(np.unique(dataset["point_s"][:64, 0])), -math.pi + 2 * math.pi * (np.arange(8) + 0.5) / 8)
+
+
 def test_learning_rate_and_clip_schedules():
     al = load_config("aldp")["energy_training"]
     assert learning_rate_factor(al, 1, 0, 0, 1000) == pytest.approx(1 / 15)

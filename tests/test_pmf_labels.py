@@ -67,3 +67,5 @@ def test_accumulated_labels_equal_labels_of_all_samples():
         assert counts.sum() == np.isfinite(values[train]).sum()
         restored = ActiveLearningDataset.from_state_dict(dataset.state_dict())
         np.testing.assert_allclose(restored.accumulated_labels(clip_k)[1], labels, atol=0)
+        restored.record(np.arange(10), np.full(10, 50.0), accumulate=False)  # stored per entry, not accumulated
+        np.testing.assert_allclose(restored.accumulated_labels(clip_k)[1], labels, atol=0)

@@ -3,7 +3,9 @@ diversity selection and spreading."""
 import numpy as np
 import torch
 
-from openmm_cgflow.sampling import farthest_point_selection, metropolis, spread_disc, spread_uniform_interval, uncertainty_search
+from openmm_cgflow.sampling import (
+    farthest_point_selection, metropolis, spread_disc, spread_uniform_interval, uncertainty_search, uncertainty_weighted_search,
+)
 
 
 def double_well(s):
@@ -53,6 +55,25 @@ def test_uncertainty_search_wraps_periodic_chains():
     start = torch.full((8, 2), 3.1, dtype=torch.float64)
     result = uncertainty_search(Never(), start, 1, 0.5, 1.0, 1, 50, torch.Generator().manual_seed(0), periodic=True)
     assert not result.success
+
+
+def test_uncertainty_weighted_chains_sample_exp_minus_F_times_std_squared():
+    class Toy(torch.nn.Module):
+        def mean_std(self, s):
+            return double_well(s), 0.1 + torch.exp(-((s[:, 0] - 1.0) ** 2))  # std largest in the right well
+
+    gen = torch.Generator().manual_seed(1)
+    result = uncertainty_weighted_search(Toy(), torch.zeros(4000, 1, dtype=torch.float64), 400, 0.4, gen)
+    edges = np.linspace(-2.0, 2.0, 21)
+    centres = torch.tensor(0.5 * (edges[1:] + edges[:-1]))[:, None]
+    mean, std = Toy().mean_std(centres)
+    p_exact = (torch.exp(-mean) * std**2).numpy()
+    p_exact /= p_exact.sum()
+    hist, _ = np.histogram(result.points[:, 0].numpy(), edges)
+    p = hist / hist.sum()
+    assert result.points.shape == (4000, 1) and result.n_steps == 400
+    assert np.abs(p - p_exact).max() < 0.02
+    assert p[centres[:, 0].numpy() > 0].sum() > 0.8  # most weight where the std is large, not in both wells alike
 
 
 def test_farthest_point_selection_picks_extremes():

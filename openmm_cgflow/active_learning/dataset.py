@@ -91,14 +91,15 @@ class ActiveLearningDataset:
         n_batches = len(chosen) // batch_size
         return [chosen[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
 
-    def record(self, entries: np.ndarray, log_w: np.ndarray, burn_in_visits: int = 0) -> None:
-        """Store the log weights of freshly sampled entries (NaN where the sample was not evaluated). Samples from
-        an entry's first ``burn_in_visits`` visits are not accumulated: they come from a flow not yet trained at
-        that CG point, whose rare large weights would make the accumulated mean converge slowly."""
+    def record(self, entries: np.ndarray, log_w: np.ndarray, accumulate: bool = True) -> None:
+        """Store the log weights of freshly sampled entries (NaN where the sample was not evaluated) and, if
+        ``accumulate``, merge them into their points' accumulated samples (the loop leaves out the samples of the
+        first epochs of training by energy, drawn by a flow not yet trained by energy: their rare large weights
+        would make the accumulated means converge slowly)."""
         self.entry_log_w[entries] = log_w
         self.entry_visits[entries] += 1
-        later = self.entry_visits[entries] > burn_in_visits
-        self._accumulate(self.entry_point[entries][later], np.asarray(log_w, dtype=np.float64)[later])
+        if accumulate:
+            self._accumulate(self.entry_point[entries], np.asarray(log_w, dtype=np.float64))
 
     def _accumulate(self, points: np.ndarray, log_w: np.ndarray) -> None:
         """Merge finite samples into their points' running (count, top-k, log-sum-exp of the rest)."""

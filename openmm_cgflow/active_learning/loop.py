@@ -26,7 +26,7 @@ from ..flows import ConditionalAffineFlow, ConditionalSplineFlow
 from ..flows.training import EnergyTrainer, train_by_example
 from ..pmf import PMFEnsemble, free_energy_labels
 from ..reference.kld import forward_kld
-from ..sampling import farthest_point_selection, run_langevin, spread_disc, spread_uniform_interval, uncertainty_search
+from ..sampling import farthest_point_selection, run_langevin, spread_disc, spread_uniform_interval, uncertainty_search, uncertainty_weighted_search
 from ..sampling.cg_dynamics_search import cg_dynamics_search
 from ..systems import CGSystem, create_system
 from ..storage import load_checkpoint, save_checkpoint, write_json
@@ -254,11 +254,12 @@ class ActiveLearningRun:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             clip = clip_norm_for(et, epoch, st.epochs_done)
+            accumulate = st.epochs_done >= self.config["labels"]["accumulate_from_epoch"]
             st.epochs_done += 1
             for entries in self.dataset.epoch_batches(self.rng, et["batch_size"], et["replay_fraction"]):
                 s = torch.as_tensor(self.dataset.entry_s(entries))
                 result = self.trainer.step(s, self.torch_gen, clip)
-                self.dataset.record(entries, result.log_w, self.config["labels"]["burn_in_visits"])
+                self.dataset.record(entries, result.log_w, accumulate)
                 self.state.visited += len(entries)
                 self.state.computed += result.n_computed
                 self.state.skipped_batches += int(result.skipped)
@@ -309,7 +310,14 @@ class ActiveLearningRun:
         sc, sp, ds = self.config["search"], self.config["spreading"], self.config["dataset"]
         periodic = self.cg_system.cg_periodic
         n_found = sc["n_new_points"] * sc["diversity_multiplier"]
-        result = self._search(self.state.search_start, n_found)
+        if sc["acquisition"] == "uncertainty_weighted":
+            start = labelled_points[self.rng.integers(len(labelled_points), size=sc["n_chains"])]
+            result = uncertainty_weighted_search(
+                self.ensemble, torch.as_tensor(start), sc["weighted_steps"], sc["step_size"], self.torch_gen, periodic,
+                bounds=None if sc["bounds"] is None else tuple(sc["bounds"]),
+            )
+        else:
+            result = self._search(self.state.search_start, n_found)
         steps = result.n_steps
         if not result.success and sc["restart_from_data"]:
             result = self._search(labelled_points[self.rng.integers(len(labelled_points), size=sc["n_chains"])], n_found)
