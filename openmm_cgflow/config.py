@@ -23,7 +23,7 @@ _CHOICES = {
     "energy.platform": ("Reference", "CPU", "OpenCL", "CUDA"),
     "flow.kind": ("affine", "spline"),
     "flow.context": ("periodic", "raw"),
-    "energy_training.schedule": ("per_iteration", "global_cosine"),
+    "energy_training.schedule": ("per_iteration", "global_cosine", "per_iteration_cosine"),
     "energy_training.chirality_filter": ("none", "fab", "geometric"),
     "dataset.kind": ("active", "grid", "grid_then_active"),
     "ensemble.strategy": ("bagging", "fraction"),

@@ -80,6 +80,11 @@ def test_learning_rate_and_clip_schedules():
     assert learning_rate_factor(grid, 7, 5, 65, 100) == pytest.approx(0.5)
     assert learning_rate_factor(grid, 10, 9, 99, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 69 / 70)))
     assert clip_norm_for(grid, 9, 29) == 100.0 and clip_norm_for(grid, 0, 30) == 1000.0
+    cosine = dict(al, schedule="per_iteration_cosine", epochs_first_iteration=40, warmup_epochs_first=2, epochs=10, warmup_epochs=1)
+    assert learning_rate_factor(cosine, 1, 0, 0, 0) == pytest.approx(0.5)
+    assert learning_rate_factor(cosine, 1, 2, 2, 0) == 1.0
+    assert learning_rate_factor(cosine, 1, 21, 21, 0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 19 / 38)))
+    assert learning_rate_factor(cosine, 3, 0, 60, 0) == 1.0 and learning_rate_factor(cosine, 3, 9, 69, 0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 8 / 9)))
 
 
 def test_grid_baseline_config_and_points():

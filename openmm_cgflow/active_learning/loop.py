@@ -66,7 +66,9 @@ def metric_grid_for(config: Dict[str, Any]) -> MetricGrid:
 
 def learning_rate_factor(et: Dict[str, Any], iteration: int, epoch: int, global_epoch: int, total_epochs: int) -> float:
     """The lr multiplier of an epoch (``epoch`` counts within the 1-based ``iteration``, ``global_epoch`` over the
-    run): a linear warm-up lr (k + 1) / n, then constant (per_iteration) or cosine decay to 0 (global_cosine)."""
+    run): a linear warm-up lr (k + 1) / n, then constant (per_iteration), cosine decay to 0 over the run
+    (global_cosine), or cosine decay over each iteration's epochs (per_iteration_cosine: the last epoch of an
+    iteration runs at 0.5 (1 + cos(pi (E - 1 - w) / (E - w))) of the lr, not at 0)."""
     if et["schedule"] == "global_cosine":
         warm = et["warmup_epochs_first"]
         if global_epoch < warm:
@@ -74,7 +76,12 @@ def learning_rate_factor(et: Dict[str, Any], iteration: int, epoch: int, global_
         remaining = max(total_epochs - warm, 1)
         return 0.5 * (1.0 + math.cos(math.pi * (global_epoch - warm) / remaining))
     warm = et["warmup_epochs_first"] if iteration == 1 else et["warmup_epochs"]
-    return (epoch + 1) / warm if epoch < warm else 1.0
+    if epoch < warm:
+        return (epoch + 1) / warm
+    if et["schedule"] == "per_iteration_cosine":
+        epochs = et["epochs_first_iteration"] if iteration == 1 else et["epochs"]
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / max(epochs - warm, 1)))
+    return 1.0
 
 
 def clip_norm_for(et: Dict[str, Any], epoch: int, global_epoch: int) -> float:
