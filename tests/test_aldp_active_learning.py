@@ -23,7 +23,7 @@ SMOKE = [
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("aldp_smoke")
-    config = load_config("aldp-small", SMOKE, seed=0)
+    config = load_config("aldp", SMOKE, seed=0)  # the paper's recipe, scaled down
     return out, ActiveLearningRun(config, out, progress=False).run()
 
 
