@@ -5,7 +5,9 @@ runs against the MD baseline, all scored on the same reference (SPEC §9).
         [--md benchmarks/results/md_baseline_aldp_seed0] [--reference openmm_cgflow/data/reference_aldp.npz] \\
         [--out benchmarks/results/aldp_efficiency]
 
-A run directory is what `cgflow run aldp|aldp-grid|aldp-small --out DIR` writes (metrics.json); the MD baseline
+A run directory is what `cgflow run aldp|aldp-fast|aldp-grid|aldp-small --out DIR` writes (metrics.json, and
+the checkpoint whose per-iteration PMFs are rescored; a directory with metrics.json alone, as kept under
+benchmarks/results/aldp_runs/, uses the run's own scores against the packaged reference); the MD baseline
 is `cgflow md-baseline aldp --out DIR`. Every method's KLD is recomputed here against ``--reference`` (the runs'
 own scores used the reference they ran with). Speedup = (MD steps the baseline needs to reach the method's KLD,
 interpolated log-log between snapshots) / (the method's evaluations, starting MD included); "> max" when the
@@ -42,11 +44,24 @@ def md_steps_to_reach(curve: List[Dict[str, float]], kld: float) -> Optional[flo
     return float(curve[0]["md_steps"]) if curve and curve[0]["forward_kld"] <= kld else None
 
 
+def metrics_curve(run_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
+    """The curve of a run kept as ``metrics.json`` only (e.g. under benchmarks/results/aldp_runs/): its own KLDs,
+    valid only if it was scored against the same reference."""
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    if metrics["config"]["metrics"]["reference"] != "packaged" or not np.allclose(p_reference, load_reference(packaged_reference_path()).probabilities.ravel()):
+        raise SystemExit(f"{run_dir} has no checkpoint to rescore and was not scored against --reference")
+    return [{"iteration": r["iteration"], "energy_evaluations": r["energy_evaluations"],
+             "energy_evaluations_computed": r["energy_evaluations_computed"], "forward_kld": r["forward_kld"],
+             "forward_kld_at_run_time": r["forward_kld"]} for r in metrics["iterations"]]
+
+
 def method_curve(run_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
     """Per iteration: evaluations (entries visited + starting MD; also the computed count) and the KLD of the
     ensemble-mean PMF on the grid against ``p_reference``. Needs the run's checkpoint (it holds the means)."""
     import torch
 
+    if not (Path(run_dir) / "checkpoint.pt").is_file():
+        return metrics_curve(run_dir, p_reference)
     checkpoint = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
     rows = []
     for h in checkpoint["state"]["history"]:
