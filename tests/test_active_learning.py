@@ -88,9 +88,22 @@ def test_refuses_to_overwrite_an_existing_run(short_run):
 
 def test_resume_with_a_different_config_is_refused(short_run):
     out, _ = short_run
-    config = load_config("muller-brown", SMALL + ["loop.max_iterations=6"], seed=3)
-    with pytest.raises(ValueError, match="different config.*loop.max_iterations"):
+    config = load_config("muller-brown", SMALL + ["loop.max_iterations=5", "ensemble.epochs=200"], seed=3)
+    with pytest.raises(ValueError, match="different config.*ensemble.epochs"):
         ActiveLearningRun(config, out, progress=False).run(resume=True)
+
+
+def test_a_finished_run_extended_continues_as_if_planned_longer(short_run, tmp_path):
+    _, planned = short_run                                   # planned for 5 iterations from the start
+    out = tmp_path / "extended"
+    first = ActiveLearningRun(load_config("muller-brown", SMALL + ["loop.max_iterations=2"], seed=3), out, progress=False).run()
+    assert len(first["iterations"]) == 2 and "loop.max_iterations" in first["totals"]["stop_reason"]
+    extended = ActiveLearningRun(load_config("muller-brown", SMALL + ["loop.max_iterations=4"], seed=3), out, progress=False).run(resume=True)
+    assert len(extended["iterations"]) == 4
+    expected = _comparable(planned)[:4]
+    expected[-1].pop("mc_steps")                             # the planned run searched after its 4th iteration
+    assert _comparable(extended) == expected
+    assert extended["iterations"][1]["mc_steps"] == planned["iterations"][1]["mc_steps"]   # the search the stop skipped
 
 
 def _cli(out, *extra):

@@ -120,11 +120,22 @@ class RunState:
     history: List[Dict[str, Any]] = field(default_factory=list)
 
 
+def search_failed_reason(config: Dict[str, Any]) -> str:
+    """The stop reason of a run whose uncertainty search found nothing."""
+    search = config["search"]
+    return f"the uncertainty search ({search['backend']}) found no uncertain point within {search['max_steps']} steps"
+
+
+#: config keys a resumed run may change: its stopping limits (a finished run is then extended)
+EXTENDABLE_KEYS = ("loop.max_iterations", "loop.stop_kld")
+
+
 class ActiveLearningRun:
     """One active-learning run writing into ``out_dir``.
 
     ``run()`` starts from scratch (refusing to overwrite an existing checkpoint) or, with
-    ``resume=True``, continues from ``out_dir/checkpoint.pt`` with the config stored there.
+    ``resume=True``, continues from ``out_dir/checkpoint.pt`` with the config stored there; a config that
+    differs only in ``EXTENDABLE_KEYS`` extends the run (e.g. ``loop.max_iterations`` 8 -> 16).
     """
 
     def __init__(self, config: Dict[str, Any], out_dir: Path, progress: bool = True):
@@ -236,10 +247,14 @@ class ActiveLearningRun:
     def _load(self) -> None:
         checkpoint = load_checkpoint(self.checkpoint_path)
         differences = config_differences(checkpoint["config"], self.config)
-        if differences:
+        extendable = set(EXTENDABLE_KEYS)
+        if self.config["energy_training"]["schedule"] == "global_cosine":
+            extendable.discard("loop.max_iterations")  # its cosine spans the run's planned epochs
+        fixed = [key for key in differences if key not in extendable]
+        if fixed:
             raise ConfigError(
-                f"{self.checkpoint_path} was written with a different config (keys: {', '.join(differences)}); "
-                "resume with the same config or start a new --out directory"
+                f"{self.checkpoint_path} was written with a different config (keys: {', '.join(fixed)}); "
+                "resume with the same config (only " + ", ".join(sorted(extendable)) + " may change) or start a new --out directory"
             )
         self._build()
         self.state = RunState(**checkpoint["state"])
@@ -250,6 +265,22 @@ class ActiveLearningRun:
         self.ensemble.load_state_dict(checkpoint["ensemble"])
         self.torch_gen.set_state(checkpoint["torch_generator"])
         self.rng.bit_generator.state = checkpoint["numpy_generator"]
+        if differences:
+            self._reopen_if_extended()
+
+    def _reopen_if_extended(self) -> None:
+        """Continue a run that stopped at its old loop limits when the resumed config moved them: the search that
+        the stop skipped runs now, from the same generator states, so the extended run continues exactly as a
+        run planned with the new limits from the start would have."""
+        cfg, st = self.config, self.state
+        if not st.finished or not st.stop_reason.startswith(("reached loop.max_iterations", "forward KLD")):
+            return
+        last_kld = st.history[-1]["forward_kld"]
+        if st.iteration >= cfg["loop"]["max_iterations"] or (cfg["loop"]["stop_kld"] is not None and last_kld < cfg["loop"]["stop_kld"]):
+            return
+        st.finished, st.stop_reason = False, ""
+        if cfg["dataset"]["kind"] != "grid" and not self._search_and_spread(np.asarray(st.history[-1]["label_points"])):
+            st.finished, st.stop_reason = True, search_failed_reason(cfg)
 
     # ------------------------------------------------------------------ one iteration
     def _train_by_energy(self, epochs: int) -> None:
@@ -375,7 +406,7 @@ class ActiveLearningRun:
         elif cfg["dataset"]["kind"] == "grid":
             pass  # the grid baseline has no search: the next iteration continues training on the same grid
         elif not self._search_and_spread(self.dataset.point_s[groups]):
-            st.finished, st.stop_reason = True, f"the uncertainty search ({cfg['search']['backend']}) found no uncertain point within {cfg['search']['max_steps']} steps"
+            st.finished, st.stop_reason = True, search_failed_reason(cfg)
         st.wall_s += time.perf_counter() - t0
         st.history[-1]["wall_s"] = st.wall_s
 
