@@ -273,10 +273,7 @@ class ActiveLearningRun:
         the stop skipped runs now, from the same generator states, so the extended run continues exactly as a
         run planned with the new limits from the start would have."""
         cfg, st = self.config, self.state
-        if not st.finished or not st.stop_reason.startswith(("reached loop.max_iterations", "forward KLD")):
-            return
-        last_kld = st.history[-1]["forward_kld"]
-        if st.iteration >= cfg["loop"]["max_iterations"] or (cfg["loop"]["stop_kld"] is not None and last_kld < cfg["loop"]["stop_kld"]):
+        if not st.finished or st.stop_reason == search_failed_reason(cfg) or self._loop_limit_reached(st.history[-1]["forward_kld"]):
             return
         st.finished, st.stop_reason = False, ""
         if cfg["dataset"]["kind"] != "grid" and not self._search_and_spread(np.asarray(st.history[-1]["label_points"])):
@@ -374,6 +371,16 @@ class ActiveLearningRun:
         self.state.history[-1]["new_centres"] = centres.tolist()
         return True
 
+    def _loop_limit_reached(self, kld: float) -> Optional[str]:
+        """The stop reason if the loop's limits (loop.stop_kld, loop.max_iterations) end the run after an
+        iteration that scored ``kld``; None otherwise."""
+        loop = self.config["loop"]
+        if loop["stop_kld"] is not None and kld < loop["stop_kld"]:
+            return f"forward KLD {kld:.3g} < {loop['stop_kld']}"
+        if self.state.iteration >= loop["max_iterations"]:
+            return f"reached loop.max_iterations = {loop['max_iterations']}"
+        return None
+
     def _iterate(self) -> None:
         cfg, st = self.config, self.state
         t0 = time.perf_counter()
@@ -399,10 +406,9 @@ class ActiveLearningRun:
                 "labels": labels.tolist(),
             }
         )
-        if cfg["loop"]["stop_kld"] is not None and kld < cfg["loop"]["stop_kld"]:
-            st.finished, st.stop_reason = True, f"forward KLD {kld:.3g} < {cfg['loop']['stop_kld']}"
-        elif st.iteration >= cfg["loop"]["max_iterations"]:
-            st.finished, st.stop_reason = True, f"reached loop.max_iterations = {cfg['loop']['max_iterations']}"
+        limit = self._loop_limit_reached(kld)
+        if limit:
+            st.finished, st.stop_reason = True, limit
         elif cfg["dataset"]["kind"] == "grid":
             pass  # the grid baseline has no search: the next iteration continues training on the same grid
         elif not self._search_and_spread(self.dataset.point_s[groups]):
