@@ -58,11 +58,11 @@ def metrics_curve(run_dir: Path, p_reference: np.ndarray) -> List[Dict[str, floa
 def method_curve(run_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
     """Per iteration: evaluations (entries visited + starting MD; also the computed count) and the KLD of the
     ensemble-mean PMF on the grid against ``p_reference``. Needs the run's checkpoint (it holds the means)."""
-    import torch
+    from openmm_cgflow.storage import load_checkpoint
 
     if not (Path(run_dir) / "checkpoint.pt").is_file():
         return metrics_curve(run_dir, p_reference)
-    checkpoint = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(Path(run_dir) / "checkpoint.pt", required=("state",))
     rows = []
     for h in checkpoint["state"]["history"]:
         rows.append({

@@ -60,12 +60,37 @@ class Backmapper:
             z[:, self.circular] = u
         return z
 
+    def check_cg_frames(self, cg) -> np.ndarray:
+        """``cg`` as a float64 (n_frames, cg_dim) array, or a one-line ValueError naming what is wrong (shape,
+        NaN/inf, angles outside [-pi, pi] such as degrees given for radians)."""
+        dim = self.cg_system.cg_dim
+        try:
+            array = np.asarray(cg, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"CG frames must be numbers of shape (n_frames, {dim})") from None
+        if array.ndim == 1 and dim == 1:
+            array = array[:, None]
+        if array.ndim != 2 or array.shape[1] != dim or len(array) == 0:
+            raise ValueError(
+                f"CG frames must have shape (n_frames, {dim}) for the {self.metadata['system']} model "
+                f"({dim} CG coordinate(s) per frame), got {array.shape}"
+            )
+        if not np.isfinite(array).all():
+            raise ValueError(f"CG frames contain NaN or inf (frame {int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])})")
+        if self.cg_system.cg_periodic and np.abs(array).max() > math.pi + 1e-9:
+            raise ValueError(
+                f"CG frames must be angles in radians within [-pi, pi] (largest |value| {np.abs(array).max():.4g}); "
+                "were degrees given?"
+            )
+        return array
+
     def backmap(self, cg: np.ndarray, n_per_frame: int = 10, seed: int = 0, refine: Optional[str] = None,
                 restraint_kT_per_rad2: float = 1000.0) -> BackmapResult:
         """``cg``: (n_frames, cg_dim) CG coordinates in the model's frame (ALDP: paper-frame rad; MB: s in nm)."""
-        cg = np.asarray(cg, dtype=np.float64).reshape(-1, self.cg_system.cg_dim)
-        if not np.isfinite(cg).all():
-            raise ValueError("CG frames contain NaN or inf")
+        cg = self.check_cg_frames(cg)
+        if isinstance(n_per_frame, bool) or int(n_per_frame) != n_per_frame or n_per_frame < 1:
+            raise ValueError(f"n_per_frame must be a positive integer, got {n_per_frame!r}")
+        n_per_frame = int(n_per_frame)
         if refine not in (None, "minimize"):
             raise ValueError(f"refine must be None or 'minimize', got {refine!r}")
         generator = torch.Generator().manual_seed(seed)

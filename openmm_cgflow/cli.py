@@ -23,39 +23,72 @@ import yaml
 from .config import ConfigError, builtin_configs, load_config
 
 
+def _count(minimum: int):
+    """argparse type: an integer >= ``minimum`` (argparse then reports a bad value in one line, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (exit 2) instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cgflow", description="Coarse-grained free energies with conditional flows and OpenMM.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="cgflow", description="Coarse-grained free energies with conditional flows and OpenMM.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     run = sub.add_parser("run", help="run active learning on a built-in config or a YAML file")
     run.add_argument("config", help=f"built-in config ({', '.join(builtin_configs())}) or a YAML file")
     run.add_argument("--out", required=True, type=Path, help="output directory (metrics.json, figures, models/, checkpoint)")
-    run.add_argument("--seed", type=int, default=None, help="random seed (overrides the config's)")
+    run.add_argument("--seed", type=_count(0), default=None, help="random seed (overrides the config's)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. loop.max_iterations=5")
     run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt (with its stored config unless --set/--seed are given, which must then match)")
+    run.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty DIR, replacing the run outputs there (without it, a non-empty DIR is refused)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     data = sub.add_parser("data", help="make and cache input data")
     data.add_argument("what", choices=["aldp-start"], help="aldp-start: 50 ps of alanine-dipeptide MD (5,000 frames)")
-    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--seed", type=_count(0), default=0)
     data.add_argument("--platform", default="CPU", help="OpenMM platform (CPU is pinned to one core)")
     data.add_argument("--out", type=Path, default=None, help="file to write (default: the cache)")
     md = sub.add_parser("md-baseline", help="plain MD and its KLD-vs-steps curve (the denominator of every speedup)")
     md.add_argument("system", choices=["aldp"])
-    md.add_argument("--steps", type=int, required=True, help="number of 1 fs MD steps")
+    md.add_argument("--steps", type=_count(1), required=True, help="number of 1 fs MD steps")
     md.add_argument("--out", type=Path, required=True)
-    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--seed", type=_count(0), default=0)
     md.add_argument("--platform", default="CPU")
-    md.add_argument("--record-every", type=int, default=10, help="steps between histogrammed frames")
+    md.add_argument("--record-every", type=_count(1), default=10, help="steps between histogrammed frames")
     md.add_argument("--reference", type=Path, default=None, help="reference file to score the curve against")
     md.add_argument("--resume", action="store_true")
     md.add_argument("--quiet", action="store_true")
     ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + variational (vFEP) fit")
     ref.add_argument("system", choices=["aldp"])
     ref.add_argument("--out", type=Path, required=True, help="run directory (per-seed passes and checkpoints)")
-    ref.add_argument("--passes", type=int, required=True, help="passes over all windows per seed")
-    ref.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="independent runs (the convergence halves)")
-    ref.add_argument("--windows", type=int, default=18, help="windows per dihedral (n x n grid)")
-    ref.add_argument("--force-constant", type=float, default=40.0, help="restraint force constant in kT/rad^2")
-    ref.add_argument("--steps-per-pass", type=int, default=4000, help="1 fs steps per window per pass")
+    ref.add_argument("--passes", type=_count(1), required=True, help="passes over all windows per seed")
+    ref.add_argument("--seeds", type=_count(0), nargs="+", default=[1, 2], help="independent runs (the convergence halves)")
+    ref.add_argument("--windows", type=_count(2), default=18, help="windows per dihedral (n x n grid)")
+    ref.add_argument("--force-constant", type=_positive_float, default=40.0, help="restraint force constant in kT/rad^2")
+    ref.add_argument("--steps-per-pass", type=_count(10), default=4000, help="1 fs steps per window per pass")
     ref.add_argument("--platform", default="CPU")
     ref.add_argument("--resume", action="store_true")
     ref.add_argument("--fit-only", action="store_true", help="do not simulate; fit the passes already in --out")
@@ -65,14 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("model", type=Path, help="flow model file (a run's models/flow.pt)")
     bm.add_argument("cg_file", type=Path, help=".npy or text file of CG frames (n, cg_dim), in the model's CG frame")
     bm.add_argument("--out", type=Path, required=True, help="trajectory to write (.pdb or .dcd); weights go to OUT.weights.npz")
-    bm.add_argument("--n-per-frame", type=int, default=10)
-    bm.add_argument("--seed", type=int, default=0)
+    bm.add_argument("--n-per-frame", type=_count(1), default=10)
+    bm.add_argument("--seed", type=_count(0), default=0)
     bm.add_argument("--refine", choices=["minimize"], default=None, help="minimise each structure with its CG coordinates restrained")
     bm.add_argument("--platform", default="CPU")
+    bm.add_argument("--overwrite", action="store_true", help="replace an existing --out trajectory (and its weights file)")
     sub.add_parser("configs", help="list the built-in configs")
     show = sub.add_parser("show-config", help="print a resolved config")
     show.add_argument("config")
-    show.add_argument("--seed", type=int, default=None)
+    show.add_argument("--seed", type=_count(0), default=None)
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
@@ -93,8 +127,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "md-baseline":
             from .reference.md_baseline import run_md_baseline, score_md_baseline
 
-            if args.steps < args.record_every or args.record_every < 1:
-                raise ValueError("--steps must be >= --record-every >= 1")
+            if args.steps < args.record_every:
+                raise ValueError("--steps must be >= --record-every")
+            if args.reference is not None and not args.reference.is_file():
+                raise FileNotFoundError(f"reference file not found: {args.reference}")
             summary = run_md_baseline(args.out, args.steps, args.seed, args.platform, args.record_every, args.resume, not args.quiet)
             print(f"{summary['steps']} MD steps at {summary['steps_per_s']:.0f} steps/s; histograms in {args.out}")
             if args.reference is not None:
@@ -110,10 +146,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.command == "run" and args.resume and not args.overrides and args.seed is None:
             # a plain --resume continues with the config stored in the checkpoint
-            from .storage import load_checkpoint
-            from .active_learning.loop import CHECKPOINT_NAME
+            from .active_learning.loop import CHECKPOINT_NAME, read_run_checkpoint
 
-            config = load_checkpoint(args.out / CHECKPOINT_NAME)["config"]
+            config = read_run_checkpoint(args.out / CHECKPOINT_NAME)["config"]
             if load_config(args.config)["system"] != config["system"]:
                 raise ConfigError(f"{args.out} holds a run of system '{config['system']}', not '{args.config}'")
         else:
@@ -123,10 +158,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         from .active_learning import ActiveLearningRun
 
-        metrics = ActiveLearningRun(config, args.out, progress=not args.quiet).run(resume=args.resume)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"cgflow: error: {error}", file=sys.stderr)
+        metrics = ActiveLearningRun(config, args.out, progress=not args.quiet).run(resume=args.resume, overwrite=args.overwrite)
+    except (ConfigError, OSError, ValueError) as error:  # OSError: missing, unreadable or misplaced files
+        print(f"cgflow: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("cgflow: interrupted; what was checkpointed is kept (continue with --resume)", file=sys.stderr)
+        return 130
     totals = metrics["totals"]
     print(
         f"finished after {totals['iterations']} iterations ({totals['stop_reason']}): forward KLD "
@@ -134,6 +172,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"results in {args.out}"
     )
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as one line (OSError's own text already names the file)."""
+    text = " ".join(str(error).split())
+    return text if text else type(error).__name__
 
 
 def _backmap(args) -> int:
@@ -145,7 +189,9 @@ def _backmap(args) -> int:
         raise ValueError(f"--out must end in .pdb or .dcd, got {args.out}")
     if not args.cg_file.is_file():
         raise FileNotFoundError(f"CG file not found: {args.cg_file}")
-    cg = np.load(args.cg_file) if args.cg_file.suffix == ".npy" else np.loadtxt(args.cg_file, ndmin=2)
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"{args.out} exists: use --overwrite to replace it, or another --out")
+    cg = np.load(args.cg_file, allow_pickle=False) if args.cg_file.suffix == ".npy" else np.loadtxt(args.cg_file, ndmin=2)
     result = Backmapper(args.model, args.platform).backmap(cg, args.n_per_frame, args.seed, args.refine)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.trajectory.save(str(args.out))

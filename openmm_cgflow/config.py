@@ -7,6 +7,8 @@ Every problem raises :class:`ConfigError` with a one-line message naming the key
 from __future__ import annotations
 
 import copy
+import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -52,6 +54,12 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text (YAML) file") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
@@ -83,7 +91,11 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
             value = float(value)
         except ValueError:
             pass
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
     if expected is list:
+        if isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise ConfigError(f"config key '{key}' must list finite numbers, got {value!r}")
         if key in _NULLABLE and isinstance(value, list) and len(value) != 2:
             raise ConfigError(f"config key '{key}' must be null or [lower, upper], got {value!r}")
         if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
@@ -124,11 +136,68 @@ def validate(config: Dict[str, Any], schema: Dict[str, Any]) -> Dict[str, Any]:
         for parent in parents:
             node = node[parent]
         node[leaf] = checked
-    if result["ensemble"]["n_members"] < 2:
-        raise ConfigError("config key 'ensemble.n_members' must be >= 2 (the std needs two members)")
-    if result["labels"]["clip_k"] == 1:
-        raise ConfigError("config key 'labels.clip_k' must be 0 (off) or >= 2")
+    _check_relations(result)
     return result
+
+
+#: Most CG grid points a metric or grid-baseline grid may have (n ** cg_dim): 4e6 points keep the grid's arrays
+#: (centres, reference, ensemble predictions) within a few hundred MB.
+MAX_GRID_POINTS = 4_000_000
+
+
+def _check_relations(cfg: Dict[str, Any]) -> None:
+    """Checks that involve more than one key (each message names the keys)."""
+    def fail(message: str) -> None:
+        raise ConfigError(message)
+
+    if cfg["ensemble"]["n_members"] < 2:
+        fail("config key 'ensemble.n_members' must be >= 2 (the std needs two members)")
+    if cfg["labels"]["clip_k"] == 1:
+        fail("config key 'labels.clip_k' must be 0 (off) or >= 2")
+    if cfg["labels"]["clip_k"] > cfg["dataset"]["copies"]:
+        fail(f"config key 'labels.clip_k' ({cfg['labels']['clip_k']}) must not exceed 'dataset.copies' ({cfg['dataset']['copies']})")
+    if cfg["dataset"]["train_fraction"] == 0:
+        fail("config key 'dataset.train_fraction' must be > 0 (no CG point would get a label)")
+    et = cfg["energy_training"]
+    if et["skip_top_k"] >= et["batch_size"]:
+        fail(f"config key 'energy_training.skip_top_k' ({et['skip_top_k']}) must be < 'energy_training.batch_size' ({et['batch_size']})")
+    for warm, epochs in (("warmup_epochs_first", "epochs_first_iteration"), ("warmup_epochs", "epochs")):
+        if et["schedule"] != "global_cosine" and et[warm] > et[epochs]:
+            fail(f"config key 'energy_training.{warm}' ({et[warm]}) must not exceed 'energy_training.{epochs}' ({et[epochs]})")
+    search, metrics = cfg["search"], cfg["metrics"]
+    for key, interval in (("metrics.domain", metrics["domain"]), ("search.bounds", search["bounds"])):
+        if interval is not None and not interval[0] < interval[1]:
+            fail(f"config key '{key}' must be [lower, upper] with lower < upper, got {interval!r}")
+    if search["bounds"] is not None:
+        lower, upper = search["bounds"]
+        outside = [v for v in search["start"] if not lower <= v <= upper]
+        if outside:
+            fail(f"config key 'search.start' {search['start']!r} lies outside 'search.bounds' {search['bounds']!r}")
+    wanted = search["n_new_points"] * search["diversity_multiplier"]
+    if search["acquisition"] == "stop_at_uncertainty" and wanted > search["n_chains"]:
+        fail(
+            f"config keys 'search.n_new_points' x 'search.diversity_multiplier' ({wanted}) must not exceed 'search.n_chains' "
+            f"({search['n_chains']}): the search stops once that many chains have stopped"
+        )
+    if search["acquisition"] == "uncertainty_weighted" and search["n_new_points"] > search["n_chains"]:
+        fail(f"config key 'search.n_new_points' ({search['n_new_points']}) must not exceed 'search.n_chains' ({search['n_chains']})")
+    cg_dim = len(search["start"])
+    for key, n in (("metrics.n_bins", metrics["n_bins"]), ("dataset.grid_points", cfg["dataset"]["grid_points"])):
+        if n ** cg_dim > MAX_GRID_POINTS:
+            fail(f"config key '{key}' = {n} gives {n}^{cg_dim} grid points; at most {MAX_GRID_POINTS:,} are allowed")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg["energy"]["n_workers"] > max(cores, 1) * 4:
+        fail(f"config key 'energy.n_workers' = {cfg['energy']['n_workers']} is more than 4x the {cores} core(s) this process may use")
+
+
+def validate_config(config: Any) -> Dict[str, Any]:
+    """Validate a complete config from elsewhere (e.g. stored in a checkpoint) against its system's schema."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(config).__name__}")
+    system = config.get("system")
+    if system not in SYSTEM_DEFAULTS:
+        raise ConfigError(f"config 'system' must name one of {', '.join(SYSTEM_DEFAULTS)}, got {system!r}")
+    return validate(config, _read_yaml(CONFIG_DIR / f"{SYSTEM_DEFAULTS[system]}.yaml"))
 
 
 def parse_override(text: str) -> Tuple[str, Any]:

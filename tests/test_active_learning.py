@@ -14,6 +14,7 @@ import torch
 from openmm_cgflow.active_learning import ActiveLearningDataset, ActiveLearningRun
 from openmm_cgflow.config import load_config
 from openmm_cgflow.export import load_model
+from openmm_cgflow.storage import load_checkpoint
 
 SMALL = [
     "pretraining.epochs=30",
@@ -68,7 +69,7 @@ def test_exported_models_reproduce_the_run(short_run):
     out, metrics = short_run
     ensemble, meta = load_model(out / "models" / "pmf_ensemble.pt", expected_kind="pmf_ensemble", expected_system="muller-brown")
     assert meta["temperature_K"] == pytest.approx(1202.7235504, rel=1e-9)
-    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
     centres = torch.linspace(-2.482, 1.082, 100, dtype=torch.float64)[:, None]
     with torch.no_grad():
         mean, _ = ensemble.mean_std(centres)

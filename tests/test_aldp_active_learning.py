@@ -11,6 +11,7 @@ from openmm_cgflow.active_learning import ActiveLearningRun
 from openmm_cgflow.active_learning.loop import clip_norm_for, grid_points, learning_rate_factor
 from openmm_cgflow.config import ConfigError, load_config
 from openmm_cgflow.export import load_model
+from openmm_cgflow.storage import load_checkpoint
 
 SMOKE = [
     "starting_data.n_frames=200", "starting_data.save_every=10", "flow.hidden=[16]", "flow.n_layers=2",
@@ -58,7 +59,7 @@ def test_smoke_run_grid_then_active_with_accumulated_labels(tmp_path):
     assert rows[0]["n_cg_points"] == 64 and rows[0]["n_labels"] == 64
     assert rows[1]["n_cg_points"] == 64 + 3 * 20
     assert rows[0]["energy_evaluations"] == 2000 + 3 * (64 * 4 // 64) * 64
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     dataset = checkpoint["dataset"]
     visits = np.bincount(dataset["entry_point"], weights=dataset["entry_visits"])[:64]
     # every visit of epochs 0 and 1 (2 x 4 copies per grid point) is left out of the accumulated samples, every

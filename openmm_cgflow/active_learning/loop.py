@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import ConfigError, config_differences
+from ..config import ConfigError, config_differences, validate_config
 from ..energy import EnergyOracle
 from ..export import save_model
 from ..flows import ConditionalAffineFlow, ConditionalSplineFlow
@@ -29,10 +29,24 @@ from ..reference.kld import forward_kld
 from ..sampling import farthest_point_selection, run_langevin, spread_disc, spread_uniform_interval, uncertainty_search, uncertainty_weighted_search
 from ..sampling.cg_dynamics_search import cg_dynamics_search
 from ..systems import CGSystem, create_system
-from ..storage import load_checkpoint, save_checkpoint, write_json
+from ..storage import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from .dataset import ActiveLearningDataset
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: what a checkpoint must hold to be resumed
+CHECKPOINT_KEYS = ("config", "state", "flow", "flow_norm", "optimizer", "dataset", "ensemble", "torch_generator", "numpy_generator")
+#: files and folders a run writes into its output directory (``overwrite=True`` removes exactly these)
+RUN_OUTPUTS = (CHECKPOINT_NAME, "metrics.json", "models", "pmf.png", "pmf_iterations.png", "kld.png")
+
+
+def read_run_checkpoint(path: Path) -> Dict[str, Any]:
+    """A run's checkpoint with its config validated (a damaged or hand-edited config is refused, one line)."""
+    checkpoint = load_checkpoint(path, CHECKPOINT_KEYS)
+    try:
+        checkpoint["config"] = validate_config(checkpoint["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path} holds an invalid config: {error}") from None
+    return checkpoint
 
 
 @dataclass
@@ -245,7 +259,7 @@ class ActiveLearningRun:
         )
 
     def _load(self) -> None:
-        checkpoint = load_checkpoint(self.checkpoint_path)
+        checkpoint = read_run_checkpoint(self.checkpoint_path)
         differences = config_differences(checkpoint["config"], self.config)
         extendable = set(EXTENDABLE_KEYS)
         if self.config["energy_training"]["schedule"] == "global_cosine":
@@ -257,14 +271,18 @@ class ActiveLearningRun:
                 "resume with the same config (only " + ", ".join(sorted(extendable)) + " may change) or start a new --out directory"
             )
         self._build()
-        self.state = RunState(**checkpoint["state"])
-        self._build_flow(*checkpoint["flow_norm"])
-        self.flow.load_state_dict(checkpoint["flow"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.dataset = ActiveLearningDataset.from_state_dict(checkpoint["dataset"])
-        self.ensemble.load_state_dict(checkpoint["ensemble"])
-        self.torch_gen.set_state(checkpoint["torch_generator"])
-        self.rng.bit_generator.state = checkpoint["numpy_generator"]
+        try:
+            self.state = RunState(**checkpoint["state"])
+            self._build_flow(*checkpoint["flow_norm"])
+            self.flow.load_state_dict(checkpoint["flow"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.dataset = ActiveLearningDataset.from_state_dict(checkpoint["dataset"])
+            self.ensemble.load_state_dict(checkpoint["ensemble"])
+            self.torch_gen.set_state(checkpoint["torch_generator"])
+            self.rng.bit_generator.state = checkpoint["numpy_generator"]
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            reason = " ".join(str(error).split())[:200]
+            raise CheckpointError(f"{self.checkpoint_path} does not match its own config or is damaged ({type(error).__name__}: {reason})") from None
         if differences:
             self._reopen_if_extended()
 
@@ -417,15 +435,45 @@ class ActiveLearningRun:
         st.history[-1]["wall_s"] = st.wall_s
 
     # ------------------------------------------------------------------ driver
-    def run(self, resume: bool = False) -> Dict[str, Any]:
-        """Run (or resume) to the end; returns the metrics dict also written to ``metrics.json``."""
+    def check_output_dir(self, resume: bool = False, overwrite: bool = False) -> None:
+        """Refuse to start a new run in a non-empty ``out_dir`` (nothing there is changed) unless ``overwrite``,
+        which removes this package's run outputs (RUN_OUTPUTS) and nothing else."""
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ConfigError(f"--out {self.out_dir} is a file, not a directory")
+        if resume:
+            if overwrite:
+                raise ConfigError("--resume and --overwrite exclude each other")
+            return
+        present = sorted(p.name for p in self.out_dir.iterdir()) if self.out_dir.is_dir() else []
+        if not present:
+            return
+        if not overwrite:
+            shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+            raise ConfigError(
+                f"--out {self.out_dir} is not empty ({shown}): use --resume to continue the run there, --overwrite to replace it, "
+                "or another --out"
+            )
+        import shutil
+
+        for name in RUN_OUTPUTS:
+            target = self.out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    def run(self, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+        """Run (or resume) to the end; returns the metrics dict also written to ``metrics.json``.
+
+        A new run refuses a non-empty ``out_dir`` unless ``overwrite`` (see :meth:`check_output_dir`)."""
+        self.check_output_dir(resume, overwrite)
+        if resume and not self.checkpoint_path.is_file():
+            raise FileNotFoundError(f"no checkpoint to resume from: {self.checkpoint_path}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         try:
             if resume:
                 self._load()
             else:
-                if self.checkpoint_path.exists():
-                    raise ConfigError(f"{self.checkpoint_path} exists: use --resume to continue it, or another --out")
                 t0 = time.perf_counter()
                 self._build()
                 self._start()

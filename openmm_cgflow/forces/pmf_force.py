@@ -19,6 +19,8 @@ the plugins are reloaded); :func:`torchforce_from_xml` rebuilds it from the mode
 """
 from __future__ import annotations
 
+import math
+
 import io
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -153,8 +155,10 @@ def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
-    if n_replicas < 1:
-        raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
+    if isinstance(n_replicas, bool) or int(n_replicas) != n_replicas or n_replicas < 1:
+        raise ValueError(f"n_replicas must be an integer >= 1, got {n_replicas!r}")
+    if not math.isfinite(float(scale)):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
     if backend == "cmap":
         return tabulated_pmf_force(model, metadata, scale, n_replicas=n_replicas, system=system, replica_atoms=replica_atoms)
     module, metadata = pmf_energy_module(model, metadata, scale, n_replicas, replica_atoms)

@@ -15,11 +15,15 @@ import openmm
 import openmm.unit as unit
 from tqdm.auto import tqdm
 
-from ..storage import atomic_write, load_checkpoint, save_checkpoint, write_json
+from ..storage import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
 from ..energy.oracle import default_properties, resolve_platform
 from ..systems import create_system
 from ..systems.alanine_dipeptide import phi_psi, to_paper_frame
 from .grid import MD_PSEUDOCOUNT, histogram_counts, kld_of_histogram, load_reference
+
+
+#: what an MD-baseline checkpoint must hold to be resumed
+MD_CHECKPOINT_KEYS = ("steps_target", "seed", "record_every", "steps_done", "counts", "snapshots", "wall_s", "openmm_checkpoint")
 
 CHUNK_STEPS = 100_000
 
@@ -42,10 +46,13 @@ def run_md_baseline(
     integrator.setRandomNumberSeed(seed)
     context = openmm.Context(aldp.system, integrator, resolve_platform(platform), default_properties(platform))
     if resume:
-        state = load_checkpoint(checkpoint_path)
+        state = load_checkpoint(checkpoint_path, MD_CHECKPOINT_KEYS)
         if (state["steps_target"], state["seed"], state["record_every"]) != (steps, seed, record_every):
             raise ValueError(f"{checkpoint_path} belongs to a run with other --steps/--seed/--record-every; use a new --out")
-        context.loadCheckpoint(state["openmm_checkpoint"])
+        try:
+            context.loadCheckpoint(state["openmm_checkpoint"])
+        except Exception as error:  # OpenMM raises its own exception type for a foreign or damaged state
+            raise CheckpointError(f"{checkpoint_path}: OpenMM cannot restore its simulation state ({' '.join(str(error).split())[:160]})") from None
     else:
         if checkpoint_path.exists():
             raise ValueError(f"{checkpoint_path} exists: use --resume to continue it, or another --out")

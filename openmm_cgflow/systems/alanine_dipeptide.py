@@ -48,10 +48,14 @@ FAB_CHIRALITY_OFFSET = -0.043
 
 
 def amber_files() -> Tuple[str, str]:
-    """Paths of the prmtop and inpcrd files shipped with openmmtools."""
-    import openmmtools
+    """Paths of the prmtop and inpcrd files shipped with openmmtools (found without importing openmmtools, whose
+    import loads pymbar and prints its banners)."""
+    import importlib.util
 
-    folder = os.path.join(os.path.dirname(openmmtools.__file__), "data", "alanine-dipeptide-gbsa")
+    spec = importlib.util.find_spec("openmmtools")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("openmmtools is not installed: it ships the alanine-dipeptide force-field files (pip install openmmtools)")
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "data", "alanine-dipeptide-gbsa")
     prmtop, inpcrd = os.path.join(folder, "alanine-dipeptide.prmtop"), os.path.join(folder, "alanine-dipeptide.crd")
     for path in (prmtop, inpcrd):
         if not os.path.isfile(path):

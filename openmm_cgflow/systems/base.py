@@ -85,6 +85,8 @@ class CGSystem:
         Accepts a single ``(n_atoms, 3)`` configuration, a batch, or an ``openmm.unit.Quantity``.
         """
         if unit.is_quantity(positions):
+            if not positions.unit.is_compatible(unit.nanometer):
+                raise ValueError(f"{self.name}: positions must be a length (e.g. unit.nanometer), got a Quantity in {positions.unit}")
             positions = positions.value_in_unit(unit.nanometer)
         if isinstance(positions, torch.Tensor):
             positions = positions.detach().cpu().numpy()
