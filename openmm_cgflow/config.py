@@ -161,9 +161,6 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
     et = cfg["energy_training"]
     if et["skip_top_k"] >= et["batch_size"]:
         fail(f"config key 'energy_training.skip_top_k' ({et['skip_top_k']}) must be < 'energy_training.batch_size' ({et['batch_size']})")
-    for warm, epochs in (("warmup_epochs_first", "epochs_first_iteration"), ("warmup_epochs", "epochs")):
-        if et["schedule"] != "global_cosine" and et[warm] > et[epochs]:
-            fail(f"config key 'energy_training.{warm}' ({et[warm]}) must not exceed 'energy_training.{epochs}' ({et[epochs]})")
     search, metrics = cfg["search"], cfg["metrics"]
     for key, interval in (("metrics.domain", metrics["domain"]), ("search.bounds", search["bounds"])):
         if interval is not None and not interval[0] < interval[1]:

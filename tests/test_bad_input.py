@@ -60,7 +60,6 @@ def finished_run(tmp_path_factory):
         ("dataset.train_fraction=0", "'dataset.train_fraction' must be > 0"),
         ("labels.clip_k=31", "'labels.clip_k' (31) must not exceed 'dataset.copies' (30)"),
         ("energy_training.skip_top_k=8", "'energy_training.skip_top_k' (8) must be < 'energy_training.batch_size' (8)"),
-        ("energy_training.warmup_epochs=9", "'energy_training.warmup_epochs' (9) must not exceed 'energy_training.epochs' (7)"),
         ("search.n_new_points=60", "must not exceed 'search.n_chains' (50)"),
         ("metrics.n_bins=100000000", "'metrics.n_bins' = 100000000 gives"),
         ("energy.n_workers=100000", "'energy.n_workers' = 100000 is more than 4x"),
