@@ -43,6 +43,16 @@ def pin_to_core(core: Optional[int] = None) -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0)) if core is None else core})
 
 
+def openmm_random_seed(seed: int) -> int:
+    """The OpenMM random-number seed (integrator noise, initial velocities) for a run's ``seed``.
+
+    OpenMM reads a seed of 0 as "choose a new random seed every time", which would make seed 0 (every config's
+    default) irreproducible; it is mapped to -1, a fixed seed no config can ask for (config seeds are >= 0).
+    Other seeds pass unchanged."""
+    seed = int(seed)
+    return -1 if seed == 0 else seed
+
+
 def resolve_platform(name: str) -> openmm.Platform:
     """Return the OpenMM platform ``name`` or raise a ValueError naming the available ones."""
     available = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]

@@ -16,7 +16,7 @@ import openmm.unit as unit
 from tqdm.auto import tqdm
 
 from ..storage import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
-from ..energy.oracle import default_properties, resolve_platform
+from ..energy.oracle import default_properties, openmm_random_seed, resolve_platform
 from ..systems import create_system
 from ..systems.alanine_dipeptide import phi_psi, to_paper_frame
 from .grid import MD_PSEUDOCOUNT, histogram_counts, kld_of_histogram, load_reference
@@ -43,7 +43,7 @@ def run_md_baseline(
     checkpoint_path = out / "md_checkpoint.pt"
     aldp = create_system("alanine-dipeptide")
     integrator = openmm.LangevinMiddleIntegrator(aldp.temperature * unit.kelvin, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
-    integrator.setRandomNumberSeed(seed)
+    integrator.setRandomNumberSeed(openmm_random_seed(seed))
     context = openmm.Context(aldp.system, integrator, resolve_platform(platform), default_properties(platform))
     if resume:
         state = load_checkpoint(checkpoint_path, MD_CHECKPOINT_KEYS)
@@ -58,7 +58,7 @@ def run_md_baseline(
             raise ValueError(f"{checkpoint_path} exists: use --resume to continue it, or another --out")
         context.setPositions(aldp.positions)
         openmm.LocalEnergyMinimizer.minimize(context)
-        context.setVelocitiesToTemperature(aldp.temperature * unit.kelvin, seed)
+        context.setVelocitiesToTemperature(aldp.temperature * unit.kelvin, openmm_random_seed(seed))
         state = {
             "steps_target": steps, "seed": seed, "record_every": record_every, "platform": platform,
             "steps_done": 0, "counts": np.zeros((100, 100)), "snapshots": {}, "wall_s": 0.0,

@@ -8,7 +8,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 
-from ..energy.oracle import default_properties, resolve_platform
+from ..energy.oracle import default_properties, openmm_random_seed, resolve_platform
 from ..systems.base import CGSystem
 
 
@@ -40,13 +40,13 @@ def run_langevin(
     integrator = openmm.LangevinMiddleIntegrator(
         cg_system.temperature * unit.kelvin, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond
     )
-    integrator.setRandomNumberSeed(int(seed))
+    integrator.setRandomNumberSeed(openmm_random_seed(seed))
     context = openmm.Context(cg_system.system, integrator, resolve_platform(platform), default_properties(platform) if properties is None else properties)
     start = cg_system.check_positions(cg_system.positions if positions is None else positions)[0]
     context.setPositions(start)
     if minimize:
         openmm.LocalEnergyMinimizer.minimize(context)
-    context.setVelocitiesToTemperature(cg_system.temperature * unit.kelvin, int(seed))
+    context.setVelocitiesToTemperature(cg_system.temperature * unit.kelvin, openmm_random_seed(seed))
     frames = []
     for _ in range(n_steps // save_every):
         integrator.step(save_every)
