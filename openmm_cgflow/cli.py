@@ -158,6 +158,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         from .active_learning import ActiveLearningRun
 
+        if config["torch_threads"] == 1:  # one core for the flow, the others for OpenMM workers (see pin_driver)
+            from .energy.oracle import pin_driver
+
+            pin_driver()
+
         metrics = ActiveLearningRun(config, args.out, progress=not args.quiet).run(resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, OSError, ValueError) as error:  # OSError: missing, unreadable or misplaced files
         print(f"cgflow: error: {_one_line(error)}", file=sys.stderr)

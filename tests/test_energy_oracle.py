@@ -146,3 +146,20 @@ def test_pool_exits_cleanly_at_interpreter_exit(tmp_path):
     assert result.returncode == 0, result.stderr
     for pid in map(int, result.stdout.split()):
         assert not _alive(pid)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
+def test_pinned_driver_leaves_other_cores_to_the_workers():
+    """`cgflow run` pins itself (pin_driver); the oracle's CPU worker must then run on another core, not share its."""
+    code = (
+        "import os, torch\n"
+        "from openmm_cgflow.energy import EnergyOracle, pin_driver\n"
+        "from openmm_cgflow.systems import create_system\n"
+        "driver = pin_driver()\n"
+        "with EnergyOracle(create_system('muller-brown'), 'CPU', n_workers=1) as oracle:\n"
+        "    print(driver, sorted(os.sched_getaffinity(0)), sorted(os.sched_getaffinity(oracle.worker_pids[0])))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split("\n")[-2]
+    driver, rest = out.split(" ", 1)
+    own, worker = rest.split("] [")
+    assert own.strip("[]") == driver and worker.strip("[]") != driver and len(worker.strip("[]").split(",")) == 1

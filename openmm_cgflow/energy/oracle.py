@@ -43,6 +43,25 @@ def pin_to_core(core: Optional[int] = None) -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0)) if core is None else core})
 
 
+#: cores for EnergyOracle workers once :func:`pin_driver` has pinned this process (the others first)
+_WORKER_CORES: List[int] = []
+
+
+def pin_driver() -> Optional[int]:
+    """Pin this process (the one training the flow) to one core, the highest it may use, and keep the others for
+    the EnergyOracle's worker processes, which then start on them before sharing the driver's core. So a run uses
+    every core without any two busy threads on one, with no ``taskset`` in the shell. Returns the core (None
+    where affinity is unsupported)."""
+    global _WORKER_CORES
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    driver = cores[-1]
+    os.sched_setaffinity(0, {driver})
+    _WORKER_CORES = [c for c in cores if c != driver] + [driver]
+    return driver
+
+
 def openmm_random_seed(seed: int) -> int:
     """The OpenMM random-number seed (integrator noise, initial velocities) for a run's ``seed``.
 
@@ -152,7 +171,7 @@ class EnergyOracle:
         # Workers are fresh interpreters running ``python -m openmm_cgflow.energy.worker`` over a socket
         # pair: unlike multiprocessing's spawn they never re-import the caller's __main__, so scripts
         # without an ``if __name__ == "__main__"`` guard work, and no fork of a threaded process happens.
-        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        cores = _WORKER_CORES or (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [])
         for rank in range(self.n_workers):
             parent_sock, child_sock = socket.socketpair()
             core = cores[rank % len(cores)] if (pin_workers and cores) else -1
