@@ -1,4 +1,7 @@
-"""Shared fixtures: a small PMF ensemble fitted to the packaged alanine-dipeptide reference."""
+"""Shared fixtures: a small PMF ensemble fitted to the packaged alanine-dipeptide reference; every test gets back
+the CPU affinity it started with."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,16 @@ from openmm_cgflow.export import save_model
 from openmm_cgflow.pmf import PMFEnsemble
 from openmm_cgflow.reference.grid import grid_centres, load_reference, packaged_reference_path
 from openmm_cgflow.systems import create_system
+
+
+@pytest.fixture(autouse=True)
+def restore_cpu_affinity():
+    """The command line pins its own process (pin_to_core, pin_driver); a test calling ``cli.main`` in-process
+    would otherwise leave the whole rest of the session on one core."""
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    yield
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
 
 
 @pytest.fixture(scope="session")
