@@ -2,7 +2,7 @@
 
     python benchmarks/profile_iteration.py [--config muller-brown] [--set KEY=VALUE ...] [--out benchmarks/results]
 
-Runs ``cgflow run CONFIG`` in this process (pinned to one core, as the CLI's energy workers are) with timers
+Runs ``cgflow run CONFIG`` in this process (pinned to one core as the CLI pins itself; OpenMM workers on the others) with timers
 wrapped around the loop's phases from the outside, so the package runs unchanged:
 
   starting_md      starting data (MD, or the cached ALDP frames)
@@ -40,7 +40,7 @@ from openmm_cgflow.active_learning import ActiveLearningRun
 from openmm_cgflow.active_learning import loop as loop_module
 from openmm_cgflow.config import load_config
 from openmm_cgflow.energy import EnergyOracle
-from openmm_cgflow.energy.oracle import pin_to_core
+from openmm_cgflow.energy.oracle import pin_driver
 from openmm_cgflow.pmf import PMFEnsemble
 
 PHASES = ("starting_md", "pretraining", "flow", "oracle", "labels", "ensemble_fit", "scoring", "search", "checkpoint", "export_plots")
@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    pin_to_core(max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+    pin_driver()  # as `cgflow run` does: this process on one core, OpenMM workers on the others
     config = load_config(args.config, args.overrides, args.seed)
 
     timer = PhaseTimer()

@@ -3,6 +3,8 @@
     cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
     cgflow data aldp-start [--seed N] [--platform CPU]   make and cache alanine-dipeptide starting data
     cgflow md-baseline aldp --steps N --out DIR [--reference FILE] [--resume]   MD baseline
+    cgflow baseline metad|md SYSTEM --steps N --out DIR [--reference FILE] [--resume] [--bias-factor G ...]
+                                        well-tempered metadynamics (or MD) on the CG coordinates, KLD vs steps
     cgflow reference aldp --out DIR --passes N [--seeds 1 2] [--resume] [--fit-only] [--output FILE]
                                         umbrella-sampling reference PMF (runs, then fits and writes FILE)
     cgflow backmap MODEL CG_FILE --out FILE.pdb|.dcd [--n-per-frame N] [--refine minimize]   backmapping
@@ -81,6 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     md.add_argument("--reference", type=Path, default=None, help="reference file to score the curve against")
     md.add_argument("--resume", action="store_true")
     md.add_argument("--quiet", action="store_true")
+    base = sub.add_parser("baseline", help="the baselines a user would run instead: well-tempered metadynamics or plain MD, scored by forward KLD against steps")
+    base.add_argument("method", choices=["metad", "md"], help="metad: well-tempered metadynamics on the CG coordinates (app.Metadynamics); md: plain MD (as md-baseline)")
+    base.add_argument("system", help="a registered system (muller-brown, alanine-dipeptide; aldp for short)")
+    base.add_argument("--steps", type=_count(1), required=True, help="MD steps (= energy evaluations)")
+    base.add_argument("--out", type=Path, required=True)
+    base.add_argument("--seed", type=_count(0), default=0)
+    base.add_argument("--platform", default="CPU")
+    base.add_argument("--reference", type=Path, default=None, help="reference file to score against (default: the system's packaged/exact reference)")
+    base.add_argument("--bias-factor", type=_positive_float, default=6.0, help="metad: gamma > 1 (CG coordinates sampled as at gamma T)")
+    base.add_argument("--height", type=_positive_float, default=0.5, help="metad: initial Gaussian height in kT")
+    base.add_argument("--width", type=_positive_float, default=0.35, help="metad: Gaussian width (std) in the CG units (rad or nm)")
+    base.add_argument("--deposit-every", type=_count(1), default=500, help="metad: MD steps between Gaussians")
+    base.add_argument("--friction", type=_positive_float, default=1.0, help="Langevin friction in 1/ps")
+    base.add_argument("--resume", action="store_true")
+    base.add_argument("--quiet", action="store_true")
     ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + variational (vFEP) fit")
     ref.add_argument("system", choices=["aldp"])
     ref.add_argument("--out", type=Path, required=True, help="run directory (per-seed passes and checkpoints)")
@@ -114,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("data", "md-baseline", "reference", "backmap") and args.platform == "CPU":
+        if args.command in ("data", "md-baseline", "baseline", "reference", "backmap") and args.platform == "CPU":
             from .energy import pin_to_core
 
             pin_to_core()
@@ -139,6 +156,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.command == "reference":
             return _reference(args)
+        if args.command == "baseline":
+            return _baseline(args)
         if args.command == "backmap":
             return _backmap(args)
         if args.command == "configs":
@@ -204,6 +223,41 @@ def _backmap(args) -> int:
                         ess=result.ess, reduced_energies=result.reduced_energies)
     print(f"{result.trajectory.n_frames} structures for {len(result.ess)} CG frames in {args.out}; ESS per frame: "
           f"median {np.median(result.ess):.2f} of {args.n_per_frame}; weights in {args.out}.weights.npz")
+    return 0
+
+
+#: short names the command line accepts for registered systems
+SYSTEM_ALIASES = {"aldp": "alanine-dipeptide", "mb": "muller-brown"}
+
+
+def _baseline(args) -> int:
+    from .config import SYSTEM_DEFAULTS
+    from .systems import available_systems, create_system
+
+    name = SYSTEM_ALIASES.get(args.system, args.system)
+    if name not in available_systems():
+        raise ValueError(f"unknown system '{args.system}'; available: {', '.join(available_systems())} (or {', '.join(SYSTEM_ALIASES)})")
+    if args.reference is not None and not args.reference.is_file():
+        raise FileNotFoundError(f"reference file not found: {args.reference}")
+    if args.method == "md":
+        if name != "alanine-dipeptide":
+            raise ValueError("the MD baseline (histograms on the 100 x 100 dihedral grid) is implemented for alanine-dipeptide")
+        return main(["md-baseline", "aldp", "--steps", str(args.steps), "--out", str(args.out), "--seed", str(args.seed), "--platform", args.platform]
+                    + (["--reference", str(args.reference)] if args.reference else []) + (["--resume"] if args.resume else [])
+                    + (["--quiet"] if args.quiet else []))
+    from .active_learning.loop import metric_grid_for
+    from .reference.metadynamics import MetadynamicsProtocol, run_metadynamics
+
+    config = load_config(SYSTEM_DEFAULTS[name], [f"metrics.reference={args.reference}"] if args.reference else [])
+    grid = metric_grid_for(config)
+    protocol = MetadynamicsProtocol(bias_factor=args.bias_factor, height_kT=args.height, width=args.width, deposit_every=args.deposit_every,
+                                    friction_per_ps=args.friction)
+    summary = run_metadynamics(create_system(name), args.out, args.steps, grid.p_reference, grid.centres, protocol, args.seed, args.platform,
+                               args.resume, not args.quiet)
+    for point in summary["curve"]:
+        print(f"{point['md_steps']:>12d} steps  forward KLD {point['forward_kld']:.4e}")
+    print(f"{summary['steps']} metadynamics steps at {summary['steps_per_s']:.0f} steps/s; final forward KLD {summary['final_forward_kld']:.4e}; "
+          f"{args.out / 'metad_baseline.json'}")
     return 0
 
 

@@ -151,6 +151,20 @@ def from_paper_frame(s: np.ndarray) -> np.ndarray:
     return periodic_difference(-(np.asarray(s) + ref))
 
 
+def cg_variable_forces() -> list:
+    """phi and psi in the paper frame, s = wrap(-angle_IUPAC - ref_bg) in [-pi, pi), as the energies of two
+    CustomTorsionForces (OpenMM's torsion angle theta is the IUPAC dihedral)."""
+    forces = []
+    for name, atoms, ref in zip(("phi", "psi"), (PHI_ATOMS, PSI_ATOMS), paper_frame_references()):
+        force = openmm.CustomTorsionForce(
+            f"d - 2*pi*floor((d + pi) / (2*pi)); d = -theta - ({ref!r}); pi = {math.pi!r}"
+        )
+        force.addTorsion(*atoms, [])
+        force.setName(f"CG coordinate {name} (paper frame)")
+        forces.append(force)
+    return forces
+
+
 def create_alanine_dipeptide_system() -> CGSystem:
     """The ALDP CGSystem: OpenMM System (ff96 + OBC1, NoCutoff, no constraints), 300 K, CG = (phi, psi)."""
     system, topology, _ = create_openmm_system()
@@ -180,4 +194,5 @@ def create_alanine_dipeptide_system() -> CGSystem:
         },
         cg_domain=((-math.pi, math.pi), (-math.pi, math.pi)),
         extras={"cg": cg, "transform": transform},
+        cg_variable_forces=cg_variable_forces,
     )

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import openmm
@@ -48,6 +48,10 @@ class CGSystem:
         Range of the CG coordinates that is scored and explored.
     extras:
         System-specific helpers (e.g. the internal-coordinate transform of a molecule).
+    cg_variable_forces:
+        ``() -> [openmm.Force, ...]``: one new Force per CG coordinate whose potential energy *is* that coordinate
+        in the model's frame (kJ/mol read as rad or nm), for OpenMM collective-variable tools such as
+        ``app.Metadynamics``'s ``BiasVariable``. None where the system has not defined them.
     """
 
     name: str
@@ -63,6 +67,7 @@ class CGSystem:
     metadata: Dict[str, object] = field(default_factory=dict)
     cg_domain: Optional[tuple] = None
     extras: Dict[str, object] = field(default_factory=dict)
+    cg_variable_forces: Optional[Callable[[], List[openmm.Force]]] = None
 
     @property
     def n_atoms(self) -> int:

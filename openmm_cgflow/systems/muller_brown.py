@@ -73,6 +73,14 @@ def cartesian_to_cg(positions: torch.Tensor):
     return (x1 - x2)[:, None], (x1 + x2)[:, None]
 
 
+def cg_variable_forces() -> list:
+    """The CG coordinate s = x1 - x2 (nm) as the energy of a CustomExternalForce on the particle."""
+    force = openmm.CustomExternalForce("x - y")
+    force.addParticle(0, [])
+    force.setName("CG coordinate s = x1 - x2")
+    return [force]
+
+
 def create_muller_brown_system(mass: float = 1.0) -> CGSystem:
     """Build the Müller-Brown CGSystem.
 
@@ -111,4 +119,5 @@ def create_muller_brown_system(mass: float = 1.0) -> CGSystem:
             "beta_mol_per_kJ": MB_BETA,
         },
         cg_domain=MB_CG_DOMAIN,
+        cg_variable_forces=cg_variable_forces,
     )
