@@ -2,7 +2,7 @@
 runs against the MD baseline, all scored on the same reference (SPEC §9).
 
     python benchmarks/aldp_efficiency.py --run AL=runs/aldp [--run grid=runs/aldp-grid ...] \\
-        [--md benchmarks/results/md_baseline_aldp_seed0] [--reference openmm_cgflow/data/reference_aldp.npz] \\
+        [--md benchmarks/results/md_baseline_aldp_seed0] [--metad benchmarks/results/metad_aldp_seed0 ...] [--reference openmm_cgflow/data/reference_aldp.npz] \\
         [--out benchmarks/results/aldp_efficiency]
 
 A run directory is what `cgflow run aldp|aldp-fast|aldp-grid|aldp-small --out DIR` writes (metrics.json, and
@@ -31,6 +31,12 @@ from openmm_cgflow.reference.kld import forward_kld
 def md_curve(md_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
     data = np.load(Path(md_dir) / "md_histograms.npz")
     return [{"md_steps": int(s), "forward_kld": kld_of_histogram(p_reference, c)} for s, c in zip(data["steps"], data["counts"])]
+
+
+def metad_curve(metad_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
+    """KLD against steps of a `cgflow baseline metad aldp --out DIR` run, rescored against ``p_reference``."""
+    data = np.load(Path(metad_dir) / "metad_snapshots.npz")
+    return [{"md_steps": int(s), "forward_kld": forward_kld(p_reference, F.astype(np.float64))} for s, F in zip(data["steps"], data["free_energy_kT"])]
 
 
 def md_steps_to_reach(curve: List[Dict[str, float]], kld: float) -> Optional[float]:
@@ -77,12 +83,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], metavar="LABEL=DIR", help="a finished or running cgflow run")
     parser.add_argument("--md", type=Path, default=Path("benchmarks/results/md_baseline_aldp_seed0"))
+    parser.add_argument("--metad", type=Path, action="append", default=[], help="a `cgflow baseline metad aldp` run directory")
     parser.add_argument("--reference", type=Path, default=packaged_reference_path())
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/aldp_efficiency"))
     args = parser.parse_args()
     reference = load_reference(args.reference)
     p = reference.probabilities.ravel()
     md = md_curve(args.md, reference.probabilities)
+    metad = {str(d): metad_curve(d, p) for d in args.metad}
     methods = {}
     for item in args.run:
         label, _, directory = item.partition("=")
@@ -92,10 +100,16 @@ def main() -> None:
             row["md_steps_to_same_kld"] = steps
             row["speedup"] = steps / row["energy_evaluations"] if steps is not None else None
             row["speedup_lower_bound"] = None if steps is not None else md[-1]["md_steps"] / row["energy_evaluations"]
+            for name, curve in metad.items():  # the same against each metadynamics run (its steps to the same KLD)
+                reached = md_steps_to_reach(curve, row["forward_kld"])
+                row.setdefault("metad", {})[name] = {
+                    "steps_to_same_kld": reached, "speedup": reached / row["energy_evaluations"] if reached is not None else None,
+                    "speedup_lower_bound": None if reached is not None else curve[-1]["md_steps"] / row["energy_evaluations"],
+                }
         methods[label] = {"run_dir": directory, "config": json.loads((Path(directory) / "metrics.json").read_text())["config"], "curve": rows}
     result = {
         "reference": str(args.reference), "reference_kld_between_halves": reference.provenance.get("kld_between_halves"),
-        "md_baseline": {"dir": str(args.md), "curve": md}, "methods": methods,
+        "md_baseline": {"dir": str(args.md), "curve": md}, "metadynamics": {name: {"curve": c} for name, c in metad.items()}, "methods": methods,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "aldp_efficiency.json").write_text(json.dumps(result, indent=2))
@@ -106,6 +120,8 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.loglog([r["md_steps"] for r in md], [r["forward_kld"] for r in md], "k.-", label="MD baseline")
+    for name, curve in metad.items():
+        ax.loglog([r["md_steps"] for r in curve], [r["forward_kld"] for r in curve], ".--", label=f"metadynamics ({Path(name).name})")
     for label, m in methods.items():
         ax.loglog([r["energy_evaluations"] for r in m["curve"]], [r["forward_kld"] for r in m["curve"]], "o-", label=label)
     ax.axhline(1e-3, color="C3", ls=":", lw=1, label="target 1e-3")
@@ -118,11 +134,17 @@ def main() -> None:
     fig.savefig(args.out / "aldp_efficiency.png", dpi=120)
     print(f"{'method':<12}{'iteration':>10}{'evaluations':>14}{'KLD':>11}{'MD steps same KLD':>20}{'speedup':>12}")
     print(f"{'MD':<12}{'':>10}{md[-1]['md_steps']:>14}{md[-1]['forward_kld']:>11.3e}")
+    for name, curve in metad.items():
+        print(f"{'metad':<12}{'':>10}{curve[-1]['md_steps']:>14}{curve[-1]['forward_kld']:>11.3e}   ({name})")
     for label, m in methods.items():
         for r in m["curve"]:
             speed = f"{r['speedup']:.2f}" if r["speedup"] is not None else f"> {r['speedup_lower_bound']:.1f}"
             steps = f"{r['md_steps_to_same_kld']:.3g}" if r["md_steps_to_same_kld"] is not None else "not reached"
-            print(f"{label:<12}{r['iteration']:>10}{r['energy_evaluations']:>14}{r['forward_kld']:>11.3e}{steps:>20}{speed:>12}")
+            versus_metad = "".join(
+                f"  vs metad: {v['speedup']:.2f}" if v["speedup"] is not None else f"  vs metad: > {v['speedup_lower_bound']:.1f}"
+                for v in r.get("metad", {}).values()
+            )
+            print(f"{label:<12}{r['iteration']:>10}{r['energy_evaluations']:>14}{r['forward_kld']:>11.3e}{steps:>20}{speed:>12}{versus_metad}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,13 @@ def test_metadynamics_converges_to_the_exact_muller_brown_pmf(tmp_path, mb_grid)
     assert summary["final_forward_kld"] < 3e-3  # measured 3e-4 (seed 1)
     assert np.mean(kld[-3:]) < 0.2 * np.mean(kld[:3])  # 0.05 at 1e4 steps
     assert (tmp_path / "metad_baseline.json").exists()
+    # the stored snapshots rescore to the same curve (what benchmarks/aldp_efficiency.py does with another reference)
+    from openmm_cgflow.reference.kld import forward_kld
+
+    snapshots = np.load(tmp_path / "metad_snapshots.npz")
+    assert list(snapshots["steps"]) == [point["md_steps"] for point in summary["curve"]]
+    rescored = [forward_kld(mb_grid.p_reference, F.astype(np.float64)) for F in snapshots["free_energy_kT"]]
+    np.testing.assert_allclose(rescored, kld, rtol=1e-3)
 
 
 def test_interrupted_metadynamics_resumes_exactly(tmp_path, mb_grid, monkeypatch):

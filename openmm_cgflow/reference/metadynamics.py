@@ -25,11 +25,13 @@ from tqdm.auto import tqdm
 
 from ..energy.oracle import default_properties, openmm_random_seed, resolve_platform
 from ..reference.kld import forward_kld
-from ..storage import load_checkpoint, save_checkpoint, write_json
+from ..storage import atomic_write, load_checkpoint, save_checkpoint, write_json
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
 from .md_baseline import snapshot_steps
 
 CHECKPOINT_NAME = "metad_checkpoint.pt"
+#: F (kT, float32) on the scoring grid at every snapshot, so the curve can be rescored against another reference
+SNAPSHOTS_NAME = "metad_snapshots.npz"
 CHECKPOINT_KEYS = ("protocol", "steps_target", "seed", "steps_done", "bias", "openmm_checkpoint", "curve", "wall_s")
 
 
@@ -127,7 +129,7 @@ def run_metadynamics(
 
     ``p_reference`` (bin probabilities) and ``centres`` ((n_bins, cg_dim), model frame) define the scoring grid.
     Writes ``out/metad_baseline.json`` (protocol, steps/s, the curve of forward KLD against steps, the final F on
-    the grid) and returns it.
+    the grid) and returns it, and ``out/metad_snapshots.npz`` (F on the grid at every snapshot).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -169,6 +171,7 @@ def run_metadynamics(
             wanted.pop(0)
             F = free_energy_at(meta, variables, centres, kT)
             state["curve"].append({"md_steps": target, "forward_kld": forward_kld(p_reference, F)})
+            state["snapshots"] = np.vstack([state.get("snapshots", np.empty((0, len(F)), np.float32)), F.astype(np.float32)[None]])
         state["bias"] = np.array(meta._selfBias)
         state["openmm_checkpoint"] = simulation.context.createCheckpoint()
         save_checkpoint(path, state)
@@ -181,4 +184,7 @@ def run_metadynamics(
         "curve": state["curve"], "final_forward_kld": forward_kld(p_reference, F), "free_energy_kT": F.tolist(),
     }
     write_json(out / "metad_baseline.json", summary)
+    snapshots = state.get("snapshots", np.empty((0, len(F)), np.float32))
+    steps_at = np.array([point["md_steps"] for point in state["curve"]], dtype=np.int64)
+    atomic_write(out / SNAPSHOTS_NAME, lambda handle: np.savez_compressed(handle, steps=steps_at, free_energy_kT=snapshots, centres=centres))
     return summary
