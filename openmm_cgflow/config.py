@@ -165,11 +165,12 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
     for key, interval in (("metrics.domain", metrics["domain"]), ("search.bounds", search["bounds"])):
         if interval is not None and not interval[0] < interval[1]:
             fail(f"config key '{key}' must be [lower, upper] with lower < upper, got {interval!r}")
-    if search["bounds"] is not None:
-        lower, upper = search["bounds"]
-        outside = [v for v in search["start"] if not lower <= v <= upper]
-        if outside:
-            fail(f"config key 'search.start' {search['start']!r} lies outside 'search.bounds' {search['bounds']!r}")
+    limits, limits_key = (search["bounds"], "search.bounds") if search["bounds"] is not None else (metrics["domain"], "metrics.domain")
+    if any(not limits[0] <= v <= limits[1] for v in search["start"]):
+        fail(
+            f"config key 'search.start' {search['start']!r} lies outside '{limits_key}' {limits!r} "
+            "(CG units: nm, or radians for angles)"
+        )
     wanted = search["n_new_points"] * search["diversity_multiplier"]
     if search["acquisition"] == "stop_at_uncertainty" and wanted > search["n_chains"]:
         fail(

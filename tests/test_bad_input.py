@@ -72,6 +72,11 @@ def test_bad_config_values_and_relations(override, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_search_start_in_degrees_is_refused():
+    with pytest.raises(ConfigError, match=r"'search.start' \[-150.0, 155.0\] lies outside 'metrics.domain'.*radians"):
+        load_config("aldp-small", ["search.start=[-150.0, 155.0]"])
+
+
 def test_config_file_problems_are_one_line(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
