@@ -122,6 +122,18 @@ def test_checkpoint_round_trip_keeps_arrays_and_plain_data(tmp_path):
         save_checkpoint(tmp_path / "d.pt", {"bad": object()})
 
 
+def test_checkpoints_of_earlier_versions_still_load(tmp_path):
+    """Version-1 checkpoints were plain torch.save pickles holding numpy arrays: numeric arrays pass the allow-list."""
+    legacy = {"counts": np.arange(6.0).reshape(2, 3), "steps": np.int64(5), "generator": np.random.default_rng(1).bit_generator.state}
+    torch.save(legacy, tmp_path / "old.pt")
+    back = load_checkpoint(tmp_path / "old.pt", required=("counts",))
+    np.testing.assert_array_equal(back["counts"], legacy["counts"])
+    assert back["steps"] == 5 and back["generator"] == legacy["generator"]
+    torch.save({"names": np.array(["a", "b"], dtype=object)}, tmp_path / "objects.pt")  # object arrays stay refused
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "objects.pt")
+
+
 class _RunsCode:
     def __init__(self, marker):
         self.marker = marker
