@@ -82,6 +82,11 @@ def test_interrupted_metadynamics_resumes_exactly(tmp_path, mb_grid, monkeypatch
     resumed = run_metadynamics(create_system("muller-brown"), tmp_path / "split", 100_000, *args, resume=True, **kwargs)
     assert [p["md_steps"] for p in resumed["curve"]] == [p["md_steps"] for p in whole["curve"]]
     np.testing.assert_allclose([p["forward_kld"] for p in resumed["curve"]], [p["forward_kld"] for p in whole["curve"]], rtol=1e-12)
+    extended = run_metadynamics(create_system("muller-brown"), tmp_path / "whole", 150_000, *args, resume=True, **kwargs)
+    assert extended["steps"] == 150_000 and extended["curve"][: len(whole["curve"])] == whole["curve"]
+    assert extended["curve"][-1]["md_steps"] == 150_000
+    with pytest.raises(ValueError, match="already holds 150000 steps"):
+        run_metadynamics(create_system("muller-brown"), tmp_path / "whole", 100_000, *args, resume=True, **kwargs)
     with pytest.raises(ValueError, match="another protocol"):
         run_metadynamics(create_system("muller-brown"), tmp_path / "split", 100_000, mb_grid.p_reference, mb_grid.centres,
                          MetadynamicsProtocol(bias_factor=4.0), resume=True, **kwargs)

@@ -125,7 +125,8 @@ def run_metadynamics(
     progress: bool = True,
     chunk_steps: int = 100_000,
 ) -> Dict[str, Any]:
-    """Run (or resume) well-tempered metadynamics for ``steps`` MD steps into ``out``.
+    """Run (or resume) well-tempered metadynamics for ``steps`` MD steps into ``out``. Resuming with a larger
+    ``steps`` (same protocol and seed) extends the run, so sampling accumulates across sessions.
 
     ``p_reference`` (bin probabilities) and ``centres`` ((n_bins, cg_dim), model frame) define the scoring grid.
     Writes ``out/metad_baseline.json`` (protocol, steps/s, the curve of forward KLD against steps, the final F on
@@ -148,8 +149,11 @@ def run_metadynamics(
     simulation = app.Simulation(cg_system.topology, system, integrator, resolve_platform(platform), default_properties(platform))
     if resume:
         state = load_checkpoint(path, CHECKPOINT_KEYS)
-        if state["protocol"] != asdict(protocol) or (state["steps_target"], state["seed"]) != (steps, seed):
-            raise ValueError(f"{path} belongs to a run with another protocol, --steps or --seed; use a new --out")
+        if state["protocol"] != asdict(protocol) or state["seed"] != seed:
+            raise ValueError(f"{path} belongs to a run with another protocol or --seed; use a new --out")
+        if steps < state["steps_done"]:
+            raise ValueError(f"{path} already holds {state['steps_done']} steps; --steps must be at least that to resume or extend it")
+        state["steps_target"] = steps  # a larger --steps extends a finished or running run
         simulation.context.loadCheckpoint(state["openmm_checkpoint"])
         _restore_bias(meta, np.asarray(state["bias"]), simulation.context)
         simulation.currentStep = state["steps_done"]
