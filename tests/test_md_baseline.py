@@ -43,10 +43,14 @@ def test_resume_after_a_crash_matches_uninterrupted(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "full" / "md_baseline_kld.json").read_text())["curve"] == curve
 
 
-def test_refuses_to_overwrite_or_resume_mismatch(tmp_path, monkeypatch):
+def test_refuses_to_overwrite_or_resume_mismatch_and_extends(tmp_path, monkeypatch):
     monkeypatch.setattr(md_baseline, "snapshot_steps", lambda total: [total])
     md_baseline.run_md_baseline(tmp_path / "run", 200, seed=0, platform="Reference", progress=False)
     with pytest.raises(ValueError, match="use --resume"):
         md_baseline.run_md_baseline(tmp_path / "run", 200, seed=0, platform="Reference", progress=False)
-    with pytest.raises(ValueError, match="other --steps"):
-        md_baseline.run_md_baseline(tmp_path / "run", 400, seed=0, platform="Reference", resume=True, progress=False)
+    with pytest.raises(ValueError, match="other --seed"):
+        md_baseline.run_md_baseline(tmp_path / "run", 400, seed=1, platform="Reference", resume=True, progress=False)
+    extended = md_baseline.run_md_baseline(tmp_path / "run", 400, seed=0, platform="Reference", resume=True, progress=False)
+    assert extended["steps"] == 400  # a larger --steps extends a finished run
+    with pytest.raises(ValueError, match="already holds 400 steps"):
+        md_baseline.run_md_baseline(tmp_path / "run", 200, seed=0, platform="Reference", resume=True, progress=False)

@@ -47,8 +47,11 @@ def run_md_baseline(
     context = openmm.Context(aldp.system, integrator, resolve_platform(platform), default_properties(platform))
     if resume:
         state = load_checkpoint(checkpoint_path, MD_CHECKPOINT_KEYS)
-        if (state["steps_target"], state["seed"], state["record_every"]) != (steps, seed, record_every):
-            raise ValueError(f"{checkpoint_path} belongs to a run with other --steps/--seed/--record-every; use a new --out")
+        if (state["seed"], state["record_every"]) != (seed, record_every):
+            raise ValueError(f"{checkpoint_path} belongs to a run with other --seed/--record-every; use a new --out")
+        if steps < state["steps_done"]:
+            raise ValueError(f"{checkpoint_path} already holds {state['steps_done']} steps; --steps must be at least that to resume or extend it")
+        state["steps_target"] = steps  # a larger --steps extends the run: MD accumulates across sessions
         try:
             context.loadCheckpoint(state["openmm_checkpoint"])
         except Exception as error:  # OpenMM raises its own exception type for a foreign or damaged state
