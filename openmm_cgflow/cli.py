@@ -142,18 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{len(result['frames'])} frames, {result['md_steps']} MD steps, in {result['path']}")
             return 0
         if args.command == "md-baseline":
-            from .reference.md_baseline import run_md_baseline, score_md_baseline
-
-            if args.steps < args.record_every:
-                raise ValueError("--steps must be >= --record-every")
-            if args.reference is not None and not args.reference.is_file():
-                raise FileNotFoundError(f"reference file not found: {args.reference}")
-            summary = run_md_baseline(args.out, args.steps, args.seed, args.platform, args.record_every, args.resume, not args.quiet)
-            print(f"{summary['steps']} MD steps at {summary['steps_per_s']:.0f} steps/s; histograms in {args.out}")
-            if args.reference is not None:
-                for point in score_md_baseline(args.out, args.reference):
-                    print(f"{point['md_steps']:>12d} steps  forward KLD {point['forward_kld']:.4e}")
-            return 0
+            return _md_baseline(args)
         if args.command == "reference":
             return _reference(args)
         if args.command == "baseline":
@@ -226,6 +215,28 @@ def _backmap(args) -> int:
     return 0
 
 
+def _check_reference(path: Optional[Path]) -> None:
+    """Refuse a missing --reference before any simulation runs."""
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"reference file not found: {path}")
+
+
+def _md_baseline(args) -> int:
+    """``cgflow md-baseline aldp`` and ``cgflow baseline md aldp`` (the latter records every 10 steps)."""
+    from .reference.md_baseline import run_md_baseline, score_md_baseline
+
+    record_every = getattr(args, "record_every", 10)
+    if args.steps < record_every:
+        raise ValueError("--steps must be >= --record-every")
+    _check_reference(args.reference)
+    summary = run_md_baseline(args.out, args.steps, args.seed, args.platform, record_every, args.resume, not args.quiet)
+    print(f"{summary['steps']} MD steps at {summary['steps_per_s']:.0f} steps/s; histograms in {args.out}")
+    if args.reference is not None:
+        for point in score_md_baseline(args.out, args.reference):
+            print(f"{point['md_steps']:>12d} steps  forward KLD {point['forward_kld']:.4e}")
+    return 0
+
+
 #: short names the command line accepts for registered systems
 SYSTEM_ALIASES = {"aldp": "alanine-dipeptide", "mb": "muller-brown"}
 
@@ -237,14 +248,11 @@ def _baseline(args) -> int:
     name = SYSTEM_ALIASES.get(args.system, args.system)
     if name not in available_systems():
         raise ValueError(f"unknown system '{args.system}'; available: {', '.join(available_systems())} (or {', '.join(SYSTEM_ALIASES)})")
-    if args.reference is not None and not args.reference.is_file():
-        raise FileNotFoundError(f"reference file not found: {args.reference}")
     if args.method == "md":
         if name != "alanine-dipeptide":
             raise ValueError("the MD baseline (histograms on the 100 x 100 dihedral grid) is implemented for alanine-dipeptide")
-        return main(["md-baseline", "aldp", "--steps", str(args.steps), "--out", str(args.out), "--seed", str(args.seed), "--platform", args.platform]
-                    + (["--reference", str(args.reference)] if args.reference else []) + (["--resume"] if args.resume else [])
-                    + (["--quiet"] if args.quiet else []))
+        return _md_baseline(args)
+    _check_reference(args.reference)
     from .active_learning.loop import metric_grid_for
     from .reference.metadynamics import MetadynamicsProtocol, run_metadynamics
 
