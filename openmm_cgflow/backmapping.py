@@ -22,7 +22,7 @@ import torch
 
 from .energy import EnergyOracle
 from .export import load_model
-from .systems import create_system
+from .systems import cg_system_from_metadata
 from .systems.base import kT_in_kJ_per_mol
 
 
@@ -47,11 +47,11 @@ class Backmapper:
 
     def __init__(self, flow: Union[str, Path], platform: str = "CPU"):
         self.flow, self.metadata = load_model(flow, expected_kind="conditional_flow")
-        self.cg_system = create_system(self.metadata["system"])
+        self.cg_system = cg_system_from_metadata(self.metadata)  # the molecule the file describes (no registry needed)
         if int(self.metadata.get("fg_dim", -1)) != self.cg_system.fg_dim:
             raise ValueError(f"{flow}: flow of {self.metadata.get('fg_dim')} fine-grained coordinates, system has {self.cg_system.fg_dim}")
         self.platform = platform
-        self.circular = list(self.metadata.get("cg_metadata", {}).get("flow_circular_indices", []))
+        self.circular = list(self.cg_system.flow_circular_indices)
 
     def _base(self, n: int, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, self.cg_system.fg_dim, generator=generator, dtype=torch.float64)
@@ -77,16 +77,18 @@ class Backmapper:
             )
         if not np.isfinite(array).all():
             raise ValueError(f"CG frames contain NaN or inf (frame {int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])})")
-        if self.cg_system.cg_periodic and np.abs(array).max() > math.pi + 1e-9:
+        periodic = np.asarray(self.cg_system.cg_definition.periodic)
+        if periodic.any() and np.abs(array[:, periodic]).max() > math.pi + 1e-9:
             raise ValueError(
-                f"CG frames must be angles in radians within [-pi, pi] (largest |value| {np.abs(array).max():.4g}); "
+                f"CG frames must be angles in radians within [-pi, pi] (largest |value| {np.abs(array[:, periodic]).max():.4g}); "
                 "were degrees given?"
             )
         return array
 
     def backmap(self, cg: np.ndarray, n_per_frame: int = 10, seed: int = 0, refine: Optional[str] = None,
                 restraint_kT_per_rad2: float = 1000.0) -> BackmapResult:
-        """``cg``: (n_frames, cg_dim) CG coordinates in the model's frame (ALDP: paper-frame rad; MB: s in nm)."""
+        """``cg``: (n_frames, cg_dim) CG coordinates in the model's frame (rad for dihedrals, nm for linear ones;
+        the built-in alanine dipeptide uses the paper's frame)."""
         cg = self.check_cg_frames(cg)
         if isinstance(n_per_frame, bool) or int(n_per_frame) != n_per_frame or n_per_frame < 1:
             raise ValueError(f"n_per_frame must be a positive integer, got {n_per_frame!r}")
@@ -116,23 +118,20 @@ class Backmapper:
         return BackmapResult(trajectory, np.repeat(np.arange(len(cg)), n_per_frame), log_w, weights.ravel(), ess, u)
 
     def _minimise(self, positions: np.ndarray, s: np.ndarray, k_kT: float) -> np.ndarray:
-        if self.cg_system.name != "alanine-dipeptide":
-            raise ValueError("refinement with CG restraints is implemented for alanine dipeptide")
-        from .reference.umbrella import restraint_forces
-        from .systems.alanine_dipeptide import from_paper_frame
-
-        kT = kT_in_kJ_per_mol(self.cg_system.temperature)
-        system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(self.cg_system.system))
-        for force in restraint_forces(k_kT * kT):
-            system.addForce(force)
+        """Minimise each structure with its CG coordinates restrained at its CG frame (0.5 k (s - s_frame)^2,
+        ``k_kT`` in kT per CG unit squared)."""
         from .energy.oracle import default_properties, resolve_platform
 
+        kT = kT_in_kJ_per_mol(self.cg_system.temperature)
+        definition = self.cg_system.cg_definition
+        system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(self.cg_system.system))
+        for force in definition.restraint_forces(k_kT * kT):
+            system.addForce(force)
         context = openmm.Context(system, openmm.VerletIntegrator(0.001), resolve_platform(self.platform), default_properties(self.platform))
-        iupac = from_paper_frame(s)
         out = np.empty_like(positions)
-        for i, (x, (phi, psi)) in enumerate(zip(positions, iupac)):
-            context.setParameter("umbrella_phi0", float(phi))
-            context.setParameter("umbrella_psi0", float(psi))
+        for i, (x, target) in enumerate(zip(positions, s)):
+            for parameter, value in zip(definition.target_parameters(), target):
+                context.setParameter(parameter, float(value))
             context.setPositions(x)
             openmm.LocalEnergyMinimizer.minimize(context, 1.0, 500)
             out[i] = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)

@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     md.add_argument("--quiet", action="store_true")
     base = sub.add_parser("baseline", help="the baselines a user would run instead: well-tempered metadynamics or plain MD, scored by forward KLD against steps")
     base.add_argument("method", choices=["metad", "md"], help="metad: well-tempered metadynamics on the CG coordinates (app.Metadynamics); md: plain MD (as md-baseline)")
-    base.add_argument("system", help="a registered system (muller-brown, alanine-dipeptide; aldp for short)")
+    base.add_argument("system", help="a registered system (muller-brown, alanine-dipeptide; aldp for short) or a YAML config describing a molecule")
     base.add_argument("--steps", type=_count(1), required=True, help="MD steps (= energy evaluations)")
     base.add_argument("--out", type=Path, required=True)
     base.add_argument("--seed", type=_count(0), default=0)
@@ -158,7 +158,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             config = read_run_checkpoint(args.out / CHECKPOINT_NAME)["config"]
             if load_config(args.config)["system"] != config["system"]:
-                raise ConfigError(f"{args.out} holds a run of system '{config['system']}', not '{args.config}'")
+                from .systems import system_label
+
+                raise ConfigError(f"{args.out} holds a run of system '{system_label(config['system'])}', not '{args.config}'")
         else:
             config = load_config(args.config, args.overrides, args.seed)
         if args.command == "show-config":
@@ -179,10 +181,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("cgflow: interrupted; what was checkpointed is kept (continue with --resume)", file=sys.stderr)
         return 130
     totals = metrics["totals"]
+    last = metrics["iterations"][-1] if metrics["iterations"] else {}
+    quality = (f"forward KLD {totals['final_forward_kld']:.3e}" if totals["final_forward_kld"] is not None else
+               f"no reference; ensemble std on visited points {last.get('std_visited_mean', float('nan')):.3f} kT (max {last.get('std_visited_max', float('nan')):.3f})")
     print(
-        f"finished after {totals['iterations']} iterations ({totals['stop_reason']}): forward KLD "
-        f"{totals['final_forward_kld']:.3e}, {totals['energy_evaluations']} energy evaluations, {totals['wall_s']:.1f} s; "
-        f"results in {args.out}"
+        f"finished after {totals['iterations']} iterations ({totals['stop_reason']}): {quality}, "
+        f"{totals['energy_evaluations']} energy evaluations, {totals['wall_s']:.1f} s; results in {args.out}"
     )
     return 0
 
@@ -243,29 +247,43 @@ SYSTEM_ALIASES = {"aldp": "alanine-dipeptide", "mb": "muller-brown"}
 
 def _baseline(args) -> int:
     from .config import SYSTEM_DEFAULTS
-    from .systems import available_systems, create_system
+    from .systems import available_systems, system_from_config
 
     name = SYSTEM_ALIASES.get(args.system, args.system)
-    if name not in available_systems():
-        raise ValueError(f"unknown system '{args.system}'; available: {', '.join(available_systems())} (or {', '.join(SYSTEM_ALIASES)})")
+    if name in available_systems():
+        config = load_config(SYSTEM_DEFAULTS.get(name, "aldp-vacuum"), [f"metrics.reference={args.reference}"] if args.reference else [])
+        if name not in SYSTEM_DEFAULTS:
+            config["system"] = name
+    elif Path(args.system).suffix in (".yaml", ".yml") or Path(args.system).is_file():
+        config = load_config(args.system, [f"metrics.reference={args.reference}"] if args.reference else [])
+    else:
+        raise ValueError(f"unknown system '{args.system}'; available: {', '.join(available_systems())} (or {', '.join(SYSTEM_ALIASES)}), "
+                         "or a YAML config whose 'system' describes a molecule")
+    cg_system = system_from_config(config["system"])
     if args.method == "md":
         if name != "alanine-dipeptide":
             raise ValueError("the MD baseline (histograms on the 100 x 100 dihedral grid) is implemented for alanine-dipeptide")
         return _md_baseline(args)
     _check_reference(args.reference)
-    from .active_learning.loop import metric_grid_for
+    from .active_learning.loop import grid_points, metric_grid_for
     from .reference.metadynamics import MetadynamicsProtocol, run_metadynamics
 
-    config = load_config(SYSTEM_DEFAULTS[name], [f"metrics.reference={args.reference}"] if args.reference else [])
-    grid = metric_grid_for(config)
+    grid = metric_grid_for(config, cg_system)
+    if grid is not None:
+        p_reference, centres = grid.p_reference, grid.centres
+    else:  # no reference: record F on a regular grid over the domain
+        p_reference, centres = None, grid_points(tuple(config["metrics"]["domain"]), config["metrics"]["n_bins"], cg_system.cg_dim, cell_centres=True)
     protocol = MetadynamicsProtocol(bias_factor=args.bias_factor, height_kT=args.height, width=args.width, deposit_every=args.deposit_every,
                                     friction_per_ps=args.friction)
-    summary = run_metadynamics(create_system(name), args.out, args.steps, grid.p_reference, grid.centres, protocol, args.seed, args.platform,
+    summary = run_metadynamics(cg_system, args.out, args.steps, p_reference, centres, protocol, args.seed, args.platform,
                                args.resume, not args.quiet)
     for point in summary["curve"]:
-        print(f"{point['md_steps']:>12d} steps  forward KLD {point['forward_kld']:.4e}")
-    print(f"{summary['steps']} metadynamics steps at {summary['steps_per_s']:.0f} steps/s; final forward KLD {summary['final_forward_kld']:.4e}; "
-          f"{args.out / 'metad_baseline.json'}")
+        if point["forward_kld"] is not None:
+            print(f"{point['md_steps']:>12d} steps  forward KLD {point['forward_kld']:.4e}")
+    final = summary["final_forward_kld"]
+    print(f"{summary['steps']} metadynamics steps at {summary['steps_per_s']:.0f} steps/s; "
+          + (f"final forward KLD {final:.4e}; " if final is not None else "no reference given (F on the grid is in the snapshots); ")
+          + f"{args.out / 'metad_baseline.json'}")
     return 0
 
 

@@ -17,9 +17,13 @@ import yaml
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys whose default is null accept these types too.
-_NULLABLE = {"loop.stop_kld": float, "search.bounds": list}
+_NULLABLE = {"loop.stop_kld": float, "search.bounds": list, "search.start": list}
 #: The built-in config whose keys (and defaults) a user file for each system is checked against.
 SYSTEM_DEFAULTS = {"muller-brown": "muller-brown", "alanine-dipeptide": "aldp"}
+#: The schema of any other system: a molecule given by a ``system:`` mapping, or a system registered by the user.
+MOLECULE_DEFAULTS = "aldp-vacuum"
+#: Keys of a ``system:`` mapping that name files (resolved against the config file's folder).
+_SYSTEM_FILE_KEYS = ("prmtop", "inpcrd")
 
 _CHOICES = {
     "energy.platform": ("Reference", "CPU", "OpenCL", "CUDA"),
@@ -71,14 +75,38 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and name != "system":  # a system mapping is one value
             flat.update(_flatten(value, name + "."))
         else:
             flat[name] = value
     return flat
 
 
+def _check_system(value: Any) -> Any:
+    """A config's ``system``: a registered name, or a mapping describing a molecule (checked, not built)."""
+    if isinstance(value, str):
+        from .systems import available_systems
+
+        if value not in available_systems():
+            raise ConfigError(f"config key 'system' must name a registered system ({', '.join(available_systems())}) or describe a molecule, got {value!r}")
+        return value
+    from .systems.molecule import check_system_config
+
+    try:
+        check_system_config(value)
+    except ValueError as error:
+        raise ConfigError(f"config key {error}" if str(error).startswith("'system") else f"config key 'system': {error}") from None
+    return dict(value)
+
+
+def schema_name(system: Any) -> str:
+    """The built-in config whose keys and defaults apply to a config of ``system``."""
+    return SYSTEM_DEFAULTS.get(system, MOLECULE_DEFAULTS) if isinstance(system, str) else MOLECULE_DEFAULTS
+
+
 def _check_value(key: str, value: Any, default: Any) -> Any:
+    if key == "system":
+        return _check_system(value)
     expected = _NULLABLE.get(key, type(default))
     if value is None:
         if key in _NULLABLE:
@@ -96,11 +124,11 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
     if expected is list:
         if isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
             raise ConfigError(f"config key '{key}' must list finite numbers, got {value!r}")
-        if key in _NULLABLE and isinstance(value, list) and len(value) != 2:
+        if key == "search.bounds" and isinstance(value, list) and len(value) != 2:
             raise ConfigError(f"config key '{key}' must be null or [lower, upper], got {value!r}")
         if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
             raise ConfigError(f"config key '{key}' must be a list of numbers, got {value!r}")
-        if key in ("search.start", "metrics.domain") and len(value) != len(default):
+        if key in ("search.start", "metrics.domain") and default is not None and len(value) != len(default):
             raise ConfigError(f"config key '{key}' must have {len(default)} entries, got {len(value)}")
         if key.endswith("hidden") and (not value or any(int(v) != v or v < 1 for v in value)):
             raise ConfigError(f"config key '{key}' must list positive integer layer widths, got {value!r}")
@@ -166,7 +194,7 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
         if interval is not None and not interval[0] < interval[1]:
             fail(f"config key '{key}' must be [lower, upper] with lower < upper, got {interval!r}")
     limits, limits_key = (search["bounds"], "search.bounds") if search["bounds"] is not None else (metrics["domain"], "metrics.domain")
-    if any(not limits[0] <= v <= limits[1] for v in search["start"]):
+    if search["start"] is not None and any(not limits[0] <= v <= limits[1] for v in search["start"]):
         fail(
             f"config key 'search.start' {search['start']!r} lies outside '{limits_key}' {limits!r} "
             "(CG units: nm, or radians for angles)"
@@ -179,7 +207,8 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
         )
     if search["acquisition"] == "uncertainty_weighted" and search["n_new_points"] > search["n_chains"]:
         fail(f"config key 'search.n_new_points' ({search['n_new_points']}) must not exceed 'search.n_chains' ({search['n_chains']})")
-    cg_dim = len(search["start"])
+    system = cfg["system"]
+    cg_dim = len(search["start"]) if search["start"] is not None else (len(system["cg_dihedrals"]) if isinstance(system, dict) else 1)
     for key, n in (("metrics.n_bins", metrics["n_bins"]), ("dataset.grid_points", cfg["dataset"]["grid_points"])):
         if n ** cg_dim > MAX_GRID_POINTS:
             fail(f"config key '{key}' = {n} gives {n}^{cg_dim} grid points; at most {MAX_GRID_POINTS:,} are allowed")
@@ -192,10 +221,8 @@ def validate_config(config: Any) -> Dict[str, Any]:
     """Validate a complete config from elsewhere (e.g. stored in a checkpoint) against its system's schema."""
     if not isinstance(config, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(config).__name__}")
-    system = config.get("system")
-    if system not in SYSTEM_DEFAULTS:
-        raise ConfigError(f"config 'system' must name one of {', '.join(SYSTEM_DEFAULTS)}, got {system!r}")
-    return validate(config, _read_yaml(CONFIG_DIR / f"{SYSTEM_DEFAULTS[system]}.yaml"))
+    system = _check_system(config.get("system"))
+    return validate(config, _read_yaml(CONFIG_DIR / f"{schema_name(system)}.yaml"))
 
 
 def parse_override(text: str) -> Tuple[str, Any]:
@@ -232,13 +259,18 @@ def load_config(name_or_path: str, overrides: Iterable[str] = (), seed: Optional
     path = Path(name_or_path)
     if name_or_path in builtin_configs():
         user: Dict[str, Any] = _read_yaml(CONFIG_DIR / f"{name_or_path}.yaml")
-        schema = _read_yaml(CONFIG_DIR / f"{SYSTEM_DEFAULTS[user['system']]}.yaml")
+        schema = _read_yaml(CONFIG_DIR / f"{schema_name(user['system'])}.yaml")
     elif path.suffix in (".yaml", ".yml") or path.exists():
         user = _read_yaml(path)
-        system = user.get("system")
-        if system not in SYSTEM_DEFAULTS:
-            raise ConfigError(f"config file {path}: 'system' must name one of {', '.join(SYSTEM_DEFAULTS)}, got {system!r}")
-        schema = _read_yaml(CONFIG_DIR / f"{SYSTEM_DEFAULTS[system]}.yaml")
+        if "system" not in user:
+            raise ConfigError(f"config file {path} must name its 'system' (a registered system or a molecule mapping)")
+        system = _check_system(user["system"])
+        if isinstance(system, dict):  # files named in the system mapping are relative to the config file
+            for key in _SYSTEM_FILE_KEYS:
+                if key in system:
+                    system[key] = str((path.parent / str(system[key])).resolve())
+            user["system"] = system
+        schema = _read_yaml(CONFIG_DIR / f"{schema_name(system)}.yaml")
     else:
         raise ConfigError(f"'{name_or_path}' is neither a built-in config ({', '.join(builtin_configs())}) nor a YAML file")
     flat = _flatten(user)

@@ -69,3 +69,15 @@ def load_model(path: Union[str, Path], expected_kind: str = None, expected_syste
     if expected_system is not None and metadata["system"] != expected_system:
         raise ModelFileError(f"{path} is a model of system '{metadata['system']}', not '{expected_system}'")
     return module, metadata
+
+
+def cg_system_metadata(cg_system, include_system: bool = False) -> Dict[str, Any]:
+    """The metadata that makes a model file of ``cg_system`` self-describing: its name, temperature, number of CG
+    coordinates and their declarative definition; with ``include_system`` (flow files) the whole system
+    (:meth:`~openmm_cgflow.systems.CGSystem.to_spec`: OpenMM System XML, topology, internal coordinates), so
+    forces and backmapping rebuild it from the file alone."""
+    metadata = dict(system=cg_system.name, temperature_K=cg_system.temperature, cg_metadata=cg_system.metadata,
+                    cg_dim=cg_system.cg_dim, cg_definition=cg_system.cg_definition.to_dict())
+    if include_system:
+        metadata.update(fg_dim=cg_system.fg_dim, cg_system=cg_system.to_spec())
+    return metadata

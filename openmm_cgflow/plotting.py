@@ -26,7 +26,8 @@ def plot_pmf_1d(
     every iteration (colour = iteration that added them). All free energies in kT, shifted to min 0."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     shift = mean.min()
-    ax.plot(centres, exact - exact.min(), "k-", lw=2, label="exact")
+    if exact is not None:
+        ax.plot(centres, exact - exact.min(), "k-", lw=2, label="exact")
     ax.plot(centres, mean - shift, "C3-", label="ensemble mean")
     ax.fill_between(centres, mean - shift - std, mean - shift + std, color="C3", alpha=0.25, label="± ensemble std")
     cmap = plt.get_cmap("viridis")
@@ -37,7 +38,8 @@ def plot_pmf_1d(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("F (kT)")
     ax.set_xlim(centres[0], centres[-1])
-    ax.set_ylim(-1, max(15, float(np.nanmax(exact - exact.min())) + 2))
+    top = mean - shift if exact is None else exact - exact.min()
+    ax.set_ylim(-1, max(15, float(np.nanmax(top)) + 2))
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -54,10 +56,12 @@ def plot_pmf_iterations(path: Path, centres: np.ndarray, exact: np.ndarray, hist
     for ax, record in zip(axes.flat, history):
         mean, std = np.asarray(record["mean"]), np.asarray(record["std"])
         shift = mean.min()
-        ax.plot(centres, exact - exact.min(), "k-", lw=1)
+        if exact is not None:
+            ax.plot(centres, exact - exact.min(), "k-", lw=1)
         ax.plot(centres, mean - shift, "C3-", lw=1)
         ax.fill_between(centres, mean - shift - std, mean - shift + std, color="C3", alpha=0.3)
-        ax.set_title(f"iter {record['iteration']}: KLD {record['forward_kld']:.1e}", fontsize=8)
+        score = f"KLD {record['forward_kld']:.1e}" if record.get("forward_kld") is not None else f"max std {record.get('std_visited_max', 0):.2f}"
+        ax.set_title(f"iter {record['iteration']}: {score}", fontsize=8)
         ax.set_ylim(-1, 16)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
@@ -81,19 +85,21 @@ def plot_kld(path: Path, evaluations: Sequence[float], kld: Sequence[float], tar
     plt.close(fig)
 
 
-def plot_pmf_2d(path: Path, edges: np.ndarray, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, points: np.ndarray = None, title: str = "") -> None:
-    """Reference PMF, learned PMF (ensemble mean) and ensemble std on a 2-D periodic grid (kT, minima 0), with the
-    labelled CG points on the learned panel. Grids are (n, n) with axis 0 = first CG coordinate."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
+def plot_pmf_2d(path: Path, edges: np.ndarray, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, points: np.ndarray = None, title: str = "",
+                labels: Sequence[str] = ("s_phi (rad)", "s_psi (rad)")) -> None:
+    """Reference PMF (if given), learned PMF (ensemble mean) and ensemble std on a 2-D periodic grid (kT, minima 0),
+    with the labelled CG points on the learned panel. Grids are (n, n) with axis 0 = first CG coordinate."""
+    panels = [] if reference is None else [(reference - reference.min(), "reference F (kT)", 15)]
+    panels += [(mean - mean.min(), "learned F (kT)", 15), (std, "ensemble std (kT)", None)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.7 * len(panels), 4.3))
     extent = [edges[0], edges[-1], edges[0], edges[-1]]
-    for ax, grid, name, vmax in ((axes[0], reference - reference.min(), "reference F (kT)", 15),
-                                  (axes[1], mean - mean.min(), "learned F (kT)", 15), (axes[2], std, "ensemble std (kT)", None)):
+    for ax, (grid, name, vmax) in zip(axes, panels):
         im = ax.imshow(np.minimum(grid, vmax).T if vmax else grid.T, origin="lower", extent=extent, cmap="viridis")
         fig.colorbar(im, ax=ax, label=name)
-        ax.set_xlabel("s_phi (rad)")
-        ax.set_ylabel("s_psi (rad)")
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
     if points is not None and len(points):
-        axes[1].plot(points[:, 0], points[:, 1], "w.", ms=1, alpha=0.3)
+        axes[len(panels) - 2].plot(points[:, 0], points[:, 1], "w.", ms=1, alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

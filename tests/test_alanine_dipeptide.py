@@ -42,7 +42,7 @@ def test_system_is_the_papers_hamiltonian(aldp):
 
 
 def test_internal_round_trip_on_md_frames(aldp, md_frames):
-    transform = aldp.extras["transform"]
+    transform = aldp.fine_grained.transform
     x = torch.as_tensor(md_frames)
     y, logdet = transform(x)
     x_back, logdet_back = transform.inverse(y, *transform.frame(x))
@@ -68,7 +68,7 @@ def euler_zyz(angles):
 def test_log_det_matches_autograd_jacobian(aldp, md_frames):
     """Full map (y, translation, ZYZ Euler angles) -> 66 Cartesian coordinates; the Haar measure of the
     Euler parametrisation is sin(beta), so ln|det| = ours + ln sin(beta)."""
-    transform = aldp.extras["transform"]
+    transform = aldp.fine_grained.transform
     for frame in md_frames[:3]:
         y0, _ = transform(torch.as_tensor(frame)[None])
         params = torch.cat([y0[0], torch.tensor([0.1, -0.2, 0.3, 0.4, 1.1, -0.7], dtype=torch.float64)])
@@ -115,11 +115,24 @@ def test_to_cartesian_gives_requested_cg_values(aldp, md_frames):
 
 
 def test_chirality_rules_on_l_structures_and_mirror_images(aldp, md_frames):
-    cg = aldp.extras["cg"]
     x = torch.as_tensor(md_frames)
     mirror = x * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    fab, geometric = aldp.sample_filter("fab"), aldp.sample_filter("geometric")
     assert is_l_chirality_geometric(x).all() and not is_l_chirality_geometric(mirror).any()
-    assert cg.is_l_chirality_fab(x).all() and not cg.is_l_chirality_fab(mirror).any()
+    assert fab(x).all() and not fab(mirror).any()
+    assert geometric(x).all() and not geometric(mirror).any()
+    assert aldp.chirality_centres == ((8, 6, 9, 10, 14),)  # CA, found from the topology
+
+
+def test_generic_chirality_filter_equals_the_alanine_rule_on_distorted_structures(aldp, md_frames):
+    """The topology-derived stereocentre test (signed volume of CA's neighbours, the minimum's handedness) is the
+    alanine-specific geometric rule, also on structures far from equilibrium where about half are D."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.as_tensor(md_frames).repeat(25, 1, 1)
+    x = x + 0.08 * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    generic = aldp.sample_filter("geometric")(x)
+    assert 0.05 < generic.double().mean() < 0.95
+    assert torch.equal(generic, is_l_chirality_geometric(x))
 
 
 def test_generic_zmatrix_builder_handles_the_molecule(aldp, md_frames):

@@ -44,7 +44,7 @@ def test_backbone_replica_gives_the_all_atom_pmf(reference_pmf_model):
 
 def test_replica_atoms_without_the_cg_atoms_is_an_error(reference_pmf_model):
     path, _ = reference_pmf_model
-    with pytest.raises(ValueError, match=r"uses atoms \[16\], which no particle"):
+    with pytest.raises(ValueError, match=r"use atoms \[16\], which no particle"):
         create_pmf_force(path, replica_atoms=(4, 6, 8, 14))
 
 

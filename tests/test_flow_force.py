@@ -27,7 +27,7 @@ def aldp():
 def flow_model(aldp, tmp_path_factory):
     """A small spline flow moved away from the identity (so q depends on s), saved as a model file."""
     torch.manual_seed(0)
-    flow = ConditionalSplineFlow(aldp.fg_dim, aldp.metadata["flow_circular_indices"], 2, 2, 4, 16, 1)
+    flow = ConditionalSplineFlow(aldp.fg_dim, list(aldp.flow_circular_indices), 2, 2, 4, 16, 1)
     with torch.no_grad():
         for layer in flow.layers:
             layer.conditioner.final.weight.normal_(0.0, 0.05)
@@ -182,7 +182,7 @@ def test_langevin_on_the_flow_force_keeps_the_flow_distribution(aldp, flow_model
     s_md, x_md = aldp.from_cartesian(torch.as_tensor(frames[10:].reshape(-1, aldp.n_atoms, 3)))
     with torch.no_grad():
         x_flow, _ = flow(flow.sample_base(len(s_md), torch.Generator().manual_seed(6)), s_md)
-    linear = [i for i in range(aldp.fg_dim) if i not in aldp.metadata["flow_circular_indices"]]
+    linear = [i for i in range(aldp.fg_dim) if i not in list(aldp.flow_circular_indices)]
     ratio = float((x_md[:, linear].std(0) / x_flow[:, linear].std(0)).median())
     if hot:
         assert ratio > 1.15, ratio

@@ -174,7 +174,7 @@ def test_bad_input_gives_one_clear_error(models, tmp_path):
 def test_dihedral_cg_matches_the_system_frame():
     aldp = create_system("alanine-dipeptide")
     meta = aldp.metadata
-    cg = DihedralCG([meta["cg_definition"]["phi"], meta["cg_definition"]["psi"]], 22, sign=-1.0, offsets=[meta["phi_ref_bg_rad"], meta["psi_ref_bg_rad"]])
+    cg = DihedralCG([[4, 6, 8, 14], [6, 8, 14, 16]], 22, sign=-1.0, offsets=[meta["phi_ref_bg_rad"], meta["psi_ref_bg_rad"]])
     positions, _ = perturbed_positions("alanine-dipeptide", seed=5)
     s_model = cg(torch.as_tensor(positions))
     s_system, _ = aldp.from_cartesian(torch.as_tensor(positions)[None])

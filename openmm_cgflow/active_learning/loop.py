@@ -21,14 +21,14 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import ConfigError, config_differences, validate_config
 from ..energy import EnergyOracle
-from ..export import save_model
+from ..export import cg_system_metadata, save_model
 from ..flows import ConditionalAffineFlow, ConditionalSplineFlow
 from ..flows.training import EnergyTrainer, train_by_example
 from ..pmf import PMFEnsemble, free_energy_labels
 from ..reference.kld import forward_kld
 from ..sampling import farthest_point_selection, run_langevin, spread_disc, spread_uniform_interval, uncertainty_search, uncertainty_weighted_search
 from ..sampling.cg_dynamics_search import cg_dynamics_search
-from ..systems import CGSystem, create_system
+from ..systems import CGSystem, system_from_config, system_label
 from ..storage import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from .dataset import ActiveLearningDataset
 
@@ -57,25 +57,28 @@ class MetricGrid:
     p_reference: np.ndarray
 
 
-def metric_grid_for(config: Dict[str, Any]) -> MetricGrid:
-    """The scoring grid and reference distribution of the config's system (``metrics.reference``)."""
+def metric_grid_for(config: Dict[str, Any], cg_system: Optional[CGSystem] = None) -> Optional[MetricGrid]:
+    """The scoring grid and reference distribution ``metrics.reference`` names: ``none`` (no reference: None),
+    one of the system's own references (``exact``, ``packaged``, ...), or a reference file on the
+    100 x 100 dihedral grid (:func:`~openmm_cgflow.reference.grid.load_reference`)."""
     reference = config["metrics"]["reference"]
-    if config["system"] == "muller-brown":
-        if reference != "exact":
-            raise ConfigError(f"config key 'metrics.reference' must be 'exact' for muller-brown, got {reference!r}")
-        from ..reference.muller_brown import bin_centres, reference_probabilities
+    if reference == "none":
+        return None
+    cg_system = cg_system if cg_system is not None else system_from_config(config["system"])
+    n_bins, domain = config["metrics"]["n_bins"], tuple(config["metrics"]["domain"])
+    if reference in cg_system.references:
+        centres, p = cg_system.references[reference](n_bins, domain)
+        return MetricGrid(np.asarray(centres, dtype=np.float64).reshape(len(p), -1), np.asarray(p, dtype=np.float64))
+    if reference in ("exact", "packaged"):
+        known = ", ".join(sorted(cg_system.references) + ["none", "a reference file"])
+        raise ConfigError(f"config key 'metrics.reference': {cg_system.name} has no {reference!r} reference (use {known})")
+    if cg_system.cg_dim != 2 or not cg_system.cg_periodic:
+        raise ConfigError(f"config key 'metrics.reference': reference files are 2-D dihedral grids; {cg_system.name} has "
+                          f"{cg_system.cg_dim} CG coordinate(s)")
+    from ..reference.grid import grid_centres, load_reference
 
-        n_bins, domain = config["metrics"]["n_bins"], tuple(config["metrics"]["domain"])
-        return MetricGrid(bin_centres(n_bins, domain)[:, None], reference_probabilities(n_bins, domain))
-    if config["system"] == "alanine-dipeptide":
-        from ..reference.grid import grid_centres, load_reference, packaged_reference_path
-
-        if reference == "exact":
-            raise ConfigError("config key 'metrics.reference': alanine dipeptide has no exact PMF; use 'packaged' or a file")
-        path = packaged_reference_path() if reference == "packaged" else Path(reference)
-        ref = load_reference(path, config["metrics"]["n_bins"])
-        return MetricGrid(grid_centres(config["metrics"]["n_bins"]), ref.probabilities.ravel())
-    raise ConfigError(f"no reference PMF is available for system '{config['system']}'")
+    ref = load_reference(Path(reference), n_bins)
+    return MetricGrid(grid_centres(n_bins), ref.probabilities.ravel())
 
 
 def learning_rate_factor(et: Dict[str, Any], iteration: int, epoch: int, global_epoch: int, total_epochs: int) -> float:
@@ -163,14 +166,27 @@ class ActiveLearningRun:
         cfg = self.config
         torch.set_num_threads(cfg["torch_threads"])
         torch.set_default_dtype(torch.float64)
-        self.cg_system: CGSystem = create_system(cfg["system"])
+        self.cg_system: CGSystem = system_from_config(cfg["system"])
+        self._check_dimensions()
         self.oracle = EnergyOracle(self.cg_system, cfg["energy"]["platform"], cfg["energy"]["n_workers"])
-        self.grid = metric_grid_for(cfg)
+        self.grid = metric_grid_for(cfg, self.cg_system)
         self.torch_gen = torch.Generator().manual_seed(cfg["seed"])
         self.rng = np.random.default_rng(cfg["seed"])
         self.ensemble = PMFEnsemble(
             self.cg_system.cg_dim, cfg["ensemble"]["n_members"], cfg["ensemble"]["hidden"], periodic=self.cg_system.cg_periodic
         )
+
+    def _check_dimensions(self) -> None:
+        """Config entries that must match the system's number of CG coordinates."""
+        cfg, dim = self.config, self.cg_system.cg_dim
+        start = cfg["search"]["start"]
+        if start is not None and len(start) != dim:
+            raise ConfigError(f"config key 'search.start' has {len(start)} entries; {self.cg_system.name} has {dim} CG coordinate(s) "
+                              f"({', '.join(self.cg_system.cg_definition.names)})")
+        if cfg["search"]["bounds"] is not None and dim != 1:
+            raise ConfigError("config key 'search.bounds' applies to one CG coordinate only; use null")
+        if cfg["spreading"]["kind"] == "interval" and dim != 1:
+            raise ConfigError(f"config key 'spreading.kind' = interval needs one CG coordinate; {self.cg_system.name} has {dim} (use disc)")
 
     def _build_flow(self, s_mean: float, s_std: float) -> None:
         cfg, fc = self.config, self.config["flow"]
@@ -178,7 +194,7 @@ class ActiveLearningRun:
         if fc["kind"] == "affine":
             self.flow = ConditionalAffineFlow(self.cg_system.cg_dim, self.cg_system.fg_dim, fc["hidden"], s_mean, s_std)
         else:
-            circular = self.cg_system.metadata.get("flow_circular_indices", [])
+            circular = list(self.cg_system.flow_circular_indices)
             self.flow = ConditionalSplineFlow(
                 self.cg_system.fg_dim, circular, self.cg_system.cg_dim, fc["n_layers"], fc["n_bins"], fc["hidden"][0],
                 fc["n_blocks"], context=fc["context"],
@@ -191,34 +207,19 @@ class ActiveLearningRun:
         )
 
     def _chirality_filter(self, kind: str):
-        if kind == "none":
-            return None
-        if self.cg_system.name != "alanine-dipeptide":
-            raise ConfigError(f"config key 'energy_training.chirality_filter' = {kind!r} applies to alanine dipeptide only")
-        from ..systems.alanine_dipeptide import is_l_chirality_geometric
-
-        return self.cg_system.extras["cg"].is_l_chirality_fab if kind == "fab" else is_l_chirality_geometric
+        try:
+            return self.cg_system.sample_filter(kind)
+        except ValueError as error:
+            raise ConfigError(f"config key 'energy_training.chirality_filter': {error}") from None
 
     def _starting_frames(self) -> Tuple[np.ndarray, int]:
         """Starting MD frames (n_frames, atoms, 3) nm and the MD steps they cost."""
         cfg, sd = self.config, self.config["starting_data"]
-        if self.cg_system.name == "alanine-dipeptide":
-            from ..sampling.starting_data import SAVE_EVERY, aldp_starting_data
-
-            if sd["save_every"] % SAVE_EVERY or sd["timestep_fs"] != 1.0 or sd["friction_per_ps"] != 1.0:
-                raise ConfigError(f"alanine-dipeptide starting data is 1 fs MD at friction 1/ps saved every multiple of {SAVE_EVERY} steps")
-            n_steps = sd["equilibration_steps"] + sd["n_frames"] * sd["save_every"]
-            data = aldp_starting_data(cfg["seed"], cfg["energy"]["platform"] if cfg["energy"]["platform"] in ("CPU", "Reference") else "CPU", n_steps=n_steps)
-            return data["frames"][sd["save_every"] // SAVE_EVERY - 1 :: sd["save_every"] // SAVE_EVERY][-sd["n_frames"] :], data["md_steps"]
-        md = run_langevin(
-            self.cg_system,
-            n_steps=sd["equilibration_steps"] + sd["n_frames"] * sd["save_every"],
-            save_every=sd["save_every"],
-            seed=cfg["seed"],
-            timestep_fs=sd["timestep_fs"],
-            friction_per_ps=sd["friction_per_ps"],
-        )
-        return md.frames[-sd["n_frames"] :], md.n_steps
+        try:
+            return self.cg_system.starting_frames(sd["n_frames"], sd["save_every"], sd["equilibration_steps"], sd["timestep_fs"],
+                                                  sd["friction_per_ps"], cfg["seed"], cfg["energy"]["platform"])
+        except ValueError as error:
+            raise ConfigError(f"config section 'starting_data': {error}") from None
 
     def _start(self) -> None:
         """Starting MD, pre-training by example, and the iteration-0 dataset."""
@@ -238,7 +239,8 @@ class ActiveLearningRun:
         else:  # grid (SPEC §8), or grid_then_active: a coarse grid of cell centres first, then active learning
             first = grid_points(tuple(cfg["metrics"]["domain"]), ds["grid_points"], self.cg_system.cg_dim, cell_centres=ds["kind"] != "grid")
         self.dataset.add_points(first, 0, self.rng, ds["train_fraction"], ds["copies"])
-        self.state.search_start = np.asarray(cfg["search"]["start"], dtype=np.float64)[None, :]
+        start = cfg["search"]["start"]  # null: the first starting frame's CG point
+        self.state.search_start = np.asarray(s0[:1].numpy() if start is None else [start], dtype=np.float64)
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self) -> None:
@@ -350,8 +352,7 @@ class ActiveLearningRun:
 
     def _model_metadata(self) -> Dict[str, Any]:
         """The export metadata of this run's models (system, temperature, CG definition)."""
-        return dict(system=self.cg_system.name, temperature_K=self.cg_system.temperature, cg_metadata=self.cg_system.metadata,
-                    cg_dim=self.cg_system.cg_dim)
+        return cg_system_metadata(self.cg_system)
 
     def _search_and_spread(self, labelled_points: np.ndarray) -> bool:
         """MC search for uncertain points, diversity selection, spreading; False if the search failed.
@@ -389,15 +390,53 @@ class ActiveLearningRun:
         self.state.history[-1]["new_centres"] = centres.tolist()
         return True
 
-    def _loop_limit_reached(self, kld: float) -> Optional[str]:
+    def _loop_limit_reached(self, kld: Optional[float]) -> Optional[str]:
         """The stop reason if the loop's limits (loop.stop_kld, loop.max_iterations) end the run after an
         iteration that scored ``kld``; None otherwise."""
         loop = self.config["loop"]
-        if loop["stop_kld"] is not None and kld < loop["stop_kld"]:
+        if loop["stop_kld"] is not None and kld is not None and kld < loop["stop_kld"]:
             return f"forward KLD {kld:.3g} < {loop['stop_kld']}"
         if self.state.iteration >= loop["max_iterations"]:
             return f"reached loop.max_iterations = {loop['max_iterations']}"
         return None
+
+    def _convergence_signals(self, groups: np.ndarray, label_mean: np.ndarray, previous: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """What a run without a reference can trust: the ensemble std over the labelled (visited) CG points, the
+        labels' effective sample size per CG point (as a fraction of its entries), and the RMS change of the PMF
+        since the previous iteration at the CG points both iterations labelled (offset removed: a PMF is defined
+        up to a constant)."""
+        points = self.dataset.point_s[groups]
+        _, std = self.ensemble.predict(points)
+        entries = self.dataset.labelled_train_entries()
+        entry_point = self.dataset.entry_point[entries]
+        ess = []
+        for point in np.unique(entry_point):
+            log_w = self.dataset.entry_log_w[entries[entry_point == point]]
+            w = np.exp(log_w - log_w.max())
+            ess.append(w.sum() ** 2 / (w**2).sum() / len(w))
+        change_rms = None
+        if previous is not None and previous.get("label_mean") is not None:
+            before = {tuple(p): m for p, m in zip(previous["label_points"], previous["label_mean"])}
+            common = [(k, before[tuple(p)]) for k, p in enumerate(points.tolist()) if tuple(p) in before]
+            if common:
+                change = label_mean[[k for k, _ in common]] - np.array([m for _, m in common])
+                change_rms = float(np.sqrt(np.mean((change - change.mean()) ** 2)))
+        return {
+            "std_visited_mean": float(std.mean()) if len(std) else None,
+            "std_visited_max": float(std.max()) if len(std) else None,
+            "label_ess_fraction_median": float(np.median(ess)) if ess else None,
+            "pmf_change_rms": change_rms,
+        }
+
+    def _score_grid(self) -> Optional[np.ndarray]:
+        """Where the PMF is stored each iteration: the reference's bins, or without a reference a regular grid of
+        ``metrics.n_bins`` per coordinate over ``metrics.domain`` for 1-2 CG coordinates (none for more)."""
+        if self.grid is not None:
+            return self.grid.centres
+        if self.cg_system.cg_dim > 2:
+            return None
+        lo, hi = self.config["metrics"]["domain"]
+        return grid_points((lo, hi), self.config["metrics"]["n_bins"], self.cg_system.cg_dim, cell_centres=True)
 
     def _iterate(self) -> None:
         cfg, st = self.config, self.state
@@ -405,15 +444,20 @@ class ActiveLearningRun:
         et = cfg["energy_training"]
         self._train_by_energy(et["epochs_first_iteration"] if st.iteration == 0 else et["epochs"])
         st.iteration += 1
+        previous = st.history[-1] if st.history else None
         groups, labels = self._fit_pmf()
-        mean, std = self.ensemble.predict(self.grid.centres)
-        kld = forward_kld(self.grid.p_reference, mean)
+        score_at = self._score_grid()
+        mean, std = self.ensemble.predict(score_at) if score_at is not None else (np.zeros(0), np.zeros(0))
+        kld = forward_kld(self.grid.p_reference, mean) if self.grid is not None else None
+        label_mean, _ = self.ensemble.predict(self.dataset.point_s[groups])
+        signals = self._convergence_signals(groups, label_mean, previous)
         st.history.append(
             {
                 "iteration": st.iteration,
                 "energy_evaluations": st.visited + st.md_steps,
                 "energy_evaluations_computed": st.computed + st.md_steps,
                 "forward_kld": kld,
+                **signals,
                 "n_cg_points": int(len(self.dataset.point_s)),
                 "n_labels": int(len(labels)),
                 "skipped_batches": st.skipped_batches,
@@ -422,6 +466,7 @@ class ActiveLearningRun:
                 "label_points": self.dataset.point_s[groups].tolist(),
                 "label_iteration": self.dataset.point_iteration[groups].tolist(),
                 "labels": labels.tolist(),
+                "label_mean": label_mean.tolist(),
             }
         )
         limit = self._loop_limit_reached(kld)
@@ -486,7 +531,10 @@ class ActiveLearningRun:
                 self._write_metrics()
                 last = self.state.history[-1]
                 bar.update(1)
-                bar.set_postfix(kld=f"{last['forward_kld']:.2e}", evals=last["energy_evaluations"])
+                if last["forward_kld"] is not None:
+                    bar.set_postfix(kld=f"{last['forward_kld']:.2e}", evals=last["energy_evaluations"])
+                else:
+                    bar.set_postfix(std=f"{last['std_visited_max']:.2f}", evals=last["energy_evaluations"])
             bar.close()
             self._write_metrics()
             self._export_models()
@@ -497,14 +545,15 @@ class ActiveLearningRun:
                 self.oracle.close()
 
     # ------------------------------------------------------------------ outputs
-    _PER_ITERATION = ("iteration", "energy_evaluations", "energy_evaluations_computed", "forward_kld", "wall_s", "n_cg_points", "n_labels", "skipped_batches", "mc_steps")
+    _PER_ITERATION = ("iteration", "energy_evaluations", "energy_evaluations_computed", "forward_kld", "std_visited_mean", "std_visited_max",
+                      "label_ess_fraction_median", "pmf_change_rms", "wall_s", "n_cg_points", "n_labels", "skipped_batches", "mc_steps")
 
     def metrics(self) -> Dict[str, Any]:
         st = self.state
         rows = [{k: h[k] for k in self._PER_ITERATION if k in h} for h in st.history]
         last = st.history[-1] if st.history else {}
         return {
-            "system": self.config["system"],
+            "system": system_label(self.config["system"]),
             "package_version": __version__,
             "iterations": rows,
             "totals": {
@@ -526,9 +575,8 @@ class ActiveLearningRun:
 
     def _export_models(self) -> None:
         models = self.out_dir / "models"
-        common = self._model_metadata()
-        save_model(self.flow, models / "flow.pt", kind="conditional_flow", fg_dim=self.cg_system.fg_dim, **common)
-        save_model(self.ensemble, models / "pmf_ensemble.pt", kind="pmf_ensemble", **common)
+        save_model(self.flow, models / "flow.pt", kind="conditional_flow", **cg_system_metadata(self.cg_system, include_system=True))
+        save_model(self.ensemble, models / "pmf_ensemble.pt", kind="pmf_ensemble", **self._model_metadata())
 
     def _plot(self) -> None:
         from ..plotting import plot_kld, plot_pmf_1d, plot_pmf_iterations
@@ -536,32 +584,33 @@ class ActiveLearningRun:
         history = self.state.history
         if not history:
             return
-        if self.cg_system.cg_dim == 2:
+        last = history[-1]
+        names = [f"{cv.name} ({cv.unit})" for cv in self.cg_system.cg_definition.coordinates]
+        score = f"forward KLD {last['forward_kld']:.2e}" if last["forward_kld"] is not None else f"max std on visited points {last['std_visited_max']:.2f} kT"
+        title = f"{self.cg_system.name}: iteration {last['iteration']}, {score}"
+        if self.grid is not None:
+            plot_kld(self.out_dir / "kld.png", [h["energy_evaluations"] for h in history], [h["forward_kld"] for h in history], target=1e-3)
+        reference = -np.log(self.grid.p_reference) if self.grid is not None else None
+        if self.cg_system.cg_dim == 2 and len(last["mean"]):
             from ..plotting import plot_pmf_2d
 
-            last = history[-1]
             n = self.config["metrics"]["n_bins"]
             domain = self.config["metrics"]["domain"]
             plot_pmf_2d(
-                self.out_dir / "pmf.png", np.linspace(domain[0], domain[1], n + 1), -np.log(self.grid.p_reference.reshape(n, n)),
+                self.out_dir / "pmf.png", np.linspace(domain[0], domain[1], n + 1), None if reference is None else reference.reshape(n, n),
                 np.asarray(last["mean"]).reshape(n, n), np.asarray(last["std"]).reshape(n, n), np.asarray(last["label_points"]),
-                title=f"{self.config['system']}: iteration {last['iteration']}, forward KLD {last['forward_kld']:.2e}",
+                title=title, labels=names,
             )
-            plot_kld(self.out_dir / "kld.png", [h["energy_evaluations"] for h in history], [h["forward_kld"] for h in history], target=1e-3)
             return
         if self.cg_system.cg_dim != 1:
             return
-        centres = self.grid.centres[:, 0]
-        exact = -np.log(self.grid.p_reference)
-        last = history[-1]
+        centres = self._score_grid()[:, 0]
         points = np.asarray(last["label_points"])[:, 0]
         tags = np.asarray(last["label_iteration"])
         values = np.asarray(last["labels"])
         per_iteration = [(points[tags == i], values[tags == i]) for i in range(int(tags.max()) + 1)]
         plot_pmf_1d(
-            self.out_dir / "pmf.png", centres, exact, np.asarray(last["mean"]), np.asarray(last["std"]),
-            [p for p, _ in per_iteration], [v for _, v in per_iteration],
-            title=f"{self.config['system']}: iteration {last['iteration']}, forward KLD {last['forward_kld']:.2e}",
+            self.out_dir / "pmf.png", centres, reference, np.asarray(last["mean"]), np.asarray(last["std"]),
+            [p for p, _ in per_iteration], [v for _, v in per_iteration], title=title, xlabel=names[0],
         )
-        plot_pmf_iterations(self.out_dir / "pmf_iterations.png", centres, exact, history)
-        plot_kld(self.out_dir / "kld.png", [h["energy_evaluations"] for h in history], [h["forward_kld"] for h in history], target=1e-3)
+        plot_pmf_iterations(self.out_dir / "pmf_iterations.png", centres, reference, history)

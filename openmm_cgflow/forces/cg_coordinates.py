@@ -3,7 +3,7 @@ PMF defined on them). Every module maps positions (n_replicas * atoms_per_replic
 (n_replicas, cg_dim); several replicas of the molecule in one System are evaluated in one call."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -12,14 +12,14 @@ from ..coordinates.geometry import dihedral_angles, wrap_angle
 
 
 class DihedralCG(nn.Module):
-    """s_k = wrap(sign * dihedral(quadruple_k) - offset_k) (rad), with IUPAC dihedrals (mdtraj convention).
+    """s_k = wrap(sign_k * dihedral(quadruple_k) - offset_k) (rad), with IUPAC dihedrals (mdtraj convention).
 
     The paper's alanine-dipeptide frame is sign = -1 and offset = the boltzgen reference angles; IUPAC angles are
-    sign = +1, offset = 0.
+    sign = +1, offset = 0. ``sign``: one number for every coordinate, or one per coordinate.
     """
 
-    def __init__(self, quadruples: Sequence[Sequence[int]], atoms_per_replica: int, n_replicas: int = 1, sign: float = 1.0,
-                 offsets: Sequence[float] = ()):
+    def __init__(self, quadruples: Sequence[Sequence[int]], atoms_per_replica: int, n_replicas: int = 1,
+                 sign: Union[float, Sequence[float]] = 1.0, offsets: Sequence[float] = ()):
         super().__init__()
         q = torch.tensor([list(map(int, row)) for row in quadruples], dtype=torch.long)
         if q.ndim != 2 or q.shape[1] != 4:
@@ -29,59 +29,79 @@ class DihedralCG(nn.Module):
         shift = torch.arange(n_replicas, dtype=torch.long)[:, None, None] * atoms_per_replica
         self.register_buffer("indices", q[None] + shift)  # (R, n_cg, 4)
         self.register_buffer("offsets", torch.tensor(list(offsets) if len(offsets) else [0.0] * q.shape[0], dtype=torch.float64))
-        self.sign = float(sign)
+        signs = [float(sign)] * q.shape[0] if isinstance(sign, (int, float)) else [float(v) for v in sign]
+        self.register_buffer("signs", torch.tensor(signs, dtype=torch.float64))
         self.n_particles = atoms_per_replica * n_replicas
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         x = positions.to(torch.float64)
         i = self.indices
         angle = dihedral_angles(x[i[..., 0]], x[i[..., 1]], x[i[..., 2]], x[i[..., 3]])
-        return wrap_angle(self.sign * angle - self.offsets)
+        return wrap_angle(self.signs * angle - self.offsets)
 
 
-class DifferenceCG(nn.Module):
-    """Müller-Brown: s = x - y of one particle per replica (nm)."""
+class LinearCG(nn.Module):
+    """s_k = c_k . r of one particle per replica (nm), e.g. Müller-Brown's s = x - y (c = (1, -1, 0))."""
 
-    def __init__(self, particle: int, atoms_per_replica: int, n_replicas: int = 1):
+    def __init__(self, particles: Sequence[int], coefficients: Sequence[Sequence[float]], atoms_per_replica: int, n_replicas: int = 1):
         super().__init__()
-        if not 0 <= particle < atoms_per_replica:
-            raise ValueError(f"particle {particle} out of range for {atoms_per_replica} particles per replica")
-        self.register_buffer("index", torch.arange(n_replicas, dtype=torch.long) * atoms_per_replica + particle)
+        for particle in particles:
+            if not 0 <= int(particle) < atoms_per_replica:
+                raise ValueError(f"particle {particle} out of range for {atoms_per_replica} particles per replica")
+        index = torch.arange(n_replicas, dtype=torch.long)[:, None] * atoms_per_replica + torch.tensor([int(p) for p in particles])[None]
+        self.register_buffer("index", index)  # (R, n_cg)
+        self.register_buffer("coefficients", torch.tensor([list(map(float, c)) for c in coefficients], dtype=torch.float64))
         self.n_particles = atoms_per_replica * n_replicas
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        x = positions.to(torch.float64)[self.index]
-        return (x[:, 0] - x[:, 1]).unsqueeze(-1)
+        x = positions.to(torch.float64)[self.index]  # (R, n_cg, 3)
+        return (x * self.coefficients).sum(-1)
+
+
+class DifferenceCG(LinearCG):
+    """Müller-Brown: s = x - y of one particle per replica (nm)."""
+
+    def __init__(self, particle: int, atoms_per_replica: int, n_replicas: int = 1):
+        super().__init__([particle], [(1.0, -1.0, 0.0)], atoms_per_replica, n_replicas)
+
+
+def cg_module_from_definition(definition, n_replicas: int = 1, atoms_per_replica: int = 0,
+                              replica_atoms: Optional[Sequence[int]] = None) -> nn.Module:
+    """The CG-coordinate module of a :class:`~openmm_cgflow.systems.cg_definition.CGDefinition` (or its dict).
+
+    ``atoms_per_replica``: particles per copy of the molecule (default: just enough for the CG atoms).
+    ``replica_atoms``: the atom of the model's molecule that each particle of one replica stands for, when the
+    System holds only some of its atoms (e.g. the backbone atoms of a CG replica); default: every atom in the
+    model's order. A CG atom that no particle stands for is an error naming it.
+    """
+    from ..systems.cg_definition import CGDefinition
+
+    if isinstance(definition, dict):
+        definition = CGDefinition.from_dict(definition)
+    coordinates = definition.coordinates
+    atoms_of = [list(cv.atoms) if cv.kind == "dihedral" else [cv.particle] for cv in coordinates]
+    if replica_atoms is not None:
+        replica_atoms = [int(a) for a in replica_atoms]
+        missing = sorted({a for atoms in atoms_of for a in atoms} - set(replica_atoms))
+        if missing:
+            raise ValueError(f"the CG coordinates {definition.names} use atoms {missing}, which no particle of the replica "
+                             f"(atoms {replica_atoms}) stands for")
+        atoms_of = [[replica_atoms.index(a) for a in atoms] for atoms in atoms_of]
+        atoms_per_replica = atoms_per_replica or len(replica_atoms)
+    atoms_per_replica = atoms_per_replica or definition.n_atoms or max(a for atoms in atoms_of for a in atoms) + 1
+    if definition.kind == "dihedral":
+        return DihedralCG(atoms_of, atoms_per_replica, n_replicas, sign=[cv.sign for cv in coordinates],
+                          offsets=[cv.offset for cv in coordinates])
+    return LinearCG([a[0] for a in atoms_of], [cv.coefficients for cv in coordinates], atoms_per_replica, n_replicas)
 
 
 def cg_module_from_metadata(metadata: dict, n_replicas: int = 1, atoms_per_replica: int = 0,
                             replica_atoms: Optional[Sequence[int]] = None) -> nn.Module:
-    """The CG-coordinate module a model's metadata describes (system and CG definition).
+    """The CG-coordinate module a model's metadata describes (its ``cg_definition``; files written before
+    version 0.2 are read through :func:`openmm_cgflow.systems.definition_from_metadata`)."""
+    from ..systems import definition_from_metadata
 
-    ``replica_atoms``: the atom of the model's molecule that each particle of one replica stands for, when the
-    System holds only some of its atoms (e.g. the five backbone atoms of the ALDP CG system); default: every
-    atom in the model's order. A CG atom that no particle stands for is an error naming it.
-    """
-    system = metadata["system"]
-    cg = metadata.get("cg_metadata", {})
-    if system == "alanine-dipeptide":
-        definition = cg.get("cg_definition")
-        if not isinstance(definition, dict) or set(definition) != {"phi", "psi"}:
-            raise ValueError("alanine-dipeptide model metadata lacks cg_definition {'phi': [4 atoms], 'psi': [4 atoms]}")
-        quadruples = [list(definition["phi"]), list(definition["psi"])]
-        if replica_atoms is not None:
-            replica_atoms = [int(a) for a in replica_atoms]
-            missing = sorted({a for q in quadruples for a in q} - set(replica_atoms))
-            if missing:
-                raise ValueError(f"the CG definition {definition} uses atoms {missing}, which no particle of the replica "
-                                 f"(atoms {replica_atoms}) stands for")
-            quadruples = [[replica_atoms.index(a) for a in q] for q in quadruples]
-            atoms_per_replica = atoms_per_replica or len(replica_atoms)
-        offsets = [cg["phi_ref_bg_rad"], cg["psi_ref_bg_rad"]]
-        return DihedralCG(quadruples, atoms_per_replica or 22, n_replicas, sign=-1.0, offsets=offsets)
-    if system == "muller-brown":
-        return DifferenceCG(0, atoms_per_replica or 1, n_replicas)
-    raise ValueError(f"no CG definition is known for system '{system}'")
+    return cg_module_from_definition(definition_from_metadata(metadata), n_replicas, atoms_per_replica, replica_atoms)
 
 
-__all__ = ["DihedralCG", "DifferenceCG", "cg_module_from_metadata"]
+__all__ = ["DihedralCG", "DifferenceCG", "LinearCG", "cg_module_from_definition", "cg_module_from_metadata"]

@@ -1,24 +1,25 @@
-"""CG dynamics on a learned PMF in OpenMM.
+"""CG dynamics on a learned PMF in OpenMM, for any CG definition (:class:`~openmm_cgflow.systems.cg_definition.CGDefinition`).
 
-Alanine dipeptide: each replica is the five backbone atoms that define the CG dihedrals, C(ACE) - N - CA - C -
-N(NME) (all-atom indices 4, 6, 8, 14, 16, with their all-atom masses), with harmonic restraints on the four
-bonds and three angles (equilibrium values from our minimised structure) plus the PMF force on (phi, psi). Why
-the (phi, psi) marginal of this System is exactly exp(-F): in the chain's internal coordinates (6 rigid-body
-coordinates, 4 bond lengths b, 3 angles theta, the 2 dihedrals) the Cartesian volume element is
-prod b_i^2 prod sin(theta_j) times the rigid-body measure, with no dependence on the dihedrals; the energy is
-U_restraints(b, theta) + kT F(phi, psi). The Boltzmann density therefore factorises into a (b, theta) part and
-exp(-F(phi, psi)), whatever the restraint stiffness. Stiffness only sets how fast the chain may be integrated.
+Dihedral CG coordinates ("chain" replica): each replica holds only the atoms of the CG dihedrals (alanine
+dipeptide: C(ACE) - N - CA - C - N(NME), with their all-atom masses), with harmonic restraints on the bonds i-j,
+j-k, k-l and angles i-j-k, j-k-l of every quadruple (equilibrium values from the minimised structure) plus the
+PMF force on s. Why the marginal of s in this System is exactly exp(-F): the replica's bond graph is a tree and
+each CG dihedral turns about its own bond, so its internal coordinates are the rigid-body coordinates, the bond
+lengths b, the angles theta (restrained, plus any free branch angles) and the CG dihedrals; the Cartesian volume
+element is prod b_i^2 prod sin(theta_j) times the rigid-body measure, with no dependence on the dihedrals, and the
+energy is U_restraints(b, theta) + kT F(s). The Boltzmann density therefore factorises into a (b, theta) part
+and exp(-F(s)), whatever the restraint stiffness; stiffness only sets how fast the chain may be integrated.
 
-Müller-Brown: one particle per replica at (x, y, z) with U = kT F(s) + k_perp/2 s_perp^2 + k_z/2 z^2 (+ walls),
-s = x - y, s_perp = x + y. The map (x, y) -> (s, s_perp) is linear (constant Jacobian) and the energy is a sum
-of a term in s and terms in the other coordinates, so the Boltzmann marginal of s is exactly exp(-F(s)) between
-the walls. Flat-bottomed harmonic walls keep s inside the domain the PMF was learned on (outside it the
+Linear CG coordinates ("particle" replica, Müller-Brown): one particle per replica with U = kT F(s) + harmonic
+restraints on the directions orthogonal to s (+ flat-bottomed walls at the domain). The map to (s, the restrained
+directions) is linear (constant Jacobian) and the energy separates, so the marginal of s is exactly exp(-F(s))
+between the walls. Flat-bottomed harmonic walls keep s inside the domain the PMF was learned on (outside it the
 ensemble only extrapolates). Many replicas share one Context and one batched model call.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import openmm
@@ -27,93 +28,159 @@ from torch import nn
 
 import torch
 
-from ..coordinates.geometry import bond_angles, bond_lengths, dihedral_angles, place_atom
+from ..coordinates.geometry import dihedral_angles
 from ..systems.base import kT_in_kJ_per_mol
+from ..systems.cg_definition import CGDefinition
 from ..systems.muller_brown import MB_CG_DOMAIN, MB_TEMPERATURE
+from .cg_coordinates import cg_module_from_definition
 from .pmf_force import create_pmf_force
 
 
-def muller_brown_cg_system(model: Union[str, Path, nn.Module], n_replicas: int, metadata: Optional[dict] = None,
-                           backend: str = "torchforce", k_perp_kT: float = 10.0, k_z_kT: float = 10.0,
-                           walls: Tuple[float, float] = MB_CG_DOMAIN, k_wall_kT: float = 1000.0, mass_dalton: float = 1.0) -> openmm.System:
-    """An OpenMM System of ``n_replicas`` CG particles on the PMF ``model`` (spring constants in kT/nm^2)."""
-    kT = kT_in_kJ_per_mol(MB_TEMPERATURE)
+def _definition(definition: Union[CGDefinition, dict]) -> CGDefinition:
+    return CGDefinition.from_dict(definition) if isinstance(definition, dict) else definition
+
+
+def cg_replica_system(definition: Union[CGDefinition, dict], model: Union[str, Path, nn.Module], n_replicas: int,
+                      temperature_K: float, metadata: Optional[dict] = None, backend: str = "torchforce",
+                      walls: Optional[Sequence[Tuple[float, float]]] = None, scale: float = 1.0) -> openmm.System:
+    """An OpenMM System of ``n_replicas`` CG replicas (see the module docstring) on the PMF ``model`` (a model file,
+    or a live ensemble with its export ``metadata``). ``walls``: (lower, upper) per linear CG coordinate (default:
+    its domain); ``scale`` multiplies the PMF."""
+    definition = _definition(definition)
+    replica = definition.replica
     system = openmm.System()
-    for _ in range(n_replicas):
-        system.addParticle(mass_dalton)
-    restraint = openmm.CustomExternalForce(
-        "0.5*k_perp*(x + y)^2 + 0.5*k_z*z^2 + 0.5*k_wall*(max(0, s_lo - (x - y))^2 + max(0, (x - y) - s_hi)^2)"
-    )
-    for name, value in (("k_perp", k_perp_kT * kT), ("k_z", k_z_kT * kT), ("k_wall", k_wall_kT * kT), ("s_lo", walls[0]), ("s_hi", walls[1])):
+    if replica.get("kind") == "chain":
+        bonds, angles = openmm.HarmonicBondForce(), openmm.HarmonicAngleForce()
+        size = len(replica["atoms"])
+        for r in range(n_replicas):
+            first = size * r
+            for mass in replica["masses"]:
+                system.addParticle(mass)
+            for i, j, length in replica["bonds"]:
+                bonds.addBond(first + int(i), first + int(j), length, replica["bond_k"])
+            for i, j, k, angle in replica["angles"]:
+                angles.addAngle(first + int(i), first + int(j), first + int(k), angle, replica["angle_k"])
+        bonds.setName("CG restraints (bonds)")
+        angles.setName("CG restraints (angles)")
+        system.addForce(bonds)
+        system.addForce(angles)
+        system.addForce(create_pmf_force(model, metadata, backend=backend, scale=scale, n_replicas=n_replicas, system=system,
+                                         replica_atoms=replica["atoms"]))
+        return system
+    if replica.get("kind") != "particle" or definition.kind != "linear" or definition.dim != 1:
+        raise ValueError(f"no CG replica for dynamics is described for these CG coordinates ({definition.names})")
+    kT = kT_in_kJ_per_mol(temperature_K)
+    cv = definition.coordinates[0]
+    lo, hi = walls[0] if walls is not None else cv.domain
+    s_expr = f"({cv.energy_expression()})"
+    terms = [f"0.5*k_r{n}*(({c[0]!r})*x + ({c[1]!r})*y + ({c[2]!r})*z)^2" for n, (c, _) in enumerate(replica["restraints"])]
+    terms.append(f"0.5*k_wall*(max(0, s_lo - {s_expr})^2 + max(0, {s_expr} - s_hi)^2)")
+    restraint = openmm.CustomExternalForce(" + ".join(terms))
+    for n, (_, k) in enumerate(replica["restraints"]):
+        restraint.addGlobalParameter(f"k_r{n}", float(k) * kT)
+    for name, value in (("k_wall", replica["wall_kT_per_nm2"] * kT), ("s_lo", lo), ("s_hi", hi)):
         restraint.addGlobalParameter(name, value)
-    for i in range(n_replicas):
-        restraint.addParticle(i, [])
-    restraint.setName("CG restraints (s_perp, z, walls on s)")
+    for _ in range(n_replicas):
+        restraint.addParticle(system.addParticle(replica["mass"]), [])
+    restraint.setName("CG restraints (orthogonal directions, walls on s)")
     system.addForce(restraint)
-    system.addForce(create_pmf_force(model, metadata, backend=backend, n_replicas=n_replicas, system=system))
+    system.addForce(create_pmf_force(model, metadata, backend=backend, scale=scale, n_replicas=n_replicas, system=system,
+                                     replica_atoms=[cv.particle]))
     return system
+
+
+def _side(n_atoms: int, bonds: Sequence[Sequence[float]], start: int, blocked: int) -> List[int]:
+    """Atoms reachable from ``start`` in the replica's bond graph without passing ``blocked``."""
+    neighbours: Dict[int, List[int]] = {i: [] for i in range(n_atoms)}
+    for i, j, _ in bonds:
+        neighbours[int(i)].append(int(j))
+        neighbours[int(j)].append(int(i))
+    seen, stack = {start}, [start]
+    while stack:
+        a = stack.pop()
+        for b in neighbours[a]:
+            if b != blocked and b not in seen:
+                seen.add(b)
+                stack.append(b)
+    return sorted(seen)
+
+
+def replica_positions(definition: Union[CGDefinition, dict], s: np.ndarray) -> np.ndarray:
+    """Positions (n_replicas * particles_per_replica, 3) nm of replicas at CG points ``s`` (n_replicas, cg_dim),
+    in the definition's frame; replicas are stacked 1 nm apart along x (they do not interact). Chains keep the
+    minimum's bonds and angles: each CG dihedral is set by turning the atoms behind its bond about that bond."""
+    definition = _definition(definition)
+    replica = definition.replica
+    s = np.asarray(s, dtype=np.float64).reshape(-1, definition.dim)
+    if replica.get("kind") == "particle":
+        c = np.asarray(definition.coordinates[0].coefficients)
+        return s[:, :1] * c[None] / float(c @ c)
+    atoms = list(replica["atoms"])
+    x = torch.as_tensor(np.asarray(replica["positions"], dtype=np.float64)).expand(len(s), -1, -1).clone()
+    for k, cv in enumerate(definition.coordinates):
+        i, j, kk, l = (atoms.index(a) for a in cv.atoms)
+        moving = _side(len(atoms), replica["bonds"], kk, j)
+        target = torch.as_tensor(cv.sign * (s[:, k] + cv.offset))  # IUPAC angle of s = wrap(sign * angle - offset)
+        delta = target - dihedral_angles(x[:, i], x[:, j], x[:, kk], x[:, l])
+        axis = x[:, kk] - x[:, j]
+        axis = axis / torch.linalg.norm(axis, dim=-1, keepdim=True)
+        v = x[:, moving] - x[:, kk, None]
+        cos, sin = torch.cos(delta)[:, None, None], torch.sin(delta)[:, None, None]
+        u = axis[:, None, :]
+        rotated = v * cos + torch.linalg.cross(u.expand_as(v), v, dim=-1) * sin + u * (v * u).sum(-1, keepdim=True) * (1 - cos)
+        x[:, moving] = rotated + x[:, kk, None]
+    x = x + torch.arange(len(s), dtype=torch.float64)[:, None, None] * torch.tensor([1.0, 0.0, 0.0])
+    return x.reshape(-1, 3).numpy()
+
+
+def replica_cg(definition: Union[CGDefinition, dict], positions: np.ndarray) -> np.ndarray:
+    """CG coordinates (..., n_replicas, cg_dim) of replica positions (..., n_replicas * particles_per_replica, 3) nm."""
+    definition = _definition(definition)
+    replica = definition.replica
+    local = list(replica["atoms"]) if replica.get("kind") == "chain" else [definition.coordinates[0].particle]
+    x = torch.as_tensor(np.asarray(positions, dtype=np.float64))
+    lead = x.shape[:-2]
+    n_replicas = x.shape[-2] // len(local)
+    module = cg_module_from_definition(definition, n_replicas=n_replicas, replica_atoms=local)
+    with torch.no_grad():
+        values = [module(frame) for frame in x.reshape(-1, x.shape[-2], 3)]
+    return torch.stack(values).reshape(lead + (n_replicas, definition.dim)).numpy()
+
+
+def muller_brown_cg_system(model: Union[str, Path, nn.Module], n_replicas: int, metadata: Optional[dict] = None,
+                           backend: str = "torchforce", walls: Tuple[float, float] = MB_CG_DOMAIN) -> openmm.System:
+    """An OpenMM System of ``n_replicas`` Müller-Brown CG particles on the PMF ``model`` (springs of 10 kT/nm^2 on
+    x + y and z, walls of 1000 kT/nm^2 at ``walls``)."""
+    from ..systems.muller_brown import cg_definition
+
+    return cg_replica_system(cg_definition(), model, n_replicas, MB_TEMPERATURE, metadata, backend, walls=[tuple(walls)])
+
+
+def _aldp_definition() -> CGDefinition:
+    from ..systems.alanine_dipeptide import cg_definition, create_openmm_system, minimised_structure
+
+    system, _, _ = create_openmm_system()
+    masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())]
+    return cg_definition(minimised_structure(), masses)
 
 
 #: The all-atom ALDP atoms each CG particle stands for: C(ACE), N, CA, C, N(NME) (phi = 0-1-2-3, psi = 1-2-3-4).
 ALDP_BACKBONE_ATOMS = (4, 6, 8, 14, 16)
 
 
-def _aldp_backbone_geometry() -> dict:
-    """Masses (Da), bond lengths (nm), angles (rad) and positions (nm) of the backbone chain in our minimum."""
-    from ..systems.alanine_dipeptide import create_openmm_system, minimised_structure
-
-    system, _, _ = create_openmm_system()
-    x = torch.as_tensor(minimised_structure()[list(ALDP_BACKBONE_ATOMS)])
-    return {
-        "masses": [system.getParticleMass(a).value_in_unit(unit.dalton) for a in ALDP_BACKBONE_ATOMS],
-        "bonds": [float(bond_lengths(x[i], x[i + 1])) for i in range(4)],
-        "angles": [float(bond_angles(x[i], x[i + 1], x[i + 2])) for i in range(3)],
-        "positions": x.numpy(),
-    }
-
-
 def alanine_dipeptide_cg_system(model: Union[str, Path, nn.Module], n_replicas: int, metadata: Optional[dict] = None,
-                                backend: str = "torchforce", k_bond: float = 2.0e5, k_angle: float = 400.0,
-                                scale: float = 1.0) -> openmm.System:
+                                backend: str = "torchforce", scale: float = 1.0) -> openmm.System:
     """An OpenMM System of ``n_replicas`` five-atom backbone chains on the ALDP PMF ``model`` (see the module
-    docstring). ``k_bond`` in kJ/mol/nm^2 and ``k_angle`` in kJ/mol/rad^2 (OpenMM's harmonic convention
-    k/2 (r - r0)^2); the defaults are Amber-like and allow a 2 fs step. ``scale`` multiplies the PMF."""
-    geometry = _aldp_backbone_geometry()
-    system = openmm.System()
-    bonds, angles = openmm.HarmonicBondForce(), openmm.HarmonicAngleForce()
-    for r in range(n_replicas):
-        first = 5 * r
-        for mass in geometry["masses"]:
-            system.addParticle(mass)
-        for i, length in enumerate(geometry["bonds"]):
-            bonds.addBond(first + i, first + i + 1, length, k_bond)
-        for i, angle in enumerate(geometry["angles"]):
-            angles.addAngle(first + i, first + i + 1, first + i + 2, angle, k_angle)
-    bonds.setName("CG restraints (backbone bonds)")
-    angles.setName("CG restraints (backbone angles)")
-    system.addForce(bonds)
-    system.addForce(angles)
-    system.addForce(create_pmf_force(model, metadata, backend=backend, scale=scale, n_replicas=n_replicas, system=system,
-                                     replica_atoms=ALDP_BACKBONE_ATOMS))
-    return system
+    docstring). ``scale`` multiplies the PMF."""
+    return cg_replica_system(_aldp_definition(), model, n_replicas, 300.0, metadata, backend, scale=scale)
 
 
 def aldp_backbone_positions(phi_psi_iupac: np.ndarray) -> np.ndarray:
     """Positions (n_replicas * 5, 3) nm of backbone chains with the minimum's bonds and angles and the given IUPAC
-    (phi, psi) in rad, shape (n_replicas, 2); replicas are stacked 1 nm apart along x (they do not interact)."""
-    angles = torch.as_tensor(np.asarray(phi_psi_iupac, dtype=np.float64).reshape(-1, 2))
-    n = angles.shape[0]
-    geometry = _aldp_backbone_geometry()
-    x0 = torch.as_tensor(geometry["positions"])
-    c0, n1, ca = (x0[i].expand(n, 3) for i in range(3))
-    r = torch.as_tensor(geometry["bonds"], dtype=torch.float64)
-    theta = torch.as_tensor(geometry["angles"], dtype=torch.float64)
-    one = torch.ones(n, dtype=torch.float64)
-    c = place_atom(ca, n1, c0, r[2] * one, theta[1] * one, angles[:, 0])      # dihedral C(ACE)-N-CA-C = phi
-    n2 = place_atom(c, ca, n1, r[3] * one, theta[2] * one, angles[:, 1])      # dihedral N-CA-C-N(NME) = psi
-    chain = torch.stack([c0, n1, ca, c, n2], dim=1)
-    chain = chain + torch.arange(n, dtype=torch.float64)[:, None, None] * torch.tensor([1.0, 0.0, 0.0])
-    return chain.reshape(-1, 3).numpy()
+    (phi, psi) in rad, shape (n_replicas, 2)."""
+    from ..systems.alanine_dipeptide import to_paper_frame
+
+    return replica_positions(_aldp_definition(), to_paper_frame(np.asarray(phi_psi_iupac, dtype=np.float64).reshape(-1, 2)))
 
 
 def aldp_backbone_phi_psi(positions: np.ndarray) -> np.ndarray:
@@ -126,7 +193,7 @@ def aldp_backbone_phi_psi(positions: np.ndarray) -> np.ndarray:
 
 
 def positions_for_s(s: np.ndarray) -> np.ndarray:
-    """Positions (n, 3) nm with the given s = x - y and s_perp = z = 0."""
+    """Müller-Brown replica positions (n, 3) nm with the given s = x - y and s_perp = z = 0."""
     s = np.asarray(s, dtype=np.float64).ravel()
     return np.stack([s / 2, -s / 2, np.zeros_like(s)], axis=-1)
 

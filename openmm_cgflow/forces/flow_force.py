@@ -23,22 +23,22 @@ import torch
 from torch import nn
 
 from ..export import ModelFileError, load_model
-from ..systems import create_system
+from ..systems import cg_system_from_metadata
 from ..systems.base import kT_in_kJ_per_mol
 from .pmf_force import force_from_module
 
 
 class FlowFreeEnergy(nn.Module):
-    """positions (n_replicas * n_atoms, 3) nm -> kT * sum over replicas of U_theta / kT (kJ/mol)."""
+    """positions (n_replicas * n_atoms, 3) nm -> kT * sum over replicas of U_theta / kT (kJ/mol).
 
-    def __init__(self, transform: nn.Module, flow: nn.Module, pmf: nn.Module, cg_index: torch.Tensor, fg_index: torch.Tensor,
-                 kT_kJ_per_mol: float, n_atoms: int, n_replicas: int = 1):
+    ``fine_grained``: the system's :class:`~openmm_cgflow.systems.fine_grained.ZMatrixCG` (positions -> s, x_fg and
+    ln|det dy/dx|)."""
+
+    def __init__(self, fine_grained: nn.Module, flow: nn.Module, pmf: nn.Module, kT_kJ_per_mol: float, n_atoms: int, n_replicas: int = 1):
         super().__init__()
-        self.transform = transform
+        self.fine_grained = fine_grained
         self.flow = flow
         self.pmf = pmf
-        self.register_buffer("cg_index", cg_index.to(torch.long))
-        self.register_buffer("fg_index", fg_index.to(torch.long))
         self.kT = float(kT_kJ_per_mol)
         self.n_atoms = int(n_atoms)
         self.n_replicas = int(n_replicas)
@@ -48,9 +48,8 @@ class FlowFreeEnergy(nn.Module):
     def reduced_energy(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per replica: (U_theta / kT, s, ln q(x_fg | s)); U_theta / kT = F(s) - ln q + ln|det dx/dy|."""
         x = positions.to(torch.float64).reshape(self.n_replicas, self.n_atoms, 3)
-        y, log_det_yx = self.transform(x)
-        s = y[:, self.cg_index]
-        log_q = self.flow.log_prob(y[:, self.fg_index], s)
+        s, x_fg, log_det_yx = self.fine_grained.internal(x)
+        log_q = self.flow.log_prob(x_fg, s)
         free_energy, _ = self.pmf.mean_std(s)
         return free_energy - log_q - log_det_yx, s, log_q
 
@@ -60,7 +59,8 @@ class FlowFreeEnergy(nn.Module):
 
 
 def flow_energy_module(flow: Union[str, Path], pmf: Union[str, Path], n_replicas: int = 1) -> Tuple[torch.jit.ScriptModule, dict]:
-    """The scripted :class:`FlowFreeEnergy` of a flow model file and a PMF model file of the same system."""
+    """The scripted :class:`FlowFreeEnergy` of a flow model file and a PMF model file of the same system (the
+    molecule and its internal coordinates come from the flow file's ``cg_system`` description)."""
     flow_module, flow_meta = load_model(flow, expected_kind="conditional_flow")
     pmf_module, pmf_meta = load_model(pmf, expected_kind="pmf_ensemble")
     for key in ("system", "temperature_K", "cg_dim"):
@@ -68,15 +68,13 @@ def flow_energy_module(flow: Union[str, Path], pmf: Union[str, Path], n_replicas
             raise ModelFileError(f"the flow ({flow}) and the PMF ({pmf}) disagree on '{key}': {flow_meta.get(key)!r} vs {pmf_meta.get(key)!r}")
     if n_replicas < 1:
         raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
-    cg_system = create_system(flow_meta["system"])
-    transform = cg_system.extras.get("transform")
-    if transform is None:
+    cg_system = cg_system_from_metadata(flow_meta)
+    if not hasattr(cg_system.fine_grained, "internal"):
         raise ValueError(f"system '{flow_meta['system']}' has no internal-coordinate transform: the flow force needs one")
     if int(flow_meta.get("fg_dim", -1)) != cg_system.fg_dim:
         raise ModelFileError(f"{flow}: a flow of {flow_meta.get('fg_dim')} fine-grained coordinates, the system has {cg_system.fg_dim}")
-    cg = cg_system.extras["cg"]
-    module = FlowFreeEnergy(transform, flow_module, pmf_module, cg.cg_index, cg.fg_index, kT_in_kJ_per_mol(flow_meta["temperature_K"]),
-                            cg_system.n_atoms, n_replicas)
+    module = FlowFreeEnergy(cg_system.fine_grained, flow_module, pmf_module, kT_in_kJ_per_mol(flow_meta["temperature_K"]), cg_system.n_atoms,
+                            n_replicas)
     return torch.jit.script(module), flow_meta
 
 

@@ -193,7 +193,7 @@ def tabulated_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[d
     angles = torch.arange(grid, dtype=torch.float64) * (2 * torch.pi / grid)
     phi, psi = torch.meshgrid(angles, angles, indexing="ij")
     iupac = torch.stack([phi.reshape(-1), psi.reshape(-1)], dim=-1)
-    s = torch.remainder(cg.sign * iupac - cg.offsets + torch.pi, 2 * torch.pi) - torch.pi  # the model's CG frame
+    s = torch.remainder(cg.signs * iupac - cg.offsets + torch.pi, 2 * torch.pi) - torch.pi  # the model's CG frame
     with torch.no_grad():
         mean, _ = module.pmf.mean_std(s)
     energy = (module.scale * module.kT) * mean.reshape(grid, grid)  # [i, j] at (phi_i, psi_j)

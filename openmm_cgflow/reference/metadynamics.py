@@ -62,24 +62,15 @@ class MetadynamicsProtocol:
             raise ValueError("metadynamics deposit_every must be >= 1 and grid_points 0 (default) or >= 2")
 
 
-def _cg_ranges(cg_system: CGSystem) -> List[tuple]:
-    domain = cg_system.cg_domain
-    ranges = [tuple(domain)] if cg_system.cg_dim == 1 and not isinstance(domain[0], (tuple, list)) else [tuple(d) for d in domain]
-    if len(ranges) != cg_system.cg_dim:
-        raise ValueError(f"{cg_system.name}: cg_domain must give one (lower, upper) range per CG coordinate")
-    return ranges
-
-
 def bias_variables(cg_system: CGSystem, protocol: MetadynamicsProtocol, ranges: Optional[List[tuple]] = None) -> List[app.BiasVariable]:
     """One ``app.BiasVariable`` per CG coordinate over ``ranges`` (default: the system's CG domain)."""
-    if cg_system.cg_variable_forces is None:
-        raise ValueError(f"system '{cg_system.name}' defines no cg_variable_forces, so OpenMM cannot bias its CG coordinates")
-    forces = cg_system.cg_variable_forces()
-    ranges = ranges or _cg_ranges(cg_system)
     if cg_system.cg_dim > 3:
         raise ValueError(f"app.Metadynamics biases 1 to 3 collective variables; {cg_system.name} has {cg_system.cg_dim}")
+    forces = cg_system.cg_variable_forces()
+    ranges = ranges or list(cg_system.cg_domain)
     grid = protocol.grid_points or None
-    return [app.BiasVariable(f, lo, hi, protocol.width, cg_system.cg_periodic, grid) for f, (lo, hi) in zip(forces, ranges)]
+    periodic = cg_system.cg_definition.periodic
+    return [app.BiasVariable(f, lo, hi, protocol.width, p, grid) for f, (lo, hi), p in zip(forces, ranges, periodic)]
 
 
 def free_energy_at(meta: app.Metadynamics, variables: List[app.BiasVariable], points: np.ndarray, kT: float) -> np.ndarray:
@@ -128,7 +119,8 @@ def run_metadynamics(
     """Run (or resume) well-tempered metadynamics for ``steps`` MD steps into ``out``. Resuming with a larger
     ``steps`` (same protocol and seed) extends the run, so sampling accumulates across sessions.
 
-    ``p_reference`` (bin probabilities) and ``centres`` ((n_bins, cg_dim), model frame) define the scoring grid.
+    ``p_reference`` (bin probabilities, or None: no scoring) and ``centres`` ((n_bins, cg_dim), model frame) define
+    the scoring grid, where F is recorded at every snapshot.
     Writes ``out/metad_baseline.json`` (protocol, steps/s, the curve of forward KLD against steps, the final F on
     the grid) and returns it, and ``out/metad_snapshots.npz`` (F on the grid at every snapshot).
     """
@@ -174,7 +166,7 @@ def run_metadynamics(
         if wanted and target == wanted[0]:
             wanted.pop(0)
             F = free_energy_at(meta, variables, centres, kT)
-            state["curve"].append({"md_steps": target, "forward_kld": forward_kld(p_reference, F)})
+            state["curve"].append({"md_steps": target, "forward_kld": forward_kld(p_reference, F) if p_reference is not None else None})
             state["snapshots"] = np.vstack([state.get("snapshots", np.empty((0, len(F)), np.float32)), F.astype(np.float32)[None]])
         state["bias"] = np.array(meta._selfBias)
         state["openmm_checkpoint"] = simulation.context.createCheckpoint()
@@ -185,7 +177,7 @@ def run_metadynamics(
         "system": cg_system.name, "method": "well-tempered metadynamics (openmm.app.Metadynamics), F = -(gamma/(gamma-1)) V",
         "protocol": asdict(protocol), "seed": seed, "platform": platform, "steps": state["steps_done"],
         "wall_s": state["wall_s"], "steps_per_s": state["steps_done"] / max(state["wall_s"], 1e-9),
-        "curve": state["curve"], "final_forward_kld": forward_kld(p_reference, F), "free_energy_kT": F.tolist(),
+        "curve": state["curve"], "final_forward_kld": forward_kld(p_reference, F) if p_reference is not None else None, "free_energy_kT": F.tolist(),
     }
     write_json(out / "metad_baseline.json", summary)
     snapshots = state.get("snapshots", np.empty((0, len(F)), np.float32))

@@ -1,7 +1,8 @@
 """The uncertainty search by OpenMM CG dynamics: an exploration backend beside Metropolis MC (SPEC §7).
 
 Instead of Metropolis chains on the ensemble-mean PMF, ``n_chains`` replicas of the system's CG model
-(:mod:`openmm_cgflow.forces.cg_dynamics`: Müller-Brown CG particles, or alanine-dipeptide backbone chains) run
+(:mod:`openmm_cgflow.forces.cg_dynamics`: the CG replica of the model's CG definition, e.g. Müller-Brown CG
+particles or alanine-dipeptide backbone chains) run
 Langevin dynamics at the system's temperature in one OpenMM Context, on the PMF force (the ensemble mean as
 a TorchForce: one batched model call per step for all replicas). Their stationary distribution in s is
 exp(-F), the same as the MC chains'. Every ``check_every`` steps the ensemble std at each replica's current s is
@@ -24,20 +25,13 @@ from .monte_carlo import UncertaintySearchResult
 
 def _cg_system_and_positions(ensemble, metadata: dict, start: np.ndarray, bounds: Optional[Tuple[float, float]], backend: str):
     from ..forces import cg_dynamics
+    from ..systems import definition_from_metadata
 
-    system_name = metadata["system"]
-    n = len(start)
-    if system_name == "muller-brown":
-        walls = tuple(bounds) if bounds is not None else cg_dynamics.MB_CG_DOMAIN
-        system = cg_dynamics.muller_brown_cg_system(ensemble, n, metadata, backend=backend, walls=walls)
-        return system, cg_dynamics.positions_for_s(start[:, 0]), lambda x: (x[:, 0] - x[:, 1])[:, None]
-    if system_name == "alanine-dipeptide":
-        from ..systems.alanine_dipeptide import from_paper_frame, to_paper_frame
-
-        system = cg_dynamics.alanine_dipeptide_cg_system(ensemble, n, metadata, backend=backend)
-        positions = cg_dynamics.aldp_backbone_positions(from_paper_frame(start))
-        return system, positions, lambda x: to_paper_frame(cg_dynamics.aldp_backbone_phi_psi(x))
-    raise ValueError(f"CG dynamics is not available for system '{system_name}'")
+    definition = definition_from_metadata(metadata)
+    walls = [tuple(bounds)] if bounds is not None else None
+    system = cg_dynamics.cg_replica_system(definition, ensemble, len(start), float(metadata["temperature_K"]), metadata, backend=backend,
+                                           walls=walls)
+    return system, cg_dynamics.replica_positions(definition, start), lambda x: cg_dynamics.replica_cg(definition, x)
 
 
 def cg_dynamics_search(
@@ -59,7 +53,8 @@ def cg_dynamics_search(
     """Langevin CG dynamics on the ensemble-mean PMF until ``n_wanted`` replicas reach std > ``std_threshold`` (kT).
 
     ``metadata``: the ensemble's export metadata (system, temperature_K, cg_dim, cg_metadata). ``start``:
-    (n_chains, cg_dim) CG coordinates (MB: s in nm; ALDP: paper-frame rad). ``bounds``: MB walls (nm).
+    (n_chains, cg_dim) CG coordinates in the model's frame (rad or nm). ``bounds``: walls (nm) of a linear CG
+    coordinate (default: its domain).
     ``max_steps``: MD steps before the search gives up (``success=False``).
     """
     from ..energy.oracle import default_properties, resolve_platform

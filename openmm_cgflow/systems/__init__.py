@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Union
 
 from .base import CGSystem, kT_in_kJ_per_mol  # noqa: F401
+from .cg_definition import CGDefinition, DihedralCV, LinearCV  # noqa: F401
 
 # name -> "module:function"; modules are imported only when the system is requested.
-_REGISTRY: Dict[str, str] = {
+_REGISTRY: Dict[str, Union[str, Callable[..., CGSystem]]] = {
     "muller-brown": "openmm_cgflow.systems.muller_brown:create_muller_brown_system",
     "alanine-dipeptide": "openmm_cgflow.systems.alanine_dipeptide:create_alanine_dipeptide_system",
 }
@@ -18,8 +19,13 @@ def available_systems() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def register_system(name: str, factory: str) -> None:
-    """Register ``factory`` (``"module:function"`` returning a CGSystem) under ``name``."""
+def register_system(name: str, factory: Union[str, Callable[..., CGSystem]]) -> None:
+    """Register ``factory`` (a function returning a CGSystem, or ``"module:function"`` imported when first
+    used) under ``name``; e.g. ``register_system("my-peptide", lambda: CGSystem.from_openmm(...))``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a system name must be a non-empty string, got {name!r}")
+    if not (callable(factory) or (isinstance(factory, str) and factory.count(":") == 1)):
+        raise ValueError(f"factory must be a function or 'module:function', got {factory!r}")
     _REGISTRY[name] = factory
 
 
@@ -27,6 +33,49 @@ def create_system(name: str, **kwargs) -> CGSystem:
     """Create the registered CGSystem ``name`` (e.g. ``"muller-brown"``)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown system '{name}'; available: {', '.join(available_systems())}")
-    module_name, function_name = _REGISTRY[name].split(":")
-    factory: Callable[..., CGSystem] = getattr(importlib.import_module(module_name), function_name)
+    factory = _REGISTRY[name]
+    if isinstance(factory, str):
+        module_name, function_name = factory.split(":")
+        factory = getattr(importlib.import_module(module_name), function_name)
     return factory(**kwargs)
+
+
+def system_from_config(value) -> CGSystem:
+    """The CGSystem a config's ``system`` names: a registered name, or a mapping describing a molecule (see
+    :mod:`openmm_cgflow.systems.molecule`)."""
+    if isinstance(value, str):
+        return create_system(value)
+    from .molecule import molecule_from_config
+
+    return molecule_from_config(value)
+
+
+def system_label(value) -> str:
+    """A short name for a config's ``system`` value (for messages and metrics)."""
+    if isinstance(value, str):
+        return value
+    return str(value.get("name") or value.get("openmmtools") or value.get("prmtop") or "molecule")
+
+
+def definition_from_metadata(metadata: dict) -> CGDefinition:
+    """The CG definition an exported model carries (``cg_definition``). Model files written before it existed
+    name a built-in system instead; their definition is that system's."""
+    definition = metadata.get("cg_definition")
+    if isinstance(definition, dict) and "coordinates" in definition:
+        return CGDefinition.from_dict(definition)
+    name = metadata.get("system")
+    if name in _REGISTRY:
+        return create_system(name).cg_definition
+    raise ValueError(f"the model's metadata has no cg_definition and names no built-in system (system {name!r})")
+
+
+def cg_system_from_metadata(metadata: dict) -> CGSystem:
+    """The CGSystem a flow model file carries (``cg_system``, see :meth:`CGSystem.to_spec`); files written before
+    it existed name a built-in system instead."""
+    spec = metadata.get("cg_system")
+    if isinstance(spec, dict):
+        return CGSystem.from_spec(spec)
+    name = metadata.get("system")
+    if name in _REGISTRY:
+        return create_system(name)
+    raise ValueError(f"the model's metadata has no cg_system description and names no built-in system (system {name!r})")

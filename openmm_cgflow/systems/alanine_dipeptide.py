@@ -25,6 +25,8 @@ import torch
 from ..coordinates.geometry import dihedral_angles, periodic_difference, wrap_angle
 from ..coordinates.zmatrix import ZMatrixTransform
 from .base import CGSystem
+from .cg_definition import CGDefinition, DihedralCV, chain_replica
+from .fine_grained import ZMatrixCG
 
 TEMPERATURE = 300.0  # K
 N_ATOMS = 22
@@ -99,37 +101,14 @@ def is_l_chirality_geometric(positions: torch.Tensor) -> torch.Tensor:
     return (normal * (ha - n)).sum(-1) < 0
 
 
-class AlanineDipeptideCG:
-    """The internal-coordinate machinery of ALDP: transform, CG split, chirality (FAB rule)."""
-
-    def __init__(self, transform: ZMatrixTransform):
-        self.transform = transform
-        keep = [i for i in range(transform.dim) if i not in CG_INDICES]
-        self.fg_index = torch.tensor(keep, dtype=torch.long)
-        self.cg_index = torch.tensor(CG_INDICES, dtype=torch.long)
-
-    def split(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return y[:, self.cg_index], y[:, self.fg_index]
-
-    def join(self, s: torch.Tensor, x_fg: torch.Tensor) -> torch.Tensor:
-        y = torch.empty(s.shape[0], self.transform.dim, dtype=x_fg.dtype)
-        y = y.index_copy(1, self.cg_index, s.to(x_fg.dtype))
-        return y.index_copy(1, self.fg_index, x_fg)
-
-    def to_cartesian(self, s: torch.Tensor, x_fg: torch.Tensor):
-        """(s (B, 2) paper frame, x_fg (B, 58)) -> (positions (B, 22, 3) nm, ln|det dx/dy|)."""
-        return self.transform.inverse(self.join(s, x_fg))
-
-    def from_cartesian(self, positions: torch.Tensor):
-        """positions (B, 22, 3) nm -> (s (B, 2) paper frame, x_fg (B, 58))."""
-        y, _ = self.transform(torch.as_tensor(positions, dtype=torch.float64))
-        return self.split(y)
-
-    def is_l_chirality_fab(self, positions: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
-        """SPEC §5.3 FAB rule on internal coordinates: d = wrap(y[17] - y[26]); L if |d + 0.043| < threshold."""
-        y, _ = self.transform(torch.as_tensor(positions, dtype=torch.float64))
+def fab_chirality_filter(transform: ZMatrixTransform, threshold: float = 1.0):
+    """SPEC §5.3 FAB rule on internal coordinates: d = wrap(y[17] - y[26]); L if |d + 0.043| < threshold."""
+    def is_l_chirality_fab(positions: torch.Tensor) -> torch.Tensor:
+        y, _ = transform(torch.as_tensor(positions, dtype=torch.float64))
         d = wrap_angle(y[:, 17] - y[:, 26])
         return torch.abs(d - FAB_CHIRALITY_OFFSET) < threshold
+
+    return is_l_chirality_fab
 
 
 @lru_cache(maxsize=1)
@@ -151,27 +130,45 @@ def from_paper_frame(s: np.ndarray) -> np.ndarray:
     return periodic_difference(-(np.asarray(s) + ref))
 
 
-def cg_variable_forces() -> list:
-    """phi and psi in the paper frame, s = wrap(-angle_IUPAC - ref_bg) in [-pi, pi), as the energies of two
-    CustomTorsionForces (OpenMM's torsion angle theta is the IUPAC dihedral)."""
-    forces = []
-    for name, atoms, ref in zip(("phi", "psi"), (PHI_ATOMS, PSI_ATOMS), paper_frame_references()):
-        force = openmm.CustomTorsionForce(
-            f"d - 2*pi*floor((d + pi) / (2*pi)); d = -theta - ({ref!r}); pi = {math.pi!r}"
-        )
-        force.addTorsion(*atoms, [])
-        force.setName(f"CG coordinate {name} (paper frame)")
-        forces.append(force)
-    return forces
+def cg_definition(positions: np.ndarray, masses) -> CGDefinition:
+    """(phi, psi) in the paper frame, s = wrap(-angle_IUPAC - ref_bg), with the backbone chain C(ACE) - N - CA -
+    C - N(NME) of ``positions`` as the CG replica."""
+    phi_ref, psi_ref = paper_frame_references()
+    coordinates = (DihedralCV("phi", PHI_ATOMS, -1.0, phi_ref), DihedralCV("psi", PSI_ATOMS, -1.0, psi_ref))
+    return CGDefinition(coordinates, chain_replica(coordinates, masses, positions), n_atoms=N_ATOMS)
+
+
+def cached_starting_data(n_frames: int, save_every: int, equilibration_steps: int, timestep_fs: float, friction_per_ps: float,
+                         seed: int, platform: str):
+    """SPEC §2.2 starting data from the cache (:func:`~openmm_cgflow.sampling.starting_data.aldp_starting_data`):
+    1 fs MD at friction 1/ps, saved every multiple of 10 steps."""
+    from ..sampling.starting_data import SAVE_EVERY, aldp_starting_data
+
+    if save_every % SAVE_EVERY or timestep_fs != 1.0 or friction_per_ps != 1.0:
+        raise ValueError(f"alanine-dipeptide starting data is 1 fs MD at friction 1/ps saved every multiple of {SAVE_EVERY} steps")
+    n_steps = equilibration_steps + n_frames * save_every
+    data = aldp_starting_data(seed, platform if platform in ("CPU", "Reference") else "CPU", n_steps=n_steps)
+    return data["frames"][save_every // SAVE_EVERY - 1 :: save_every // SAVE_EVERY][-n_frames:], data["md_steps"]
+
+
+def packaged_reference(n_bins: int, domain):
+    """Bin centres (n_bins^2, 2) and probabilities of the packaged umbrella-sampling reference (paper frame)."""
+    from ..reference.grid import grid_centres, load_reference, packaged_reference_path
+
+    ref = load_reference(packaged_reference_path(), n_bins)
+    return grid_centres(n_bins), ref.probabilities.ravel()
 
 
 def create_alanine_dipeptide_system() -> CGSystem:
-    """The ALDP CGSystem: OpenMM System (ff96 + OBC1, NoCutoff, no constraints), 300 K, CG = (phi, psi)."""
+    """The ALDP CGSystem: OpenMM System (ff96 + OBC1, NoCutoff, no constraints), 300 K, CG = (phi, psi) in the
+    paper frame, FAB's Z-matrix (SPEC §2.2.1)."""
+    from .molecule import find_chirality_centres
+
     system, topology, _ = create_openmm_system()
     minimum = minimised_structure()
     bonds = [(b[0].index, b[1].index) for b in topology.bonds()]
     transform = ZMatrixTransform.build(N_ATOMS, REFERENCE_ATOMS, Z_MATRIX, CIRCULAR_ATOMS, minimum, bonds=bonds)
-    cg = AlanineDipeptideCG(transform)
+    masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(N_ATOMS)]
     phi_ref, psi_ref = paper_frame_references()
     return CGSystem(
         name="alanine-dipeptide",
@@ -179,20 +176,17 @@ def create_alanine_dipeptide_system() -> CGSystem:
         topology=topology,
         positions=minimum,
         temperature=TEMPERATURE,
-        cg_dim=2,
-        fg_dim=transform.dim - 2,
-        cg_periodic=True,
-        to_cartesian=cg.to_cartesian,
-        from_cartesian=cg.from_cartesian,
+        cg_definition=cg_definition(minimum, masses),
+        fine_grained=ZMatrixCG(transform, CG_INDICES, (-1.0, -1.0)),
+        flow_circular_indices=FLOW_CIRCULAR_INDICES,
+        chirality_centres=find_chirality_centres(topology),
         metadata={
-            "cg_definition": {"phi": list(PHI_ATOMS), "psi": list(PSI_ATOMS)},
             "angle_convention": "paper frame: s = wrap(-angle_IUPAC - ref_bg), ref_bg = -angle_IUPAC(minimum)",
             "phi_ref_bg_rad": phi_ref,
             "psi_ref_bg_rad": psi_ref,
             "hamiltonian": "amber ff96 (openmmtools prmtop), OBC1, NoCutoff, no constraints",
-            "flow_circular_indices": list(FLOW_CIRCULAR_INDICES),
         },
-        cg_domain=((-math.pi, math.pi), (-math.pi, math.pi)),
-        extras={"cg": cg, "transform": transform},
-        cg_variable_forces=cg_variable_forces,
+        sample_filters={"fab": fab_chirality_filter(transform)},
+        references={"packaged": packaged_reference},
+        starting_data=cached_starting_data,
     )

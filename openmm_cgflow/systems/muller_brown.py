@@ -17,6 +17,8 @@ import openmm.unit as unit
 import torch
 
 from .base import MOLAR_GAS_CONSTANT, CGSystem
+from .cg_definition import CGDefinition, LinearCV
+from .fine_grained import PlanarParticleCG
 
 #: Parameters of the standard (non-regularised) Müller-Brown potential, SPEC §2.1.
 MB_A = (-200.0, -100.0, -170.0, 15.0)
@@ -38,6 +40,9 @@ MB_Z_SPRING = 1.0e4
 MB_UPPER_LEFT_MINIMUM = (-0.558224, 1.441726)
 #: Metric/plot domain of s (SPEC §2.1).
 MB_CG_DOMAIN = (-2.5, 1.1)
+#: CG and fine-grained rows of the planar map: s = x1 - x2, s_perp = x1 + x2.
+MB_CG_ROW = (1.0, -1.0)
+MB_FG_ROW = (1.0, 1.0)
 
 
 def muller_brown_energy(x, y):
@@ -61,24 +66,30 @@ def _energy_expression() -> str:
 
 def cg_to_cartesian(s: torch.Tensor, s_perp: torch.Tensor):
     """(s, s_perp) of shape (B, 1) each -> (positions (B, 1, 3) in nm with z = 0, log|det J| (B,))."""
-    x1 = 0.5 * (s[:, 0] + s_perp[:, 0])
-    x2 = 0.5 * (s_perp[:, 0] - s[:, 0])
-    positions = torch.stack([x1, x2, torch.zeros_like(x1)], dim=-1)[:, None, :]
-    return positions, torch.full_like(x1, MB_LOG_JACOBIAN)
+    return PlanarParticleCG(MB_CG_ROW, MB_FG_ROW).to_cartesian(s, s_perp)
 
 
 def cartesian_to_cg(positions: torch.Tensor):
     """positions (B, 1, 3) in nm -> (s (B, 1), s_perp (B, 1))."""
-    x1, x2 = positions[:, 0, 0], positions[:, 0, 1]
-    return (x1 - x2)[:, None], (x1 + x2)[:, None]
+    return PlanarParticleCG(MB_CG_ROW, MB_FG_ROW).from_cartesian(positions)
 
 
-def cg_variable_forces() -> list:
-    """The CG coordinate s = x1 - x2 (nm) as the energy of a CustomExternalForce on the particle."""
-    force = openmm.CustomExternalForce("x - y")
-    force.addParticle(0, [])
-    force.setName("CG coordinate s = x1 - x2")
-    return [force]
+def cg_definition() -> CGDefinition:
+    """s = x - y (nm) on the domain MB_CG_DOMAIN; the CG replica is one particle held near the line x + y = 0 and
+    the plane z = 0 by springs of 10 kT/nm^2 (these change nothing in the marginal of s)."""
+    return CGDefinition(
+        (LinearCV("s", 0, (1.0, -1.0, 0.0), MB_CG_DOMAIN),),
+        {"kind": "particle", "mass": 1.0, "restraints": [[[1.0, 1.0, 0.0], 10.0], [[0.0, 0.0, 1.0], 10.0]], "wall_kT_per_nm2": 1000.0},
+        n_atoms=1,
+    )
+
+
+def exact_reference(n_bins: int, domain):
+    """Bin centres (n_bins, 1) and exact bin probabilities of the Müller-Brown PMF over ``domain`` (nm)."""
+    from ..reference.muller_brown import bin_centres, reference_probabilities
+
+    domain = tuple(domain)
+    return bin_centres(n_bins, domain)[:, None], reference_probabilities(n_bins, domain)
 
 
 def create_muller_brown_system(mass: float = 1.0) -> CGSystem:
@@ -108,16 +119,12 @@ def create_muller_brown_system(mass: float = 1.0) -> CGSystem:
         topology=topology,
         positions=positions,
         temperature=MB_TEMPERATURE,
-        cg_dim=1,
-        fg_dim=1,
-        cg_periodic=False,
-        to_cartesian=cg_to_cartesian,
-        from_cartesian=cartesian_to_cg,
+        cg_definition=cg_definition(),
+        fine_grained=PlanarParticleCG(MB_CG_ROW, MB_FG_ROW),
         metadata={
-            "cg_definition": "s = x1 - x2 (nm), s_perp = x1 + x2",
+            "cg_map": "s = x1 - x2 (nm), s_perp = x1 + x2",
             "log_jacobian": MB_LOG_JACOBIAN,
             "beta_mol_per_kJ": MB_BETA,
         },
-        cg_domain=MB_CG_DOMAIN,
-        cg_variable_forces=cg_variable_forces,
+        references={"exact": exact_reference},
     )

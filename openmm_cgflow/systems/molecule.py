@@ -1,0 +1,291 @@
+"""Any molecule as a CGSystem: an OpenMM System + Topology + positions and a list of CG dihedrals.
+
+:func:`molecule_system` (also ``CGSystem.from_openmm``) minimises the structure, builds a Z-matrix from the
+topology's bonds in which every CG dihedral is a torsion row, normalises it on the minimum, marks proper
+torsions as circular for the flow, finds the stereocentres and describes the CG replica for CG dynamics. CG
+coordinates are IUPAC dihedrals (mdtraj's convention) in rad on [-pi, pi).
+
+:func:`molecule_from_config` reads the ``system:`` mapping of a YAML config::
+
+    system:
+      prmtop: ala2.prmtop          # Amber files (paths relative to the config file) ...
+      inpcrd: ala2.inpcrd
+      implicit_solvent: OBC1       # OBC1 | OBC2 | HCT | GBn | GBn2 | null (vacuum)
+      # openmmtools: AlanineDipeptideVacuum   # ... or an openmmtools test system (built without constraints)
+      cg_dihedrals: [[4, 6, 8, 14], [6, 8, 14, 16]]
+      temperature: 300.0           # K
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections import deque
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as unit
+import torch
+
+from ..coordinates.zmatrix import ZMatrixTransform
+from .base import CGSystem
+from .cg_definition import CGDefinition, DihedralCV, chain_replica
+from .fine_grained import ZMatrixCG
+
+#: Keys of a ``system:`` mapping in a config.
+SYSTEM_KEYS = ("name", "prmtop", "inpcrd", "implicit_solvent", "openmmtools", "cg_dihedrals", "cg_names", "temperature")
+IMPLICIT_SOLVENTS = {"OBC1": app.OBC1, "OBC2": app.OBC2, "HCT": app.HCT, "GBn": app.GBn, "GBn2": app.GBn2}
+
+
+def _neighbours(n_atoms: int, bonds: Sequence[Tuple[int, int]]) -> Dict[int, List[int]]:
+    neighbours: Dict[int, List[int]] = {i: [] for i in range(n_atoms)}
+    for a, b in bonds:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    return neighbours
+
+
+def check_torsions(n_atoms: int, bonds: Sequence[Tuple[int, int]], torsions: Sequence[Sequence[int]]) -> List[Tuple[int, int, int, int]]:
+    """The CG dihedrals as tuples, or a ValueError naming the first bad one (index out of range, repeated atom,
+    atoms not bonded in a chain i-j-k-l)."""
+    bonded = {frozenset(b) for b in bonds}
+    checked = []
+    for torsion in torsions:
+        try:
+            quad = tuple(int(a) for a in torsion)
+        except (TypeError, ValueError):
+            raise ValueError(f"a CG dihedral must be four atom indices, got {torsion!r}") from None
+        if len(quad) != 4 or len(set(quad)) != 4:
+            raise ValueError(f"a CG dihedral must be four different atom indices, got {list(torsion)}")
+        bad = [a for a in quad if not 0 <= a < n_atoms]
+        if bad:
+            raise ValueError(f"CG dihedral {list(quad)}: atom index {bad[0]} is out of range (the system has {n_atoms} atoms, 0-based)")
+        for a, b in zip(quad[:-1], quad[1:]):
+            if frozenset((a, b)) not in bonded:
+                raise ValueError(f"CG dihedral {list(quad)}: atoms {a} and {b} are not bonded, so the atoms do not form a chain i-j-k-l")
+        checked.append(quad)
+    if not checked:
+        raise ValueError("at least one CG dihedral is needed")
+    return checked
+
+
+def zmatrix_with_torsions(n_atoms: int, bonds: Sequence[Tuple[int, int]], heavy: Sequence[bool],
+                          torsions: Sequence[Tuple[int, int, int, int]]) -> Tuple[List[int], List[List[int]], List[int]]:
+    """A Z-matrix of a connected molecule in which every torsion (i, j, k, l) is a row (l, k, j, i) or (i, j, k, l).
+
+    Reference triangle: (j; i, k) of the first torsion. Atoms are then placed breadth-first from j; an atom's
+    bond partner is its BFS parent, its angle partner the parent's parent (or a placed neighbour), and its
+    dihedral partner the fourth atom of a CG torsion when there is one, else a placed neighbour of the angle
+    partner (a proper torsion) or of the bond partner. Returns (reference atoms, rows, index of the row of
+    each torsion)."""
+    neighbours = _neighbours(n_atoms, bonds)
+    wanted = {}
+    for quad in torsions:
+        wanted[quad[::-1][:3]] = quad[0]  # (l, k, j) -> i
+        wanted[quad[:3]] = quad[3]        # (i, j, k) -> l
+    i0, j0, k0, _ = torsions[0]
+    reference = [j0, i0, k0]
+    placed = set(reference)
+    parent = {i0: j0, k0: j0}
+    rows: List[List[int]] = []
+    queue = deque([i0, j0, k0])
+    order = lambda j: (not heavy[j], j)  # noqa: E731  (heavy atoms first, then by index)
+    while queue:
+        a = queue.popleft()
+        for atom in sorted(neighbours[a], key=order):
+            if atom in placed:
+                continue
+            if a in parent:
+                angle = parent[a]
+            else:  # a is the triangle's centre: prefer an angle partner that completes a CG torsion
+                options = [j for j in sorted(neighbours[a], key=order) if j in placed]
+                angle = next((j for j in options if (atom, a, j) in wanted), options[0])
+            dihedral = wanted.get((atom, a, angle))
+            if dihedral is None or dihedral not in placed:
+                candidates = [j for j in sorted(neighbours[angle], key=order) if j in placed and j not in (a, atom)]
+                candidates += [j for j in sorted(neighbours[a], key=order) if j in placed and j not in (a, angle, atom)]
+                if not candidates:
+                    candidates = [j for j in reference if j not in (a, angle)]
+                dihedral = candidates[0]
+            rows.append([atom, a, angle, dihedral])
+            placed.add(atom)
+            parent[atom] = a
+            queue.append(atom)
+    if len(placed) != n_atoms:
+        missing = sorted(set(range(n_atoms)) - placed)
+        raise ValueError(f"the molecule is not connected: atoms {missing[:8]}{'...' if len(missing) > 8 else ''} have no bonded path "
+                         f"to atom {j0} (every atom needs one; one molecule per CG system)")
+    row_of = []
+    for quad in torsions:
+        k = next((n for n, row in enumerate(rows) if tuple(row) in (quad, quad[::-1])), None)
+        if k is None:
+            raise ValueError(f"CG dihedral {list(quad)} cannot be made a torsion of the Z-matrix (a dihedral across a ring, or two CG "
+                             "dihedrals that need the same atom placed two ways)")
+        row_of.append(k)
+    return reference, rows, row_of
+
+
+def find_chirality_centres(topology: app.Topology) -> Tuple[Tuple[int, int, int, int, int], ...]:
+    """Stereocentres from the bonds: heavy atoms with four bonded neighbours whose (element, sorted elements of
+    their neighbours) are all different. Returns (centre, n1, n2, n3, n4) with sorted neighbours."""
+    atoms = list(topology.atoms())
+    neighbours = _neighbours(len(atoms), [(a.index, b.index) for a, b in topology.bonds()])
+    symbol = [a.element.symbol if a.element is not None else "?" for a in atoms]
+
+    def signature(j: int) -> Tuple[str, Tuple[str, ...]]:
+        return symbol[j], tuple(sorted(symbol[m] for m in neighbours[j]))
+
+    centres = []
+    for atom in atoms:
+        near = sorted(neighbours[atom.index])
+        if symbol[atom.index] != "H" and len(near) == 4 and len({signature(j) for j in near}) == 4:
+            centres.append((atom.index, *near))
+    return tuple(centres)
+
+
+def minimise(system: openmm.System, positions: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
+    """Energy-minimised positions (nm) on the Reference platform (deterministic)."""
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    openmm.LocalEnergyMinimizer.minimize(context, tolerance, 0)
+    return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+
+
+def _as_nm(positions) -> np.ndarray:
+    if unit.is_quantity(positions):
+        positions = positions.value_in_unit(unit.nanometer)
+    return np.asarray(positions, dtype=np.float64)
+
+
+def molecule_system(system: openmm.System, topology: app.Topology, positions, temperature, cg_dihedrals: Union[Sequence, Mapping[str, Sequence[int]]],
+                    name: str = "molecule", minimize: bool = True, metadata: Optional[Dict[str, Any]] = None) -> CGSystem:
+    """A CGSystem for any molecule (see the module docstring).
+
+    ``positions``: (n_atoms, 3) nm or a Quantity; ``temperature``: K or a Quantity; ``cg_dihedrals``: a list of
+    atom quadruples (0-based, bonded i-j-k-l; named ``phi``/``psi`` for two, ``d0``, ``d1``, ... otherwise) or a
+    mapping name -> quadruple. The System must have no constraints (the flow generates every bond length).
+    """
+    if unit.is_quantity(temperature):
+        temperature = temperature.value_in_unit(unit.kelvin)
+    temperature = float(temperature)
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be a positive number of kelvin, got {temperature}")
+    n_atoms = system.getNumParticles()
+    if topology.getNumAtoms() != n_atoms:
+        raise ValueError(f"the topology has {topology.getNumAtoms()} atoms, the System {n_atoms} particles")
+    if system.getNumConstraints():
+        raise ValueError(f"the System has {system.getNumConstraints()} constraints; build it with constraints=None (the flow generates "
+                         "every bond length, and a constrained energy would not be its density)")
+    x = _as_nm(positions)
+    if x.shape != (n_atoms, 3):
+        raise ValueError(f"positions must have shape ({n_atoms}, 3) in nm, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("positions contain NaN or inf")
+    if isinstance(cg_dihedrals, Mapping):
+        names, quads = list(cg_dihedrals.keys()), list(cg_dihedrals.values())
+    else:
+        quads = list(cg_dihedrals)
+        names = ["phi", "psi"] if len(quads) == 2 else [f"d{k}" for k in range(len(quads))]
+    bonds = [(a.index, b.index) for a, b in topology.bonds()]
+    torsions = check_torsions(n_atoms, bonds, quads)
+    heavy = [a.element is None or a.element.symbol != "H" for a in topology.atoms()]
+    reference, rows, row_of = zmatrix_with_torsions(n_atoms, bonds, heavy, torsions)
+    bonded = {frozenset(b) for b in bonds}
+    proper = [frozenset((row[2], row[3])) in bonded for row in rows]  # dihedral partner bonded to the angle partner
+    minimum = minimise(system, x) if minimize else x
+    circular_atoms = [row[0] for row, p in zip(rows, proper) if p]
+    transform = ZMatrixTransform.build(n_atoms, reference, rows, circular_atoms, minimum, bonds=bonds)
+    cg_entries = [5 + 3 * k for k in row_of]
+    mean = transform.mean.clone()
+    mean[cg_entries] = 0.0  # IUPAC frame: s = wrap(-y) with sign +1, offset 0 (see fine_grained.py)
+    std = transform.std.clone()
+    std[cg_entries] = 1.0
+    transform = ZMatrixTransform(n_atoms, reference, rows, [bool(c) for c in transform.circular.tolist()], mean, std)
+    fine = ZMatrixCG(transform, cg_entries, [1.0] * len(cg_entries))
+    fg_circular = [n for n, entry in enumerate(fine.fg_index.tolist()) if entry in set(transform.dihedral_index[transform.circular].tolist())]
+    coordinates = tuple(DihedralCV(n, q) for n, q in zip(names, torsions))
+    masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n_atoms)]
+    definition = CGDefinition(coordinates, chain_replica(coordinates, masses, minimum), n_atoms=n_atoms)
+    return CGSystem(
+        name=name,
+        system=system,
+        topology=topology,
+        positions=minimum,
+        temperature=temperature,
+        cg_definition=definition,
+        fine_grained=fine,
+        flow_circular_indices=tuple(fg_circular),
+        chirality_centres=find_chirality_centres(topology),
+        metadata={"angle_convention": "IUPAC dihedrals (mdtraj), rad", **(metadata or {})},
+    )
+
+
+def check_system_config(value: Any) -> None:
+    """Raise a ValueError naming the problem in a config's ``system:`` mapping (before anything is built)."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"'system' must be a registered name or a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(SYSTEM_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} in 'system' (known: {', '.join(SYSTEM_KEYS)})")
+    sources = [k for k in ("prmtop", "openmmtools") if k in value]
+    if len(sources) != 1:
+        raise ValueError("'system' needs exactly one of 'prmtop' (with 'inpcrd') or 'openmmtools'")
+    if "prmtop" in value and "inpcrd" not in value:
+        raise ValueError("'system.prmtop' needs 'system.inpcrd' (the coordinates)")
+    solvent = value.get("implicit_solvent")
+    if solvent is not None and solvent not in IMPLICIT_SOLVENTS:
+        raise ValueError(f"'system.implicit_solvent' must be one of {', '.join(IMPLICIT_SOLVENTS)} or null, got {solvent!r}")
+    dihedrals = value.get("cg_dihedrals")
+    if not isinstance(dihedrals, list) or not dihedrals or any(not isinstance(d, list) or len(d) != 4 for d in dihedrals):
+        raise ValueError(f"'system.cg_dihedrals' must be a list of atom quadruples [[i, j, k, l], ...], got {dihedrals!r}")
+    if any(isinstance(a, bool) or not isinstance(a, int) for d in dihedrals for a in d):
+        raise ValueError(f"'system.cg_dihedrals' must hold integer atom indices, got {dihedrals!r}")
+    names = value.get("cg_names")
+    if names is not None and (not isinstance(names, list) or len(names) != len(dihedrals) or len(set(map(str, names))) != len(names)):
+        raise ValueError("'system.cg_names' must list one unique name per CG dihedral")
+    temperature = value.get("temperature", 300.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"'system.temperature' must be a positive number of kelvin, got {temperature!r}")
+
+
+def molecule_from_config(value: Mapping[str, Any]) -> CGSystem:
+    """The CGSystem of a config's ``system:`` mapping (see the module docstring); paths must already be absolute
+    or relative to the working directory (``load_config`` resolves them against the config file)."""
+    check_system_config(value)
+    if "openmmtools" in value:
+        system, topology, positions, label = _openmmtools_system(str(value["openmmtools"]))
+    else:
+        for key in ("prmtop", "inpcrd"):
+            if not Path(value[key]).is_file():
+                raise FileNotFoundError(f"'system.{key}' file not found: {value[key]}")
+        prmtop = app.AmberPrmtopFile(str(value["prmtop"]))
+        inpcrd = app.AmberInpcrdFile(str(value["inpcrd"]))
+        solvent = value.get("implicit_solvent")
+        system = prmtop.createSystem(implicitSolvent=IMPLICIT_SOLVENTS[solvent] if solvent else None, nonbondedMethod=app.NoCutoff,
+                                     constraints=None)
+        topology, positions = prmtop.topology, inpcrd.getPositions(asNumpy=True)
+        label = Path(value["prmtop"]).stem
+    dihedrals = [list(d) for d in value["cg_dihedrals"]]
+    cg = dict(zip(map(str, value["cg_names"]), dihedrals)) if value.get("cg_names") else dihedrals
+    return molecule_system(system, topology, positions, value.get("temperature", 300.0), cg, name=str(value.get("name", label)),
+                           metadata={"source": {k: value[k] for k in ("prmtop", "inpcrd", "implicit_solvent", "openmmtools") if k in value}})
+
+
+def _openmmtools_system(class_name: str):
+    """(System, Topology, positions, label) of an openmmtools test system, built without constraints."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            from openmmtools import testsystems
+        except ImportError:
+            raise ValueError("'system.openmmtools' needs openmmtools (pip install openmmtools)") from None
+    factory = getattr(testsystems, class_name, None)
+    if not isinstance(factory, type) or not issubclass(factory, testsystems.TestSystem):
+        raise ValueError(f"'system.openmmtools': {class_name!r} is not an openmmtools test system")
+    try:
+        test_system = factory(constraints=None)
+    except TypeError:
+        test_system = factory()
+    return test_system.system, test_system.topology, test_system.positions, class_name

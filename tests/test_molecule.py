@@ -1,0 +1,156 @@
+"""Your own molecule through the generic path: CGSystem.from_openmm and a YAML ``system:`` mapping, the clear
+errors for bad CG definitions, and a whole run -> model files -> PMF force and backmapping without the registry."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import pytest
+import torch
+import yaml
+
+from openmm_cgflow.config import ConfigError, load_config
+from openmm_cgflow.systems import CGSystem, create_system, system_from_config
+from openmm_cgflow.systems.alanine_dipeptide import amber_files, phi_psi
+
+
+@pytest.fixture(scope="module")
+def amber():
+    prmtop, inpcrd = amber_files()
+    return app.AmberPrmtopFile(prmtop), app.AmberInpcrdFile(inpcrd)
+
+
+@pytest.fixture(scope="module")
+def generic_aldp(tmp_path_factory):
+    """The built-in alanine-dipeptide Hamiltonian (same prmtop, OBC1), described only by a YAML mapping."""
+    prmtop, inpcrd = amber_files()
+    config = {"prmtop": prmtop, "inpcrd": inpcrd, "implicit_solvent": "OBC1", "cg_dihedrals": [[4, 6, 8, 14], [6, 8, 14, 16]]}
+    return system_from_config(config)
+
+
+def test_generic_path_gives_the_builtin_hamiltonian_and_iupac_angles(generic_aldp):
+    builtin = create_system("alanine-dipeptide")
+    from openmm_cgflow.energy import EnergyOracle
+
+    rng = np.random.default_rng(0)
+    x = builtin.positions[None] + 0.01 * rng.standard_normal((4, 22, 3))
+    with EnergyOracle(builtin, "Reference") as a, EnergyOracle(generic_aldp, "Reference") as b:
+        np.testing.assert_allclose(a.evaluate(x)[0], b.evaluate(x)[0], rtol=1e-12)
+    np.testing.assert_allclose(generic_aldp.cg_values(x), phi_psi(x), atol=1e-10)  # IUPAC (phi, psi)
+    s, _ = generic_aldp.from_cartesian(torch.as_tensor(x))
+    np.testing.assert_allclose(s.numpy(), phi_psi(x), atol=1e-10)
+    assert generic_aldp.chirality_centres == builtin.chirality_centres
+    assert generic_aldp.cg_definition.replica["atoms"] == [4, 6, 8, 14, 16]
+    assert generic_aldp.fg_dim == builtin.fg_dim == 58
+
+
+@pytest.mark.parametrize(
+    "dihedrals, message",
+    [
+        ([[4, 6, 8, 40]], r"atom index 40 is out of range \(the system has 22 atoms"),
+        ([[4, 6, 14, 16]], r"atoms 6 and 14 are not bonded"),
+        ([[4, 6, 6, 8]], r"four different atom indices"),
+        ([[4, 6, 8, 14], [4, 6, 8, 10]], r"turn about the same bond"),
+        ([], r"at least one CG dihedral"),
+    ],
+)
+def test_bad_cg_dihedrals_are_named(amber, dihedrals, message):
+    prmtop, inpcrd = amber
+    system = prmtop.createSystem(implicitSolvent=app.OBC1, nonbondedMethod=app.NoCutoff, constraints=None)
+    with pytest.raises(ValueError, match=message):
+        CGSystem.from_openmm(system, prmtop.topology, inpcrd.getPositions(asNumpy=True), 300.0, dihedrals)
+
+
+def test_disconnected_molecule_and_constraints_are_refused(amber):
+    prmtop, inpcrd = amber
+    system = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=None)
+    positions = inpcrd.getPositions(asNumpy=True)
+    modeller = app.Modeller(prmtop.topology, positions)
+    modeller.add(prmtop.topology, positions + 2.0 * openmm.unit.nanometer)  # a second, unbonded copy
+    two = openmm.System()
+    for _ in range(2):
+        for i in range(22):
+            two.addParticle(system.getParticleMass(i))
+    with pytest.raises(ValueError, match="not connected"):
+        CGSystem.from_openmm(two, modeller.topology, modeller.positions, 300.0, [[4, 6, 8, 14]])
+    constrained = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+    with pytest.raises(ValueError, match="constraints=None"):
+        CGSystem.from_openmm(constrained, prmtop.topology, positions, 300.0, [[4, 6, 8, 14]])
+
+
+def test_yaml_system_mapping_is_checked_and_resolved(tmp_path):
+    prmtop, inpcrd = amber_files()
+    good = {"system": {"prmtop": prmtop, "inpcrd": inpcrd, "implicit_solvent": "OBC1", "cg_dihedrals": [[4, 6, 8, 14], [6, 8, 14, 16]]}}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(good))
+    config = load_config(str(path))
+    assert config["system"]["cg_dihedrals"] == [[4, 6, 8, 14], [6, 8, 14, 16]] and config["search"]["start"] is None
+    for change, message in (
+        ({"implicit_solvent": "OBC9"}, "implicit_solvent"),
+        ({"cg_dihedrals": [[4, 6, 8]]}, "cg_dihedrals"),
+        ({"colour": "red"}, "unknown key"),
+        ({"openmmtools": "AlanineDipeptideVacuum"}, "exactly one of"),
+    ):
+        bad = {"system": {**good["system"], **change}}
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError, match=message):
+            load_config(str(path))
+    missing = {"system": {**good["system"], "prmtop": "nowhere.prmtop"}}
+    path.write_text(yaml.safe_dump(missing))
+    with pytest.raises(FileNotFoundError, match="nowhere.prmtop"):
+        system_from_config(load_config(str(path))["system"])
+
+
+def test_a_users_molecule_runs_end_to_end_and_its_models_stand_alone(tmp_path):
+    """cgflow run on a YAML molecule (one tiny iteration), then the PMF force and backmapping from the model
+    files alone: the molecule is not in the registry, so they must rebuild it from the files."""
+    prmtop, inpcrd = amber_files()
+    config = {
+        "system": {"prmtop": prmtop, "inpcrd": inpcrd, "implicit_solvent": "OBC1", "cg_dihedrals": [[4, 6, 8, 14], [6, 8, 14, 16]],
+                   "name": "my-dipeptide"},
+        "energy": {"platform": "Reference", "n_workers": 1},
+        "starting_data": {"n_frames": 40, "save_every": 10, "equilibration_steps": 100},
+        "flow": {"hidden": [16], "n_layers": 2, "n_bins": 4},
+        "pretraining": {"epochs": 2, "batch_size": 20},
+        "energy_training": {"epochs_first_iteration": 1, "epochs": 1, "batch_size": 32, "skip_top_k": 0, "warmup_epochs_first": 0,
+                            "warmup_epochs": 0, "clip_warmup_epochs": 0},
+        "dataset": {"grid_points": 4, "copies": 4},
+        "labels": {"accumulate_from_epoch": 0},
+        "ensemble": {"n_members": 2, "hidden": [8], "epochs": 20},
+        "search": {"n_chains": 20, "weighted_steps": 20},
+        "spreading": {"n_points": 4},
+        "metrics": {"n_bins": 10},
+        "loop": {"max_iterations": 1},
+    }
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "openmm_cgflow.cli", "run", str(path), "--out", str(out), "--quiet"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "no reference; ensemble std on visited points" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    row = metrics["iterations"][-1]
+    assert metrics["system"] == "my-dipeptide" and row["forward_kld"] is None
+    assert row["std_visited_max"] >= row["std_visited_mean"] >= 0 and 0 < row["label_ess_fraction_median"] <= 1
+    assert (out / "pmf.png").is_file()
+
+    from openmm_cgflow.backmapping import Backmapper
+    from openmm_cgflow.forces import create_pmf_force
+    from openmm_cgflow.systems import available_systems
+
+    assert "my-dipeptide" not in available_systems()
+    mapper = Backmapper(out / "models" / "flow.pt", platform="Reference")
+    assert mapper.cg_system.name == "my-dipeptide" and mapper.cg_system.n_atoms == 22
+    frames = np.array([[-1.4, 1.2], [-1.3, -0.6]])
+    backmapped = mapper.backmap(frames, n_per_frame=3, seed=1, refine="minimize")
+    np.testing.assert_allclose(phi_psi(backmapped.trajectory.xyz.astype(np.float64)), np.repeat(frames, 3, axis=0), atol=0.05)
+    system = mapper.cg_system.system
+    force = create_pmf_force(out / "models" / "pmf_ensemble.pt", system=system)
+    system.addForce(force)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(mapper.cg_system.positions)
+    assert np.isfinite(context.getState(getEnergy=True).getPotentialEnergy()._value)
