@@ -254,7 +254,7 @@ def _baseline(args) -> int:
         config = load_config(SYSTEM_DEFAULTS.get(name, "aldp-vacuum"), [f"metrics.reference={args.reference}"] if args.reference else [])
         if name not in SYSTEM_DEFAULTS:
             config["system"] = name
-    elif Path(args.system).suffix in (".yaml", ".yml") or Path(args.system).is_file():
+    elif args.system in builtin_configs() or Path(args.system).suffix in (".yaml", ".yml") or Path(args.system).is_file():
         config = load_config(args.system, [f"metrics.reference={args.reference}"] if args.reference else [])
     else:
         raise ValueError(f"unknown system '{args.system}'; available: {', '.join(available_systems())} (or {', '.join(SYSTEM_ALIASES)}), "

@@ -154,3 +154,16 @@ def test_a_users_molecule_runs_end_to_end_and_its_models_stand_alone(tmp_path):
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(mapper.cg_system.positions)
     assert np.isfinite(context.getState(getEnergy=True).getPotentialEnergy()._value)
+
+
+def test_metadynamics_baseline_runs_on_a_molecule_without_a_reference(tmp_path):
+    """`cgflow baseline metad` on the generic vacuum dipeptide: F is recorded on the grid, no KLD is claimed."""
+    from openmm_cgflow.cli import main
+
+    out = tmp_path / "metad"
+    assert main(["baseline", "metad", "aldp-vacuum", "--steps", "1000", "--deposit-every", "100", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "metad_baseline.json").read_text())
+    assert summary["final_forward_kld"] is None and summary["steps"] == 1000
+    snapshots = np.load(out / "metad_snapshots.npz")
+    assert snapshots["free_energy_kT"].shape[-1] == snapshots["centres"].shape[0] and np.isfinite(snapshots["free_energy_kT"]).all()
+    assert np.ptp(snapshots["free_energy_kT"][-1]) > 0  # ten Gaussians have been deposited
