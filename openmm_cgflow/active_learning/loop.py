@@ -77,7 +77,10 @@ def metric_grid_for(config: Dict[str, Any], cg_system: Optional[CGSystem] = None
                           f"{cg_system.cg_dim} CG coordinate(s)")
     from ..reference.grid import grid_centres, load_reference
 
-    ref = load_reference(Path(reference), n_bins)
+    try:
+        ref = load_reference(Path(reference), n_bins, frame=cg_system.cg_definition.frame)
+    except ValueError as error:
+        raise ConfigError(f"config key 'metrics.reference': {error}") from None
     return MetricGrid(grid_centres(n_bins), ref.probabilities.ravel())
 
 

@@ -86,32 +86,34 @@ class ReferencePMF:
         return forward_kld(self.probabilities.ravel(), np.asarray(free_energy_at_centres).ravel())
 
 
-def save_reference(path: Path, probabilities: np.ndarray, provenance: Dict[str, object]) -> Path:
-    """Write a reference file atomically."""
+def save_reference(path: Path, probabilities: np.ndarray, provenance: Dict[str, object], frame: str = FRAME) -> Path:
+    """Write a reference file atomically (``frame``: the CG frame of its axes, "paper" or "iupac")."""
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] != p.shape[1] or abs(p.sum() - 1) > 1e-8 or (p < 0).any():
         raise ValueError("reference probabilities must be a square (n, n) grid of non-negative values summing to 1")
     return atomic_write(
         Path(path),
-        lambda handle: np.savez_compressed(handle, probabilities=p, edges=grid_edges(p.shape[0]), frame=FRAME, provenance=json.dumps(provenance)),
+        lambda handle: np.savez_compressed(handle, probabilities=p, edges=grid_edges(p.shape[0]), frame=frame, provenance=json.dumps(provenance)),
     )
 
 
-def load_reference(path: Path, n_bins: int = N_BINS) -> ReferencePMF:
-    """Read a reference file and check it is for this grid and frame; one clear ValueError otherwise."""
+def load_reference(path: Path, n_bins: int = N_BINS, frame: str = FRAME) -> ReferencePMF:
+    """Read a reference file and check it is for this grid and CG ``frame`` ("paper": the built-in alanine
+    dipeptide's; "iupac": plain dihedrals, e.g. of ``CGSystem.from_openmm``); one clear ValueError otherwise."""
+    expected_frame = frame
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference file not found: {path}")
     try:
         data = np.load(path, allow_pickle=False)
-        probabilities, edges, frame = data["probabilities"], data["edges"], str(data["frame"])
+        probabilities, edges, found_frame = data["probabilities"], data["edges"], str(data["frame"])
         provenance = json.loads(str(data["provenance"]))
     except (KeyError, ValueError, OSError) as error:
         raise ValueError(f"{path} is not a reference file ({error})") from None
     if probabilities.shape != (n_bins, n_bins):
         raise ValueError(f"{path} is a reference on a {probabilities.shape[0]}x{probabilities.shape[1]} grid, expected {n_bins}x{n_bins}")
-    if frame != FRAME or not np.allclose(edges, grid_edges(n_bins)):
-        raise ValueError(f"{path} uses frame '{frame}' or other bin edges; expected the paper frame over [-pi, pi)")
+    if found_frame != expected_frame or not np.allclose(edges, grid_edges(n_bins)):
+        raise ValueError(f"{path} uses frame '{found_frame}' or other bin edges; expected the {expected_frame} frame over [-pi, pi)")
     if abs(probabilities.sum() - 1) > 1e-8:
         raise ValueError(f"{path}: probabilities sum to {probabilities.sum():.6g}, not 1")
     return ReferencePMF(probabilities, provenance)

@@ -193,6 +193,16 @@ class CGDefinition:
                     seen.append(a)
         return seen
 
+    @property
+    def frame(self) -> str:
+        """The frame of dihedral coordinates, as reference files name it: "iupac" (sign +1, offset 0), "paper"
+        (sign -1 with offsets, the built-in alanine dipeptide's), "custom" otherwise; "linear" for nm."""
+        if self.kind == "linear":
+            return "linear"
+        if all(cv.sign == 1.0 and cv.offset == 0.0 for cv in self.coordinates):
+            return "iupac"
+        return "paper" if all(cv.sign == -1.0 for cv in self.coordinates) else "custom"
+
     def to_dict(self) -> Dict[str, Any]:
         return {"coordinates": [cv.to_dict() for cv in self.coordinates], "replica": self.replica, "n_atoms": self.n_atoms}
 
