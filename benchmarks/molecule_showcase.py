@@ -47,7 +47,7 @@ def main() -> None:
         snapshots = np.load(folder / "metad_snapshots.npz")
         if not np.allclose(snapshots["centres"], centres):
             raise SystemExit(f"{folder}: F is not on the run's {n_bins} x {n_bins} grid")
-        estimates.append(snapshots["free_energy_kT"][-1])
+        estimates.append(snapshots["free_energy_kT"][-1].astype(np.float64))
         steps.append(int(snapshots["steps"][-1]))
     seeds_kld = [forward_kld(probabilities(a), b) for a in estimates for b in estimates if a is not b]
     F_ref = -np.log(np.mean([probabilities(F) for F in estimates], axis=0))
@@ -66,7 +66,7 @@ def main() -> None:
             "pmf_change_rms": record.get("pmf_change_rms"),
         })
     frame = "iupac"  # the CG frame of CGSystem.from_openmm (and so of the metadynamics F)
-    reference_path = save_reference(RESULTS / f"reference_{args.name}.npz", p_ref, {
+    reference_path = save_reference(RESULTS / f"reference_{args.name}.npz", p_ref.reshape(n_bins, n_bins), {
         "method": "well-tempered metadynamics (openmm.app.Metadynamics), exp(-F) averaged over seeds",
         "runs": [str(f) for f in args.metad], "steps_per_run": steps, "forward_kld_between_seeds": seeds_kld,
     }, frame=frame)

@@ -167,3 +167,25 @@ def test_metadynamics_baseline_runs_on_a_molecule_without_a_reference(tmp_path):
     snapshots = np.load(out / "metad_snapshots.npz")
     assert snapshots["free_energy_kT"].shape[-1] == snapshots["centres"].shape[0] and np.isfinite(snapshots["free_energy_kT"]).all()
     assert np.ptp(snapshots["free_energy_kT"][-1]) > 0  # ten Gaussians have been deposited
+
+
+def test_capped_alanine_peptide_is_built_l_and_trans_with_four_cg_dihedrals():
+    from openmm_cgflow.coordinates.geometry import dihedral_angles
+    from openmm_cgflow.systems.peptides import backbone_dihedrals, capped_alanine_openmm
+
+    system, topology, positions = capped_alanine_openmm(2)
+    assert system.getNumParticles() == topology.getNumAtoms() == 32 and system.getNumConstraints() == 0
+    x = torch.as_tensor(positions)
+    dihedrals = backbone_dihedrals(topology)
+    assert list(dihedrals) == ["phi1", "psi1", "phi2", "psi2"]
+    built = {name: float(torch.rad2deg(dihedral_angles(*(x[i] for i in atoms)))) for name, atoms in dihedrals.items()}
+    assert built == pytest.approx({"phi1": -75.0, "psi1": 145.0, "phi2": -75.0, "psi2": 145.0}, abs=0.05)  # PDB precision
+    for residue in [r for r in topology.residues() if r.name == "ALA"]:
+        a = {atom.name: atom.index for atom in residue.atoms()}
+        n, c, cb, ha = (x[a[name]] - x[a["CA"]] for name in ("N", "C", "CB", "HA"))
+        assert float(torch.linalg.cross(c - n, cb - n).dot(ha - n)) < 0  # L (the alanine-dipeptide rule)
+    cg = create_system("ace-ala2-nme")
+    assert cg.cg_definition.names == ["phi1", "psi1", "phi2", "psi2"] and len(cg.chirality_centres) == 2
+    assert cg.sample_filter("geometric")(torch.as_tensor(cg.positions)[None]).all()
+    with pytest.raises(ValueError, match="at least one alanine"):
+        capped_alanine_openmm(0)

@@ -160,3 +160,15 @@ def test_langevin_md_is_reproducible_for_every_seed(seed):
     other = run_langevin(system, 200, 50, seed=seed + 1, friction_per_ps=10.0).frames
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - other).max() > 1e-3
+
+
+def test_spreading_in_more_than_two_dimensions_fills_a_ball():
+    from openmm_cgflow.sampling.acquisition import spread_disc
+
+    centres = np.array([[3.0, 0.0, -1.0, 0.5]])
+    points = spread_disc(centres, 0.4, 20000, np.random.default_rng(1), periodic=True)
+    offset = (points - centres + np.pi) % (2 * np.pi) - np.pi
+    radius = np.linalg.norm(offset, axis=1)
+    assert points.shape == (20000, 4) and radius.max() <= 0.4 + 1e-12 and (np.abs(points) <= np.pi).all()
+    assert radius.mean() == pytest.approx(0.4 * 4 / 5, rel=0.01)  # E|r| = R d / (d + 1) in a uniform 4-ball
+    assert np.abs(offset.mean(axis=0)).max() < 0.01

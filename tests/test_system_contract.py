@@ -139,8 +139,8 @@ class AnalyticPMF(torch.nn.Module):
     def __init__(self, periodic: bool, dim: int):
         super().__init__()
         self.periodic = periodic
-        self.register_buffer("a", torch.tensor([1.2, 0.7, 0.9][:dim], dtype=torch.float64))
-        self.register_buffer("b", torch.tensor([0.4, -1.0, 2.0][:dim], dtype=torch.float64))
+        self.register_buffer("a", torch.tensor([1.2, 0.7, 0.9, 0.5][:dim], dtype=torch.float64))
+        self.register_buffer("b", torch.tensor([0.4, -1.0, 2.0, -2.5][:dim], dtype=torch.float64))
 
     def mean_std(self, s: torch.Tensor):
         s = s.to(torch.float64)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import ConfigError, config_differences, validate_config
+from ..config import MAX_GRID_POINTS, ConfigError, config_differences, validate_config
 from ..energy import EnergyOracle
 from ..export import cg_system_metadata, save_model
 from ..flows import ConditionalAffineFlow, ConditionalSplineFlow
@@ -188,6 +188,9 @@ class ActiveLearningRun:
                               f"({', '.join(self.cg_system.cg_definition.names)})")
         if cfg["search"]["bounds"] is not None and dim != 1:
             raise ConfigError("config key 'search.bounds' applies to one CG coordinate only; use null")
+        if cfg["dataset"]["kind"] != "active" and cfg["dataset"]["grid_points"] ** dim > MAX_GRID_POINTS:
+            raise ConfigError(f"config key 'dataset.kind' = {cfg['dataset']['kind']}: {cfg['dataset']['grid_points']}^{dim} grid points are too many "
+                              f"for {dim} CG coordinates (at most {MAX_GRID_POINTS:,}); use dataset.kind=active")
         if cfg["spreading"]["kind"] == "interval" and dim != 1:
             raise ConfigError(f"config key 'spreading.kind' = interval needs one CG coordinate; {self.cg_system.name} has {dim} (use disc)")
 

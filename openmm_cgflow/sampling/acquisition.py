@@ -38,8 +38,16 @@ def spread_uniform_interval(centres: np.ndarray, half_width: float, n: int, rng:
 
 
 def spread_disc(centres: np.ndarray, radius: float, n: int, rng: np.random.Generator, periodic: bool = True) -> np.ndarray:
-    """``n`` points per 2-D centre, uniform in a disc of ``radius`` (rad), wrapped into [-pi, pi) (ALDP)."""
+    """``n`` points per centre, uniform in a disc (2-D centres) or ball (other dimensions) of ``radius`` (rad),
+    wrapped into [-pi, pi) when periodic."""
     centres = np.asarray(centres, dtype=np.float64)
+    dim = centres.shape[1]
+    if dim != 2:  # uniform in a d-ball: isotropic direction, radius R u^(1/d)
+        direction = rng.standard_normal(size=(len(centres), n, dim))
+        direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+        r = radius * rng.uniform(size=(len(centres), n, 1)) ** (1.0 / dim)
+        points = (centres[:, None, :] + r * direction).reshape(-1, dim)
+        return periodic_difference(points, 0.0) if periodic else points
     r = radius * np.sqrt(rng.uniform(size=(len(centres), n)))
     angle = rng.uniform(0, 2 * math.pi, size=(len(centres), n))
     points = centres[:, None, :] + np.stack([r * np.cos(angle), r * np.sin(angle)], axis=-1)

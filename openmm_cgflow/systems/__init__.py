@@ -11,6 +11,7 @@ from .cg_definition import CGDefinition, DihedralCV, LinearCV  # noqa: F401
 _REGISTRY: Dict[str, Union[str, Callable[..., CGSystem]]] = {
     "muller-brown": "openmm_cgflow.systems.muller_brown:create_muller_brown_system",
     "alanine-dipeptide": "openmm_cgflow.systems.alanine_dipeptide:create_alanine_dipeptide_system",
+    "ace-ala2-nme": "openmm_cgflow.systems.peptides:create_ace_ala2_nme_system",
 }
 
 
