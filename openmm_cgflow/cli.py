@@ -2,7 +2,7 @@
 
     cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
     cgflow data aldp-start [--seed N] [--platform CPU]   make and cache alanine-dipeptide starting data
-    cgflow md-baseline aldp --steps N --out DIR [--reference FILE] [--resume]   MD baseline
+    cgflow md-baseline SYSTEM --steps N --out DIR [--reference FILE] [--resume]   MD baseline (2 CG dihedrals)
     cgflow baseline metad|md SYSTEM --steps N --out DIR [--reference FILE] [--resume] [--bias-factor G ...]
                                         well-tempered metadynamics (or MD) on the CG coordinates, KLD vs steps
     cgflow reference aldp --out DIR --passes N [--seeds 1 2] [--resume] [--fit-only] [--output FILE]
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--platform", default="CPU", help="OpenMM platform (CPU is pinned to one core)")
     data.add_argument("--out", type=Path, default=None, help="file to write (default: the cache)")
     md = sub.add_parser("md-baseline", help="plain MD and its KLD-vs-steps curve (the denominator of every speedup)")
-    md.add_argument("system", choices=["aldp"])
+    md.add_argument("system", help="a system with two dihedral CG coordinates: registered (aldp), a built-in config or a YAML molecule")
     md.add_argument("--steps", type=_count(1), required=True, help="number of 1 fs MD steps")
     md.add_argument("--out", type=Path, required=True)
     md.add_argument("--seed", type=_count(0), default=0)
@@ -226,17 +226,18 @@ def _check_reference(path: Optional[Path]) -> None:
 
 
 def _md_baseline(args) -> int:
-    """``cgflow md-baseline aldp`` and ``cgflow baseline md aldp`` (the latter records every 10 steps)."""
+    """``cgflow md-baseline SYSTEM`` and ``cgflow baseline md SYSTEM`` (the latter records every 10 steps)."""
     from .reference.md_baseline import run_md_baseline, score_md_baseline
 
     record_every = getattr(args, "record_every", 10)
     if args.steps < record_every:
         raise ValueError("--steps must be >= --record-every")
     _check_reference(args.reference)
-    summary = run_md_baseline(args.out, args.steps, args.seed, args.platform, record_every, args.resume, not args.quiet)
+    _, cg_system = _resolve_system(args.system, None)
+    summary = run_md_baseline(args.out, args.steps, args.seed, args.platform, record_every, args.resume, not args.quiet, cg_system=cg_system)
     print(f"{summary['steps']} MD steps at {summary['steps_per_s']:.0f} steps/s; histograms in {args.out}")
     if args.reference is not None:
-        for point in score_md_baseline(args.out, args.reference):
+        for point in score_md_baseline(args.out, args.reference, frame=cg_system.cg_definition.frame):
             print(f"{point['md_steps']:>12d} steps  forward KLD {point['forward_kld']:.4e}")
     return 0
 
@@ -245,26 +246,30 @@ def _md_baseline(args) -> int:
 SYSTEM_ALIASES = {"aldp": "alanine-dipeptide", "mb": "muller-brown"}
 
 
-def _baseline(args) -> int:
+def _resolve_system(text: str, reference: Optional[Path]):
+    """(config, CGSystem) of a registered system (or its alias), a built-in config, or a YAML config describing a
+    molecule; ``reference`` becomes the config's ``metrics.reference``."""
     from .config import SYSTEM_DEFAULTS
     from .systems import available_systems, system_from_config
 
-    name = SYSTEM_ALIASES.get(args.system, args.system)
+    overrides = [f"metrics.reference={reference}"] if reference else []
+    name = SYSTEM_ALIASES.get(text, text)
     if name in available_systems():
-        config = load_config(SYSTEM_DEFAULTS.get(name, "aldp-vacuum"), [f"metrics.reference={args.reference}"] if args.reference else [])
-        if name not in SYSTEM_DEFAULTS:
-            config["system"] = name
-    elif args.system in builtin_configs() or Path(args.system).suffix in (".yaml", ".yml") or Path(args.system).is_file():
-        config = load_config(args.system, [f"metrics.reference={args.reference}"] if args.reference else [])
+        config = load_config(SYSTEM_DEFAULTS.get(name, "aldp-vacuum"), overrides)
+        config["system"] = name
+    elif text in builtin_configs() or Path(text).suffix in (".yaml", ".yml") or Path(text).is_file():
+        config = load_config(text, overrides)
     else:
-        raise ValueError(f"unknown system '{args.system}'; available: {', '.join(available_systems())} (or {', '.join(SYSTEM_ALIASES)}), "
-                         "or a YAML config whose 'system' describes a molecule")
-    cg_system = system_from_config(config["system"])
+        raise ValueError(f"unknown system '{text}'; available: {', '.join(available_systems())} (or {', '.join(SYSTEM_ALIASES)}), "
+                         f"a built-in config ({', '.join(builtin_configs())}) or a YAML config whose 'system' describes a molecule")
+    return config, system_from_config(config["system"])
+
+
+def _baseline(args) -> int:
     if args.method == "md":
-        if name != "alanine-dipeptide":
-            raise ValueError("the MD baseline (histograms on the 100 x 100 dihedral grid) is implemented for alanine-dipeptide")
         return _md_baseline(args)
     _check_reference(args.reference)
+    config, cg_system = _resolve_system(args.system, args.reference)
     from .active_learning.loop import grid_points, metric_grid_for
     from .reference.metadynamics import MetadynamicsProtocol, run_metadynamics
 

@@ -189,3 +189,20 @@ def test_capped_alanine_peptide_is_built_l_and_trans_with_four_cg_dihedrals():
     assert cg.sample_filter("geometric")(torch.as_tensor(cg.positions)[None]).all()
     with pytest.raises(ValueError, match="at least one alanine"):
         capped_alanine_openmm(0)
+
+
+def test_md_baseline_runs_on_a_molecule_and_refuses_other_cg_spaces(tmp_path, capsys):
+    """`cgflow baseline md` histograms any system with two CG dihedrals; its histogram is of the system's own CG
+    coordinates (IUPAC here); Müller-Brown (one linear coordinate) is refused by name."""
+    from openmm_cgflow.cli import main
+
+    out = tmp_path / "md"
+    assert main(["baseline", "md", "aldp-vacuum", "--steps", "2000", "--out", str(out), "--platform", "Reference", "--quiet"]) == 0
+    summary = json.loads((out / "md_baseline.json").read_text())
+    assert summary["system"] == "AlanineDipeptideVacuum" and summary["steps"] == 2000
+    counts = np.load(out / "md_histograms.npz")["counts"][-1]
+    assert counts.sum() == 200
+    phi_bin = np.argmax(counts.sum(axis=1))
+    assert -np.pi + 2 * np.pi * phi_bin / 100 < 0  # IUPAC phi of the L dipeptide is negative
+    assert main(["baseline", "md", "mb", "--steps", "100", "--out", str(tmp_path / "mb"), "--quiet"]) == 2
+    assert "two dihedral CG coordinates; muller-brown has 1" in capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""The MD baseline: plain Langevin MD of alanine dipeptide (1 fs, 300 K, friction 1/ps, minimised start), with
-the (s_phi, s_psi) histogram of its prefix of N steps stored at log-spaced N. Against a reference, each snapshot
+"""The MD baseline: plain Langevin MD (1 fs, the system's temperature, friction 1/ps, minimised start) of any
+system with two dihedral CG coordinates (default: the built-in alanine dipeptide), with the 100 x 100 histogram
+of its CG coordinates over the prefix of N steps stored at log-spaced N. Against a reference, each snapshot
 gives KLD(reference || MD prefix) with the pseudo-count rule of :mod:`.grid`; one MD step = one evaluation.
 
 Long runs checkpoint atomically (OpenMM checkpoint + histograms) and resume exactly.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import openmm
@@ -17,8 +18,7 @@ from tqdm.auto import tqdm
 
 from ..storage import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
 from ..energy.oracle import default_properties, openmm_random_seed, resolve_platform
-from ..systems import create_system
-from ..systems.alanine_dipeptide import phi_psi, to_paper_frame
+from ..systems import CGSystem, create_system
 from .grid import MD_PSEUDOCOUNT, histogram_counts, kld_of_histogram, load_reference
 
 
@@ -35,18 +35,25 @@ def snapshot_steps(total: int, per_decade: int = 10, first: int = 10_000) -> Lis
 
 
 def run_md_baseline(
-    out: Path, steps: int, seed: int = 0, platform: str = "CPU", record_every: int = 10, resume: bool = False, progress: bool = True
+    out: Path, steps: int, seed: int = 0, platform: str = "CPU", record_every: int = 10, resume: bool = False, progress: bool = True,
+    cg_system: Optional[CGSystem] = None,
 ) -> Dict[str, object]:
-    """Run (or resume) the MD baseline into ``out``; returns the summary written to ``out/md_baseline.json``."""
+    """Run (or resume) the MD baseline of ``cg_system`` (two dihedral CG coordinates; default: the built-in alanine
+    dipeptide) into ``out``; returns the summary written to ``out/md_baseline.json``."""
     out = Path(out)
+    aldp = cg_system if cg_system is not None else create_system("alanine-dipeptide")
+    if aldp.cg_dim != 2 or not aldp.cg_periodic:
+        raise ValueError(f"the MD baseline histograms two dihedral CG coordinates; {aldp.name} has {aldp.cg_dim} CG coordinate(s) "
+                         f"({', '.join(aldp.cg_definition.names)})")
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "md_checkpoint.pt"
-    aldp = create_system("alanine-dipeptide")
     integrator = openmm.LangevinMiddleIntegrator(aldp.temperature * unit.kelvin, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
     integrator.setRandomNumberSeed(openmm_random_seed(seed))
     context = openmm.Context(aldp.system, integrator, resolve_platform(platform), default_properties(platform))
     if resume:
         state = load_checkpoint(checkpoint_path, MD_CHECKPOINT_KEYS)
+        if state.get("system", "alanine-dipeptide") != aldp.name:
+            raise ValueError(f"{checkpoint_path} is an MD baseline of '{state.get('system', 'alanine-dipeptide')}', not of '{aldp.name}'; use a new --out")
         if (state["seed"], state["record_every"]) != (seed, record_every):
             raise ValueError(f"{checkpoint_path} belongs to a run with other --seed/--record-every; use a new --out")
         if steps < state["steps_done"]:
@@ -63,7 +70,8 @@ def run_md_baseline(
         openmm.LocalEnergyMinimizer.minimize(context)
         context.setVelocitiesToTemperature(aldp.temperature * unit.kelvin, openmm_random_seed(seed))
         state = {
-            "steps_target": steps, "seed": seed, "record_every": record_every, "platform": platform,
+            "steps_target": steps, "seed": seed, "record_every": record_every, "platform": platform, "system": aldp.name,
+            "temperature_K": aldp.temperature, "hamiltonian": str(aldp.metadata.get("hamiltonian", "")),
             "steps_done": 0, "counts": np.zeros((100, 100)), "snapshots": {}, "wall_s": 0.0,
         }
     wanted = [s for s in snapshot_steps(steps) if s % record_every == 0]
@@ -77,12 +85,11 @@ def run_md_baseline(
             frames.append(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
             state["steps_done"] += record_every
             if state["steps_done"] in wanted:
-                s = to_paper_frame(phi_psi(np.asarray(frames)))
-                state["counts"] += histogram_counts(s)
+                state["counts"] += histogram_counts(aldp.cg_values(np.asarray(frames)))
                 frames = []
                 state["snapshots"][state["steps_done"]] = state["counts"].copy()
         if frames:
-            state["counts"] += histogram_counts(to_paper_frame(phi_psi(np.asarray(frames))))
+            state["counts"] += histogram_counts(aldp.cg_values(np.asarray(frames)))
         state["wall_s"] += time.perf_counter() - start
         state["openmm_checkpoint"] = context.createCheckpoint()
         save_checkpoint(checkpoint_path, state)
@@ -98,7 +105,9 @@ def _write_outputs(out: Path, state: Dict[str, object]) -> Dict[str, object]:
     counts = np.array([state["snapshots"][s] for s in steps_list], dtype=np.int64).reshape(-1, 100, 100)
     atomic_write(out / "md_histograms.npz", lambda handle: np.savez_compressed(handle, steps=np.array(steps_list, dtype=np.int64), counts=counts))
     summary = {
-        "protocol": "minimise, Langevin (LangevinMiddle) 1 fs, 300 K, friction 1/ps, OBC1, no constraints",
+        "system": state.get("system", "alanine-dipeptide"),
+        "protocol": (f"minimise, Langevin (LangevinMiddle) 1 fs, {state.get('temperature_K', 300.0):g} K, friction 1/ps, "
+                     f"{state.get('hamiltonian') or 'ff96 + OBC1'}, no constraints"),
         "record_every": state["record_every"],
         "empty_bin_rule": f"pseudo-count {MD_PSEUDOCOUNT} in every bin (Krichevsky-Trofimov): p = (c + 1/2) / (N + K/2)",
         "seed": state["seed"],
@@ -113,9 +122,10 @@ def _write_outputs(out: Path, state: Dict[str, object]) -> Dict[str, object]:
     return summary
 
 
-def score_md_baseline(out: Path, reference_path: Path) -> List[Dict[str, float]]:
-    """KLD(reference || MD prefix) at every stored snapshot; written to ``out/md_baseline_kld.json``."""
-    reference = load_reference(reference_path)
+def score_md_baseline(out: Path, reference_path: Path, frame: str = "paper") -> List[Dict[str, float]]:
+    """KLD(reference || MD prefix) at every stored snapshot (``frame``: the reference's CG frame, see
+    :func:`~openmm_cgflow.reference.grid.load_reference`); written to ``out/md_baseline_kld.json``."""
+    reference = load_reference(reference_path, frame=frame)
     data = np.load(Path(out) / "md_histograms.npz")
     curve = [{"md_steps": int(s), "forward_kld": kld_of_histogram(reference.probabilities, c)} for s, c in zip(data["steps"], data["counts"])]
     write_json(Path(out) / "md_baseline_kld.json", {"reference": str(reference_path), "reference_provenance": reference.provenance, "curve": curve})
