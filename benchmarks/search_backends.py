@@ -29,6 +29,7 @@ from openmm_cgflow.pmf import PMFEnsemble
 from openmm_cgflow.sampling import uncertainty_search
 from openmm_cgflow.sampling.cg_dynamics_search import cg_dynamics_search
 from openmm_cgflow.storage import load_checkpoint, write_json
+from openmm_cgflow.export import cg_system_metadata
 from openmm_cgflow.systems import create_system
 
 
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         raise SystemExit("search_backends.py compares alanine-dipeptide searches; for Müller-Brown use muller_brown_al.py")
     ensemble = PMFEnsemble(cg_system.cg_dim, config["ensemble"]["n_members"], config["ensemble"]["hidden"], periodic=True)
     ensemble.load_state_dict(checkpoint["ensemble"])
-    metadata = dict(system=cg_system.name, temperature_K=cg_system.temperature, cg_metadata=cg_system.metadata, cg_dim=cg_system.cg_dim)
+    metadata = cg_system_metadata(cg_system)
     points = np.asarray(checkpoint["dataset"]["point_s"])
     grid = np.stack(np.meshgrid(*([np.linspace(-np.pi, np.pi, 100, endpoint=False)] * 2), indexing="ij"), -1).reshape(-1, 2)
     F_min = ensemble.predict(grid)[0].min()
