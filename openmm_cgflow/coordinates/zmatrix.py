@@ -47,42 +47,62 @@ def placement_order(rows: Sequence[Sequence[int]], reference_atoms: Sequence[int
     return order
 
 
-def zmatrix_from_bonds(n_atoms: int, bonds: Sequence[Tuple[int, int]], heavy: Sequence[bool]) -> Tuple[List[int], List[List[int]]]:
-    """A Z-matrix for any connected molecule: reference triangle on a heavy atom with two heavy neighbours,
-    then breadth-first placement (bond = BFS parent, angle = a placed neighbour of the parent, dihedral = a
-    placed neighbour of the angle partner, or another placed neighbour of the parent)."""
+def zmatrix_from_bonds(n_atoms: int, bonds: Sequence[Tuple[int, int]], heavy: Sequence[bool],
+                       torsions: Sequence[Tuple[int, int, int, int]] = ()) -> Tuple[List[int], List[List[int]]]:
+    """A Z-matrix for any connected molecule, in which every torsion (i, j, k, l) of ``torsions`` (e.g. the CG
+    dihedrals) is a row (l, k, j, i) or (i, j, k, l).
+
+    Reference triangle: (j; i, k) of the first torsion, or without torsions a heavy atom with two heavy
+    neighbours. Atoms are then placed breadth-first: an atom's bond partner is its BFS parent, its angle partner
+    the parent's parent (or a placed neighbour), and its dihedral partner the fourth atom of a torsion when
+    there is one, else a placed neighbour of the angle partner (a proper torsion) or of the bond partner.
+    Whether every torsion became a row is for the caller to check."""
     neighbours: Dict[int, List[int]] = {i: [] for i in range(n_atoms)}
     for a, b in bonds:
         neighbours[a].append(b)
         neighbours[b].append(a)
-    centre = next(
-        (i for i in range(n_atoms) if heavy[i] and sum(heavy[j] for j in neighbours[i]) >= 2), None
-    )
-    if centre is None:
-        raise ValueError("no heavy atom with two heavy neighbours: cannot choose a reference triangle")
-    first, second = [j for j in neighbours[centre] if heavy[j]][:2]
+    wanted = {}
+    for quad in torsions:
+        wanted[tuple(quad[::-1][:3])] = quad[0]  # (l, k, j) -> i
+        wanted[tuple(quad[:3])] = quad[3]        # (i, j, k) -> l
+    if torsions:
+        first, centre, second, _ = torsions[0]
+    else:
+        centre = next((i for i in range(n_atoms) if heavy[i] and sum(heavy[j] for j in neighbours[i]) >= 2), None)
+        if centre is None:
+            raise ValueError("no heavy atom with two heavy neighbours: cannot choose a reference triangle")
+        first, second = [j for j in neighbours[centre] if heavy[j]][:2]
     reference = [centre, first, second]
     placed = set(reference)
     parent = {first: centre, second: centre}
     rows: List[List[int]] = []
     queue = deque([first, centre, second])
+    order = lambda j: (not heavy[j], j)  # noqa: E731  (heavy atoms first, then by index)
     while queue:
         a = queue.popleft()
-        for atom in sorted(neighbours[a], key=lambda j: (not heavy[j], j)):
+        for atom in sorted(neighbours[a], key=order):
             if atom in placed:
                 continue
-            bond = a
-            angle = parent.get(a, next(j for j in neighbours[a] if j in placed))
-            candidates = [j for j in neighbours[angle] if j in placed and j not in (bond, atom)]
-            candidates += [j for j in neighbours[bond] if j in placed and j not in (bond, angle, atom)]
-            if not candidates:
-                candidates = [j for j in reference if j not in (bond, angle)]
-            rows.append([atom, bond, angle, candidates[0]])
+            if a in parent:
+                angle = parent[a]
+            else:  # a is the triangle's centre: prefer an angle partner that completes a torsion
+                options = [j for j in sorted(neighbours[a], key=order) if j in placed]
+                angle = next((j for j in options if (atom, a, j) in wanted), options[0])
+            dihedral = wanted.get((atom, a, angle))
+            if dihedral is None or dihedral not in placed:
+                candidates = [j for j in sorted(neighbours[angle], key=order) if j in placed and j not in (a, atom)]
+                candidates += [j for j in sorted(neighbours[a], key=order) if j in placed and j not in (a, angle, atom)]
+                if not candidates:
+                    candidates = [j for j in reference if j not in (a, angle)]
+                dihedral = candidates[0]
+            rows.append([atom, a, angle, dihedral])
             placed.add(atom)
             parent[atom] = a
             queue.append(atom)
     if len(placed) != n_atoms:
-        raise ValueError("the bond graph is not connected: every atom needs a path to the reference triangle")
+        missing = sorted(set(range(n_atoms)) - placed)
+        raise ValueError(f"the molecule is not connected: atoms {missing[:8]}{'...' if len(missing) > 8 else ''} have no bonded path "
+                         f"to atom {centre} (every atom needs one; one molecule per CG system)")
     return reference, rows
 
 

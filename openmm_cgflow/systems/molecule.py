@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections import deque
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -30,7 +29,7 @@ import openmm.app as app
 import openmm.unit as unit
 import torch
 
-from ..coordinates.zmatrix import ZMatrixTransform
+from ..coordinates.zmatrix import ZMatrixTransform, zmatrix_from_bonds
 from .base import CGSystem
 from .cg_definition import CGDefinition, DihedralCV, chain_replica
 from .fine_grained import ZMatrixCG
@@ -74,50 +73,10 @@ def check_torsions(n_atoms: int, bonds: Sequence[Tuple[int, int]], torsions: Seq
 
 def zmatrix_with_torsions(n_atoms: int, bonds: Sequence[Tuple[int, int]], heavy: Sequence[bool],
                           torsions: Sequence[Tuple[int, int, int, int]]) -> Tuple[List[int], List[List[int]], List[int]]:
-    """A Z-matrix of a connected molecule in which every torsion (i, j, k, l) is a row (l, k, j, i) or (i, j, k, l).
-
-    Reference triangle: (j; i, k) of the first torsion. Atoms are then placed breadth-first from j; an atom's
-    bond partner is its BFS parent, its angle partner the parent's parent (or a placed neighbour), and its
-    dihedral partner the fourth atom of a CG torsion when there is one, else a placed neighbour of the angle
-    partner (a proper torsion) or of the bond partner. Returns (reference atoms, rows, index of the row of
-    each torsion)."""
-    neighbours = _neighbours(n_atoms, bonds)
-    wanted = {}
-    for quad in torsions:
-        wanted[quad[::-1][:3]] = quad[0]  # (l, k, j) -> i
-        wanted[quad[:3]] = quad[3]        # (i, j, k) -> l
-    i0, j0, k0, _ = torsions[0]
-    reference = [j0, i0, k0]
-    placed = set(reference)
-    parent = {i0: j0, k0: j0}
-    rows: List[List[int]] = []
-    queue = deque([i0, j0, k0])
-    order = lambda j: (not heavy[j], j)  # noqa: E731  (heavy atoms first, then by index)
-    while queue:
-        a = queue.popleft()
-        for atom in sorted(neighbours[a], key=order):
-            if atom in placed:
-                continue
-            if a in parent:
-                angle = parent[a]
-            else:  # a is the triangle's centre: prefer an angle partner that completes a CG torsion
-                options = [j for j in sorted(neighbours[a], key=order) if j in placed]
-                angle = next((j for j in options if (atom, a, j) in wanted), options[0])
-            dihedral = wanted.get((atom, a, angle))
-            if dihedral is None or dihedral not in placed:
-                candidates = [j for j in sorted(neighbours[angle], key=order) if j in placed and j not in (a, atom)]
-                candidates += [j for j in sorted(neighbours[a], key=order) if j in placed and j not in (a, angle, atom)]
-                if not candidates:
-                    candidates = [j for j in reference if j not in (a, angle)]
-                dihedral = candidates[0]
-            rows.append([atom, a, angle, dihedral])
-            placed.add(atom)
-            parent[atom] = a
-            queue.append(atom)
-    if len(placed) != n_atoms:
-        missing = sorted(set(range(n_atoms)) - placed)
-        raise ValueError(f"the molecule is not connected: atoms {missing[:8]}{'...' if len(missing) > 8 else ''} have no bonded path "
-                         f"to atom {j0} (every atom needs one; one molecule per CG system)")
+    """:func:`~openmm_cgflow.coordinates.zmatrix.zmatrix_from_bonds` with the CG dihedrals as torsion rows;
+    returns (reference atoms, rows, index of the row of each torsion), or a ValueError naming a dihedral that
+    could not become a row."""
+    reference, rows = zmatrix_from_bonds(n_atoms, bonds, heavy, torsions)
     row_of = []
     for quad in torsions:
         k = next((n for n, row in enumerate(rows) if tuple(row) in (quad, quad[::-1])), None)

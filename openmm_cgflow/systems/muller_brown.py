@@ -14,7 +14,6 @@ import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as unit
-import torch
 
 from .base import MOLAR_GAS_CONSTANT, CGSystem
 from .cg_definition import CGDefinition, LinearCV
@@ -62,16 +61,6 @@ def _energy_expression() -> str:
         dx, dy = f"(x-({X}))", f"(y-({Y}))"
         terms.append(f"({A})*exp(({a})*{dx}^2+({b})*{dx}*{dy}+({c})*{dy}^2)")
     return "+".join(terms) + f"+0.5*{MB_Z_SPRING}*z^2"
-
-
-def cg_to_cartesian(s: torch.Tensor, s_perp: torch.Tensor):
-    """(s, s_perp) of shape (B, 1) each -> (positions (B, 1, 3) in nm with z = 0, log|det J| (B,))."""
-    return PlanarParticleCG(MB_CG_ROW, MB_FG_ROW).to_cartesian(s, s_perp)
-
-
-def cartesian_to_cg(positions: torch.Tensor):
-    """positions (B, 1, 3) in nm -> (s (B, 1), s_perp (B, 1))."""
-    return PlanarParticleCG(MB_CG_ROW, MB_FG_ROW).from_cartesian(positions)
 
 
 def cg_definition() -> CGDefinition:
