@@ -35,6 +35,7 @@ _CHOICES = {
     "ensemble.strategy": ("bagging", "fraction"),
     "ensemble.init": ("gaussian_uniform", "xavier"),
     "ensemble.optimizer": ("lbfgs", "adam"),
+    "ensemble.precision": ("float32", "float64"),
     "spreading.kind": ("interval", "disc"),
     "labels.samples": ("last", "all"),
     "search.backend": ("mc", "cg_dynamics"),
@@ -217,10 +218,20 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
         fail(f"config key 'energy.n_workers' = {cfg['energy']['n_workers']} is more than 4x the {cores} core(s) this process may use")
 
 
+#: Keys added after runs were already stored, with the value that reproduces those runs (a stored config that
+#: lacks one ran with this value, whatever today's default is).
+LEGACY_VALUES = {"ensemble.precision": "float64"}
+
+
 def validate_config(config: Any) -> Dict[str, Any]:
-    """Validate a complete config from elsewhere (e.g. stored in a checkpoint) against its system's schema."""
+    """Validate a complete config from elsewhere (e.g. stored in a checkpoint) against its system's schema; keys
+    it predates take their :data:`LEGACY_VALUES`."""
     if not isinstance(config, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(config).__name__}")
+    flat = _flatten(config)
+    missing = {key: value for key, value in LEGACY_VALUES.items() if key not in flat and key.split(".")[0] in config}
+    if missing:
+        config = _nest({**flat, **missing})
     system = _check_system(config.get("system"))
     return validate(config, _read_yaml(CONFIG_DIR / f"{schema_name(system)}.yaml"))
 

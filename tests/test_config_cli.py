@@ -80,3 +80,16 @@ def test_cli_reports_bad_value_in_one_line(tmp_path):
 def test_cli_resume_without_checkpoint(tmp_path):
     result = run_cli("run", "muller-brown", "--out", str(tmp_path / "empty"), "--resume", "--quiet")
     assert result.returncode == 2 and "no checkpoint to resume from" in result.stderr
+
+
+def test_a_stored_config_older_than_a_key_keeps_the_value_it_ran_with():
+    """Checkpoints written before ``ensemble.precision`` existed ran their fits in float64; they resume so, while a
+    new run of the main job fits in float32 (its config's default)."""
+    from openmm_cgflow.config import validate_config
+
+    config = load_config("muller-brown")
+    assert config["ensemble"]["precision"] == "float32"
+    del config["ensemble"]["precision"]
+    assert validate_config(config)["ensemble"]["precision"] == "float64"
+    with pytest.raises(ConfigError, match="ensemble.precision"):
+        load_config("muller-brown", ["ensemble.precision=float16"])

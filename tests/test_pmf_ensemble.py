@@ -43,3 +43,58 @@ def test_rejects_bad_labels():
         ens.fit(np.zeros((5, 1)), [0, 1, np.nan, 2, 3], 1, 2, 1e-3, "bagging", "xavier", torch.Generator())
     with pytest.raises(ValueError, match="strategy"):
         ens.fit(np.zeros((5, 1)), np.arange(5.0), 1, 2, 1e-3, "boost", "xavier", torch.Generator())
+
+
+def _fit_lbfgs(precision, members=6, seed=0):
+    s = np.linspace(-2.0, 1.0, 150)[:, None]
+    F = 3 * np.sin(2 * s[:, 0]) + s[:, 0] ** 2 + 7.0
+    ens = PMFEnsemble(1, n_members=members, hidden=(32, 32)).double()
+    history = ens.fit(s, F, 150, 5, 1.0, "bagging", "gaussian_uniform", torch.Generator().manual_seed(seed), "lbfgs", precision)
+    return ens, history
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_lbfgs_fits_a_known_function_in_either_precision(precision):
+    ens, history = _fit_lbfgs(precision)
+    assert history[-1] < 1e-2 * history[0]
+    assert all(p.dtype == torch.float64 for p in ens.parameters()) and ens.input_mean.dtype == torch.float64
+    grid = np.linspace(-1.9, 0.9, 60)[:, None]
+    mean, _ = ens.predict(grid)
+    exact = 3 * np.sin(2 * grid[:, 0]) + grid[:, 0] ** 2 + 7.0
+    assert np.sqrt(np.mean((mean - exact) ** 2)) < 0.05
+
+
+def test_member_groups_on_a_spare_core_equal_groups_run_here(monkeypatch):
+    """The L-BFGS groups give bitwise the same ensemble whether one runs in the spare-core worker or all here,
+    and each group is an independent fit: a group's members do not depend on the other group's data."""
+    from openmm_cgflow.pmf import member_groups
+
+    assert [list(g) for g in member_groups.split_members(10)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert [list(g) for g in member_groups.split_members(3)] == [[0, 1], [2]]
+    monkeypatch.setattr(member_groups, "_spare_core", lambda: 0)
+    worker_fit, _ = _fit_lbfgs("float64")
+    assert member_groups._WORKER is not None  # the first group really went to the worker
+    monkeypatch.setattr(member_groups, "_spare_core", lambda: None)
+    local_fit, _ = _fit_lbfgs("float64")
+    for a, b in zip(worker_fit.state_dict().values(), local_fit.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_failed_worker_is_replaced_by_a_local_fit(monkeypatch):
+    from openmm_cgflow.pmf import member_groups
+
+    monkeypatch.setattr(member_groups, "_spare_core", lambda: None)
+    expected, _ = _fit_lbfgs("float32")
+    monkeypatch.setattr(member_groups, "_spare_core", lambda: 0)
+    process, _ = member_groups._spare_core_worker()
+    process.kill()
+    process.wait()
+    monkeypatch.setattr(member_groups, "_spare_core_worker", lambda: (process, member_groups._WORKER[1]))
+    got, _ = _fit_lbfgs("float32")
+    for a, b in zip(got.state_dict().values(), expected.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        _fit_lbfgs("float16")

@@ -337,7 +337,8 @@ class ActiveLearningRun:
         ens = self.config["ensemble"]
         s = self.dataset.point_s[groups]
         self.ensemble.fit(
-            s, labels, ens["epochs"], ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], self.torch_gen, ens["optimizer"]
+            s, labels, ens["epochs"], ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], self.torch_gen, ens["optimizer"],
+            ens["precision"],
         )
         return groups, labels
 
@@ -353,7 +354,7 @@ class ActiveLearningRun:
             )
         return uncertainty_search(
             self.ensemble, torch.as_tensor(start), n_found, sc["step_size"], sc["std_threshold"], sc["min_steps"], sc["max_steps"],
-            self.torch_gen, self.cg_system.cg_periodic, bounds=bounds,
+            self.torch_gen, self.cg_system.cg_periodic, bounds=bounds, precision=self.config["ensemble"]["precision"],
         )
 
     def _model_metadata(self) -> Dict[str, Any]:
@@ -374,7 +375,7 @@ class ActiveLearningRun:
             start = labelled_points[self.rng.integers(len(labelled_points), size=sc["n_chains"])]
             result = uncertainty_weighted_search(
                 self.ensemble, torch.as_tensor(start), sc["weighted_steps"], sc["step_size"], self.torch_gen, periodic,
-                bounds=None if sc["bounds"] is None else tuple(sc["bounds"]),
+                bounds=None if sc["bounds"] is None else tuple(sc["bounds"]), precision=self.config["ensemble"]["precision"],
             )
         else:
             result = self._search(self.state.search_start, n_found)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
-import socket
 import subprocess
-import sys
 import weakref
 from multiprocessing.connection import Connection
 from typing import Dict, List, Optional, Tuple
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 import openmm
 
+from ..processes import launch_worker
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
 
 PLATFORM_NAMES = ("Reference", "CPU", "OpenCL", "CUDA")
@@ -60,6 +59,16 @@ def pin_driver() -> Optional[int]:
     os.sched_setaffinity(0, {driver})
     _WORKER_CORES = [c for c in cores if c != driver] + [driver]
     return driver
+
+
+def spare_cores() -> List[int]:
+    """Cores this process may give to helper processes besides the one it runs on: after :func:`pin_driver`, the
+    cores it kept for workers; in an unpinned process, every allowed core but the highest. Empty on one core."""
+    if _WORKER_CORES:
+        return list(_WORKER_CORES[:-1])
+    if not hasattr(os, "sched_getaffinity"):
+        return []
+    return sorted(os.sched_getaffinity(0))[:-1]
 
 
 def openmm_random_seed(seed: int) -> int:
@@ -168,20 +177,12 @@ class EnergyOracle:
 
     # ------------------------------------------------------------------ pool management
     def _start_pool(self, system_xml: str, pin_workers: bool):
-        # Workers are fresh interpreters running ``python -m openmm_cgflow.energy.worker`` over a socket
-        # pair: unlike multiprocessing's spawn they never re-import the caller's __main__, so scripts
-        # without an ``if __name__ == "__main__"`` guard work, and no fork of a threaded process happens.
+        # Workers are fresh interpreters (:func:`~openmm_cgflow.processes.launch_worker`): they never re-import the
+        # caller's __main__, and no fork of a threaded process happens.
         cores = _WORKER_CORES or (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [])
         for rank in range(self.n_workers):
-            parent_sock, child_sock = socket.socketpair()
             core = cores[rank % len(cores)] if (pin_workers and cores) else -1
-            process = subprocess.Popen(
-                [sys.executable, "-m", "openmm_cgflow.energy.worker", str(child_sock.fileno()), str(core)],
-                pass_fds=(child_sock.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-            child_sock.close()
-            conn = Connection(parent_sock.detach())
+            process, conn = launch_worker("openmm_cgflow.energy.worker", core)
             self._workers.append((process, conn))
             conn.send((system_xml, self.platform, self.properties))
         for rank in range(self.n_workers):

@@ -6,7 +6,6 @@ The parent first sends (system_xml, platform_name, properties); the worker answe
 parent goes away (EOF), so a killed parent never leaves workers behind.
 """
 import sys
-from multiprocessing.connection import Connection
 
 
 def main(fd: int, core: int) -> None:
@@ -14,7 +13,9 @@ def main(fd: int, core: int) -> None:
 
     if core >= 0:
         pin_to_core(core)
-    conn = Connection(fd)
+    from ..processes import worker_connection
+
+    conn = worker_connection(fd)
     try:
         system_xml, platform_name, properties = conn.recv()
     except (EOFError, OSError):

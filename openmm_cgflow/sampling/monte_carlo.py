@@ -5,6 +5,7 @@ min(1, exp(-(F_new - F_old))).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -21,6 +22,28 @@ class UncertaintySearchResult:
     chains: torch.Tensor
     n_steps: int
     success: bool
+
+
+def ensemble_evaluator(ensemble: torch.nn.Module, precision: str = "float64") -> Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
+    """``points (B, cg_dim) -> (mean, std)`` of the ensemble in kT, without gradients, returned in the points'
+    dtype. ``precision`` "float32" evaluates a single-precision copy (the member MLPs' batched products are
+    compute-bound: about half the time); the chains themselves stay in the points' precision."""
+    if precision == "float64":
+        def evaluate(points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                return ensemble.mean_std(points)
+
+        return evaluate
+    if precision != "float32":
+        raise ValueError(f"unknown precision '{precision}' (use 'float32' or 'float64')")
+    single = copy.deepcopy(ensemble).to(torch.float32)
+
+    def evaluate_single(points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            mean, std = single.mean_std(points.to(torch.float32))
+        return mean.to(points.dtype), std.to(points.dtype)
+
+    return evaluate_single
 
 
 def _metropolis_step(evaluate, x, f, aux, step_size, generator, periodic, active, bounds=None):
@@ -76,6 +99,7 @@ def uncertainty_search(
     generator: torch.Generator,
     periodic: bool = False,
     bounds: Optional[Tuple[float, float]] = None,
+    precision: str = "float64",
 ) -> UncertaintySearchResult:
     """Run Metropolis chains on the ensemble-mean PMF until ``n_wanted`` chains have stopped.
 
@@ -83,15 +107,13 @@ def uncertainty_search(
     state exceeds ``std_threshold`` (kT) and it has taken more than ``min_steps`` steps. The first
     ``n_wanted`` stopped chains by chain index are returned. If ``max_steps`` pass first, the search
     fails (``success=False``) and returns the chains that did stop. ``bounds`` = (lower, upper) confines
-    the chains to the CG range of interest (proposals outside are rejected).
+    the chains to the CG range of interest (proposals outside are rejected). ``precision``: see
+    :func:`ensemble_evaluator`.
     """
     n_chains = start.shape[0]
     if n_wanted > n_chains:
         raise ValueError(f"cannot stop {n_wanted} chains out of {n_chains}")
-
-    def evaluate(points):
-        with torch.no_grad():
-            return ensemble.mean_std(points)
+    evaluate = ensemble_evaluator(ensemble, precision)
 
     x = start.clone()
     f, std = evaluate(x)
@@ -118,6 +140,7 @@ def uncertainty_weighted_search(
     periodic: bool = False,
     bounds: Optional[Tuple[float, float]] = None,
     power: float = 2.0,
+    precision: str = "float64",
 ) -> UncertaintySearchResult:
     """Metropolis chains on the uncertainty-weighted Boltzmann density exp(-F(s)) std(s)^power (F, std in kT)
     for ``n_steps`` steps; returns every chain's final state.
@@ -128,9 +151,10 @@ def uncertainty_weighted_search(
     the order of the label noise everywhere, is next to the chains' starting points).
     """
 
+    mean_std = ensemble_evaluator(ensemble, precision)
+
     def evaluate(points):
-        with torch.no_grad():
-            mean, std = ensemble.mean_std(points)
+        mean, std = mean_std(points)
         energy = mean - power * torch.log(std.clamp_min(1e-6))
         return energy, energy
 

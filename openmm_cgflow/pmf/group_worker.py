@@ -1,0 +1,36 @@
+"""A PMF-ensemble worker process: ``python -m openmm_cgflow.pmf.group_worker FD CORE``.
+
+Serves ("fit", job) requests, job being the arguments of :func:`~openmm_cgflow.pmf.member_groups.lbfgs_group`
+with numpy arrays for tensors, and answers ("ok", (parameters, history)) or ("error", message), until
+("stop", None) or until the parent goes away (EOF).
+"""
+import sys
+
+
+def main(fd: int, core: int) -> None:
+    import os
+
+    import torch
+
+    from ..processes import worker_connection
+    from .member_groups import lbfgs_group_numpy
+
+    if core >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    torch.set_num_threads(1)
+    conn = worker_connection(fd)
+    while True:
+        try:
+            message, payload = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if message == "stop":
+            return
+        try:
+            conn.send(("ok", lbfgs_group_numpy(*payload)))
+        except Exception as error:  # report, keep serving
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,166 @@
+"""The PMF ensemble's full-batch L-BFGS, run as independent groups of members, one group per free core.
+
+The members of the ensemble never interact: the loss is a sum of per-member MSEs. One L-BFGS over all members
+couples them only through the shared line search, so splitting the members into a fixed number of groups
+(:data:`N_GROUPS`, whatever the machine) and running one L-BFGS per group gives a result that depends on the
+split, never on the number of cores: groups run in a spare-core worker process when the run has one, and one
+after another in this process otherwise, with bitwise identical results (one thread, the same code). The worker
+is a fresh interpreter (:mod:`openmm_cgflow.processes`) serving :mod:`.group_worker` requests.
+
+A group is a dict of plain tensors (``w0, b0, w1, b1, ...`` with the members' leading dimension), so workers need
+no module and no pickled code beyond this file's functions.
+"""
+from __future__ import annotations
+
+import atexit
+import subprocess
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..processes import launch_worker
+
+#: Member groups of every L-BFGS fit (fixed, so results do not depend on the cores a machine has).
+N_GROUPS = 2
+
+_WORKER = None  # (process, connection) of the spare-core worker, started on first use
+_WORKER_CORE: Optional[int] = None
+
+
+def split_members(n_members: int, n_groups: int = N_GROUPS) -> List[range]:
+    """Contiguous member ranges, as equal as possible (fewer groups than requested for tiny ensembles)."""
+    n_groups = max(1, min(n_groups, n_members))
+    bounds = [round(k * n_members / n_groups) for k in range(n_groups + 1)]
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def members_forward(params: Dict[str, torch.Tensor], X: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Member outputs (M, B) of sigmoid MLPs with weights ``w<i>`` (M, n_in, n_out) and biases ``b<i>`` (M, 1, n_out)
+    on inputs X (M, B, n_features): the same arithmetic as :meth:`PMFEnsemble._members` without the offset."""
+    h = X
+    for i in range(n_layers):
+        h = torch.baddbmm(params[f"b{i}"], h, params[f"w{i}"])
+        if i < n_layers - 1:
+            h = torch.sigmoid(h)
+    return h.squeeze(-1)
+
+
+def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tensor, n_layers: int, iterations: int,
+                lr: float) -> Tuple[Dict[str, torch.Tensor], List[float]]:
+    """Full-batch L-BFGS (strong-Wolfe line search, history 50, ``lr`` = initial step) of one member group on the sum
+    of its members' MSEs against targets Y (M, B) (kT, offset already removed). Returns the trained parameters and
+    the group's mean member MSE (kT^2) per function evaluation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        params = {key: value.detach().clone().requires_grad_(True) for key, value in params.items()}
+        optimizer = torch.optim.LBFGS(
+            list(params.values()), lr=lr, max_iter=iterations, history_size=50, line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12, tolerance_change=1e-15,
+        )
+        history: List[float] = []
+        n_members = Y.shape[0]
+
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            loss = ((members_forward(params, X, n_layers) - Y) ** 2).mean(1).sum()
+            loss.backward()
+            history.append(float(loss.detach()) / n_members)
+            return loss
+
+        optimizer.step(closure)
+        return {key: value.detach() for key, value in params.items()}, history
+    finally:
+        torch.set_num_threads(threads)
+
+
+def lbfgs_group_numpy(params: Dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray, n_layers: int, iterations: int,
+                      lr: float) -> Tuple[Dict[str, np.ndarray], List[float]]:
+    """:func:`lbfgs_group` on numpy arrays (what crosses the worker connection)."""
+    trained, history = lbfgs_group({k: torch.from_numpy(v) for k, v in params.items()}, torch.from_numpy(X), torch.from_numpy(Y),
+                                   n_layers, iterations, lr)
+    return {k: v.numpy() for k, v in trained.items()}, history
+
+
+def run_groups(jobs: Sequence[Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor, int, int, float]]
+               ) -> List[Tuple[Dict[str, torch.Tensor], List[float]]]:
+    """Run :func:`lbfgs_group` on every job; the first goes to the spare-core worker when there is one (the others
+    run here meanwhile). A job whose worker fails or dies runs here instead (the worker is then retired)."""
+    worker = _spare_core_worker() if len(jobs) > 1 else None
+    sent = False
+    if worker is not None:
+        params, X, Y, n_layers, iterations, lr = jobs[0]
+        try:
+            worker[1].send(("fit", ({k: v.numpy() for k, v in params.items()}, X.numpy(), Y.numpy(), n_layers, iterations, lr)))
+            sent = True
+        except (OSError, ValueError):
+            _retire_worker()
+    local = [lbfgs_group(*job) for job in (jobs[1:] if sent else jobs)]
+    if not sent:
+        return local
+    answer = _receive(worker)
+    if answer is None:
+        first = lbfgs_group(*jobs[0])
+    else:
+        trained, history = answer
+        first = ({k: torch.from_numpy(v) for k, v in trained.items()}, history)
+    return [first] + local
+
+
+def _receive(worker) -> Optional[Tuple[Dict[str, np.ndarray], List[float]]]:
+    """The worker's answer, or None (worker retired) if it failed, died or lost its connection."""
+    process, conn = worker
+    try:
+        while not conn.poll(0.05):
+            if process.poll() is not None:
+                raise EOFError(f"exit code {process.returncode}")
+        status, payload = conn.recv()
+    except (EOFError, OSError):
+        _retire_worker()
+        return None
+    if status != "ok":
+        _retire_worker()
+        return None
+    return payload
+
+
+def _spare_core_worker():
+    """(process, connection) of the worker on a spare core, started on first use; None on one core."""
+    global _WORKER, _WORKER_CORE
+    core = _spare_core()
+    if core is None:
+        return None
+    if _WORKER is None or _WORKER_CORE != core or _WORKER[0].poll() is not None:
+        _retire_worker()
+        _WORKER = launch_worker("openmm_cgflow.pmf.group_worker", core)
+        _WORKER_CORE = core
+    return _WORKER
+
+
+def _spare_core() -> Optional[int]:
+    """A core this run may use besides the one it trains on (:func:`~openmm_cgflow.energy.oracle.spare_cores`)."""
+    from ..energy.oracle import spare_cores
+
+    cores = spare_cores()
+    return cores[0] if cores else None
+
+
+def _retire_worker() -> None:
+    global _WORKER, _WORKER_CORE
+    if _WORKER is not None:
+        process, conn = _WORKER
+        try:
+            conn.send(("stop", None))
+        except (OSError, ValueError):
+            pass
+        try:
+            process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5.0)
+        conn.close()
+    _WORKER, _WORKER_CORE = None, None
+
+
+atexit.register(_retire_worker)
