@@ -51,17 +51,20 @@ def test_replica_atoms_without_the_cg_atoms_is_an_error(reference_pmf_model):
 @pytest.mark.parametrize("temperature, should_match", [(300.0, True), (450.0, False)])
 def test_aldp_cg_langevin_samples_exp_minus_F(reference_pmf_model, temperature, should_match):
     """Replicas started from exp(-F) stay there under Langevin dynamics at the model's 300 K (forward KLD of
-    the 20 x 20 histogram against exp(-F) <= 5e-3); run at 450 K the same check fails."""
+    the 20 x 20 histogram against exp(-F) <= 5e-3); run at 450 K the same check fails. 2,000 replicas for 3 ps:
+    barrier crossings are rare in ps, so the basin populations keep the multinomial noise of the starting draw
+    (~(basins - 1) / 2n in KLD); many short replicas keep that noise (and the iid floor, 1.5e-3) well below the
+    threshold (measured: 2.1e-3 at 300 K, 8.0e-2 at 450 K)."""
     path, ensemble = reference_pmf_model
     s_fine, p_fine, p_bins = model_bin_probabilities(ensemble)
     rng = np.random.default_rng(0)
-    n = 500
+    n = 2000
     half_cell = math.pi / (N_BINS * SUB)
     start = s_fine[rng.choice(len(s_fine), size=n, p=p_fine)] + rng.uniform(-half_cell, half_cell, size=(n, 2))
     system = alanine_dipeptide_cg_system(path, n)
-    frames = run_langevin_frames(system, aldp_backbone_positions(from_paper_frame(start)), 6000, 20, temperature,
+    frames = run_langevin_frames(system, aldp_backbone_positions(from_paper_frame(start)), 1500, 20, temperature,
                                  timestep_fs=2.0, friction_per_ps=10.0, platform="CPU")
-    s = to_paper_frame(aldp_backbone_phi_psi(frames[50:])).reshape(-1, 2)
+    s = to_paper_frame(aldp_backbone_phi_psi(frames[10:])).reshape(-1, 2)
     edges = np.linspace(-math.pi, math.pi, N_BINS + 1)
     counts = np.histogram2d(s[:, 0], s[:, 1], bins=[edges, edges])[0].ravel()
     kld = forward_kld(p_bins, -np.log((counts + 0.5) / (counts + 0.5).sum()))
