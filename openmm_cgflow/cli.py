@@ -1,12 +1,14 @@
 """The ``cgflow`` command line.
 
     cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
-    cgflow data aldp-start [--seed N] [--platform CPU]   make and cache alanine-dipeptide starting data
+    cgflow data start SYSTEM [--seed N] [--platform CPU]   make and cache a system's starting MD ahead of a run
+    cgflow data aldp-start [--seed N] [--platform CPU]     the alanine-dipeptide starting data (SPEC 2.2)
     cgflow md-baseline SYSTEM --steps N --out DIR [--reference FILE] [--resume]   MD baseline (2 CG dihedrals)
     cgflow baseline metad|md SYSTEM --steps N --out DIR [--reference FILE] [--resume] [--bias-factor G ...]
                                         well-tempered metadynamics (or MD) on the CG coordinates, KLD vs steps
-    cgflow reference aldp --out DIR --passes N [--seeds 1 2] [--resume] [--fit-only] [--output FILE]
-                                        umbrella-sampling reference PMF (runs, then fits and writes FILE)
+    cgflow reference SYSTEM --out DIR --passes N [--seeds 1 2] [--resume] [--fit-only] [--output FILE]
+                                        umbrella-sampling reference PMF of any system with two CG dihedrals
+                                        (runs, then fits and writes FILE in the system's CG frame)
     cgflow backmap MODEL CG_FILE --out FILE.pdb|.dcd [--n-per-frame N] [--refine minimize]   backmapping
     cgflow configs                      list the built-in configs
     cgflow show-config CONFIG_OR_BUILTIN [--set ...]   print the resolved config as YAML
@@ -69,10 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty DIR, replacing the run outputs there (without it, a non-empty DIR is refused)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     data = sub.add_parser("data", help="make and cache input data")
-    data.add_argument("what", choices=["aldp-start"], help="aldp-start: 50 ps of alanine-dipeptide MD (5,000 frames)")
-    data.add_argument("--seed", type=_count(0), default=0)
-    data.add_argument("--platform", default="CPU", help="OpenMM platform (CPU is pinned to one core)")
-    data.add_argument("--out", type=Path, default=None, help="file to write (default: the cache)")
+    data.add_argument("what", choices=["start", "aldp-start"], help="start: the starting MD of SYSTEM as its config describes it "
+                      "(section starting_data), cached where `cgflow run` finds it; aldp-start: 50 ps of alanine-dipeptide MD (5,000 frames)")
+    data.add_argument("system", nargs="?", default=None, help="start: a registered system, a built-in config or a YAML config")
+    data.add_argument("--seed", type=_count(0), default=None, help="the run's seed (default: the config's; aldp-start: 0)")
+    data.add_argument("--platform", default=None, help="OpenMM platform (default: the config's energy.platform; aldp-start: CPU, pinned to one core)")
+    data.add_argument("--out", type=Path, default=None, help="aldp-start: file to write (default: the cache)")
     md = sub.add_parser("md-baseline", help="plain MD and its KLD-vs-steps curve (the denominator of every speedup)")
     md.add_argument("system", help="a system with two dihedral CG coordinates: registered (aldp), a built-in config or a YAML molecule")
     md.add_argument("--steps", type=_count(1), required=True, help="number of 1 fs MD steps")
@@ -98,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--friction", type=_positive_float, default=1.0, help="Langevin friction in 1/ps")
     base.add_argument("--resume", action="store_true")
     base.add_argument("--quiet", action="store_true")
-    ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + variational (vFEP) fit")
-    ref.add_argument("system", choices=["aldp"])
+    ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + variational (vFEP) fit, for any system with two CG dihedrals")
+    ref.add_argument("system", help="a registered system (alanine-dipeptide; aldp for short), a built-in config or a YAML config describing a molecule")
     ref.add_argument("--out", type=Path, required=True, help="run directory (per-seed passes and checkpoints)")
     ref.add_argument("--passes", type=_count(1), required=True, help="passes over all windows per seed")
     ref.add_argument("--seeds", type=_count(0), nargs="+", default=[1, 2], help="independent runs (the convergence halves)")
@@ -109,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--platform", default="CPU")
     ref.add_argument("--resume", action="store_true")
     ref.add_argument("--fit-only", action="store_true", help="do not simulate; fit the passes already in --out")
-    ref.add_argument("--output", type=Path, default=None, help="reference file to write (default: DIR/reference_aldp.npz)")
+    ref.add_argument("--bases", nargs="+", default=None, metavar="BASIS",
+                     help="candidate bases for the cross-validated fit, bspline<m> or fourier<L> (default: bspline18 ... bspline45, fourier8, fourier12)")
+    ref.add_argument("--output", type=Path, default=None, help="reference file to write (default: DIR/reference_<SYSTEM>.npz, e.g. reference_aldp.npz)")
     ref.add_argument("--quiet", action="store_true")
     bm = sub.add_parser("backmap", help="all-atom structures from CG frames with a trained flow")
     bm.add_argument("model", type=Path, help="flow model file (a run's models/flow.pt)")
@@ -131,16 +137,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("data", "md-baseline", "baseline", "reference", "backmap") and args.platform == "CPU":
+        if args.command in ("data", "md-baseline", "baseline", "reference", "backmap") and args.platform in ("CPU", None):
             from .energy import pin_to_core
 
             pin_to_core()
         if args.command == "data":
-            from .sampling.starting_data import aldp_starting_data
-
-            result = aldp_starting_data(args.seed, args.platform, args.out)
-            print(f"{len(result['frames'])} frames, {result['md_steps']} MD steps, in {result['path']}")
-            return 0
+            return _data(args)
         if args.command == "md-baseline":
             return _md_baseline(args)
         if args.command == "reference":
@@ -219,6 +221,31 @@ def _backmap(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    """``cgflow data start SYSTEM`` (any system, its config's starting_data section) and ``cgflow data aldp-start``."""
+    if args.what == "aldp-start":
+        if args.system is not None:
+            raise ValueError("aldp-start takes no SYSTEM (use `cgflow data start SYSTEM` for other systems)")
+        from .sampling.starting_data import aldp_starting_data
+
+        result = aldp_starting_data(0 if args.seed is None else args.seed, args.platform or "CPU", args.out)
+        print(f"{len(result['frames'])} frames, {result['md_steps']} MD steps, in {result['path']}")
+        return 0
+    if args.system is None:
+        raise ValueError("`cgflow data start` needs a SYSTEM (a registered system, a built-in config or a YAML config)")
+    if args.out is not None:
+        raise ValueError("`cgflow data start` writes to the cache `cgflow run` reads ($CGFLOW_CACHE); --out is for aldp-start")
+    config, cg_system = _resolve_system(args.system, None)
+    sd = config["starting_data"]
+    seed = config["seed"] if args.seed is None else args.seed
+    platform = args.platform or config["energy"]["platform"]
+    frames, md_steps = cg_system.starting_frames(sd["n_frames"], sd["save_every"], sd["equilibration_steps"], sd["timestep_fs"],
+                                                 sd["friction_per_ps"], seed, platform)
+    print(f"{cg_system.name}: {len(frames)} starting frames from {md_steps} MD steps (seed {seed}, {platform}); "
+          f"`cgflow run {args.system} --seed {seed}` starts from them")
+    return 0
+
+
 def _check_reference(path: Optional[Path]) -> None:
     """Refuse a missing --reference before any simulation runs."""
     if path is not None and not path.is_file():
@@ -293,20 +320,29 @@ def _baseline(args) -> int:
 
 
 def _reference(args) -> int:
-    from .reference.umbrella import UmbrellaProtocol, run_umbrella
+    from .reference.umbrella import UmbrellaProtocol, run_umbrella, umbrella_dihedrals
 
     protocol = UmbrellaProtocol(
         windows_per_dim=args.windows, force_constant=args.force_constant, steps_per_pass=args.steps_per_pass, platform=args.platform
     )
     if args.passes < 1 or args.windows < 2 or args.force_constant <= 0 or args.steps_per_pass < protocol.record_every:
         raise ValueError("--passes >= 1, --windows >= 2, --force-constant > 0 and --steps-per-pass >= 10 are required")
-    if not args.fit_only:
-        run_umbrella(args.out, args.seeds, args.passes, protocol, resume=args.resume, progress=not args.quiet)
-    from .reference.vfep import build_reference
+    _, cg_system = _resolve_system(args.system, None)
+    umbrella_dihedrals(cg_system)  # refuse a system without two CG dihedrals before anything runs
+    from .reference.vfep import CANDIDATE_BASES, basis, build_reference
 
-    result = build_reference(args.out, args.seeds, args.output or args.out / "reference_aldp.npz", command=" ".join(["cgflow"] + sys.argv[1:]))
+    bases = tuple(args.bases or CANDIDATE_BASES)
+    for name in bases:
+        try:
+            basis(name, [0.0])
+        except ValueError:
+            raise ValueError(f"unknown basis '{name}' (use bspline<m> or fourier<L>, e.g. bspline24)") from None
+    if not args.fit_only:
+        run_umbrella(args.out, args.seeds, args.passes, protocol, cg_system, resume=args.resume, progress=not args.quiet)
+    output = args.output or args.out / f"reference_{Path(args.system).stem}.npz"
+    result = build_reference(args.out, args.seeds, output, cg_system, command=" ".join(["cgflow"] + sys.argv[1:]), bases=bases)
     print(
-        f"reference written to {result['path']}: Fourier order {result['order']}, KLD between halves {result['kld_between_halves']:.3e}, "
+        f"reference written to {result['path']}: basis {result['order']}, KLD between halves {result['kld_between_halves']:.3e}, "
         f"{result['md_steps']} MD steps"
     )
     return 0

@@ -206,3 +206,30 @@ def test_md_baseline_runs_on_a_molecule_and_refuses_other_cg_spaces(tmp_path, ca
     assert -np.pi + 2 * np.pi * phi_bin / 100 < 0  # IUPAC phi of the L dipeptide is negative
     assert main(["baseline", "md", "mb", "--steps", "100", "--out", str(tmp_path / "mb"), "--quiet"]) == 2
     assert "two dihedral CG coordinates; muller-brown has 1" in capsys.readouterr().err
+
+
+def test_starting_data_is_made_once_cached_and_keyed_by_what_makes_it(tmp_path, monkeypatch, capsys):
+    """`cgflow data start SYSTEM` makes the starting MD a run of that config uses, in the cache; the run then reads
+    it (bitwise the frames it would simulate); another seed or molecule gets its own file."""
+    from openmm_cgflow.cli import main
+    from openmm_cgflow.config import load_config
+    from openmm_cgflow.sampling.molecular_dynamics import run_langevin
+
+    monkeypatch.setenv("CGFLOW_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "start", "muller-brown", "--platform", "Reference"]) == 0  # (CPU would pin this process)
+    assert "100 starting frames from 11000 MD steps (seed 0, Reference)" in capsys.readouterr().out
+    files = sorted((tmp_path / "cache").glob("start_muller-brown_*.npz"))
+    assert len(files) == 1
+    cg_system = create_system("muller-brown")
+    sd = load_config("muller-brown")["starting_data"]
+    args = (sd["n_frames"], sd["save_every"], sd["equilibration_steps"], sd["timestep_fs"], sd["friction_per_ps"], 0, "Reference")
+    frames, md_steps = cg_system.starting_frames(*args)
+    direct = run_langevin(cg_system, n_steps=11000, save_every=100, seed=0, timestep_fs=1.0, friction_per_ps=10.0, platform="Reference")
+    np.testing.assert_array_equal(frames, direct.frames[-100:])
+    assert md_steps == 11000 and sorted((tmp_path / "cache").glob("*.npz")) == files  # read, not made again
+    cg_system.starting_frames(*args[:-2], 1, "Reference")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    assert main(["data", "start", "--platform", "Reference"]) == 2
+    assert "needs a SYSTEM" in capsys.readouterr().err
+    assert main(["data", "start", "no-such-system", "--platform", "Reference"]) == 2
+    assert "unknown system 'no-such-system'" in capsys.readouterr().err

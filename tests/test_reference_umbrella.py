@@ -1,5 +1,6 @@
-"""Umbrella sampling + vFEP (the alanine-dipeptide reference PMF): the estimator recovers a known PMF from
-exactly sampled biased windows, the restraint force is the periodic harmonic it claims to be, and runs resume."""
+"""Umbrella sampling + vFEP (the reference PMF of any system with two CG dihedrals): the estimator recovers a known
+PMF from exactly sampled biased windows, in any CG frame (sign, offset); the restraint force is the periodic
+harmonic it claims to be; runs resume; a molecule from YAML gets its own reference through the CLI."""
 import math
 
 import numpy as np
@@ -8,11 +9,12 @@ import pytest
 from scipy.interpolate import BSpline
 
 from openmm_cgflow.coordinates.geometry import periodic_difference
-from openmm_cgflow.reference.grid import load_reference
+from openmm_cgflow.reference.grid import grid_centres, load_reference
 from openmm_cgflow.reference.umbrella import UmbrellaProtocol, load_run, restraint_forces, run_umbrella
 from openmm_cgflow.reference.vfep import VariationalPMF, basin_check, bspline_basis, build_reference, kld_between, sufficient_statistics
 from openmm_cgflow.systems import create_system
-from openmm_cgflow.systems.alanine_dipeptide import phi_psi
+from openmm_cgflow.systems.alanine_dipeptide import LITERATURE_BASINS_DEG, PHI_ATOMS, PSI_ATOMS, phi_psi
+from openmm_cgflow.systems.cg_definition import CGDefinition, DihedralCV
 
 
 def true_free_energy(phi, psi):
@@ -66,6 +68,17 @@ def test_vfep_recovers_a_known_pmf_from_exact_umbrella_samples():
     p_fit, p_true = np.exp(-F) / np.exp(-F).sum(), w
     assert kld_between(p_true, p_fit) < 2e-3
 
+    # the reference in a CG frame s_k = wrap(sign_k theta_k - offset_k): its bins hold exp(-F(theta(s)))
+    frame = CGDefinition((DihedralCV("a", (0, 1, 2, 3), -1.0, 0.5), DihedralCV("b", (1, 2, 3, 4), 1.0, -1.0)), {"kind": "none"}, 5)
+    p_frame = model.bin_probabilities(c, frame, n_bins=40)
+    s = grid_centres(40)
+    theta = periodic_difference(np.array([-1.0, 1.0]) * (s + np.array([0.5, -1.0])))
+    F_frame = true_free_energy(theta[:, 0], theta[:, 1])
+    p_exact = np.exp(-(F_frame - F_frame.min()))
+    assert kld_between(p_exact / p_exact.sum(), p_frame) < 2e-3
+    # ... and a frame that is not the system's is far off
+    assert kld_between(p_exact / p_exact.sum(), model.bin_probabilities(c, CGDefinition(tuple(DihedralCV(n, a) for n, a in (("a", (0, 1, 2, 3)), ("b", (1, 2, 3, 4)))), {"kind": "none"}, 5), n_bins=40)) > 0.1
+
 
 def test_restraint_is_a_periodic_harmonic_on_the_iupac_dihedrals():
     aldp = create_system("alanine-dipeptide")
@@ -73,33 +86,34 @@ def test_restraint_is_a_periodic_harmonic_on_the_iupac_dihedrals():
     system = openmm.System()
     for _ in range(aldp.system.getNumParticles()):
         system.addParticle(1.0)
-    for force in restraint_forces(k):
+    for force in restraint_forces(k, [PHI_ATOMS, PSI_ATOMS]):
         system.addForce(force)
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(aldp.positions)
     angles = phi_psi(aldp.positions[None])[0]
     for centre in ([0.0, 0.0], [math.pi - 0.1, -math.pi + 0.2], [angles[0] + 3.0, angles[1] - 3.0]):
-        context.setParameter("umbrella_phi0", centre[0])
-        context.setParameter("umbrella_psi0", centre[1])
+        context.setParameter("umbrella_centre0", centre[0])
+        context.setParameter("umbrella_centre1", centre[1])
         energy = context.getState(getEnergy=True).getPotentialEnergy()._value
         d = periodic_difference(angles, np.array(centre))
         assert energy == pytest.approx(0.5 * k * np.sum(d**2), rel=1e-9)
 
 
 def test_umbrella_run_resumes_and_builds_a_valid_reference(tmp_path):
+    aldp = create_system("alanine-dipeptide")
     protocol = UmbrellaProtocol(windows_per_dim=3, equilibration_steps=50, steps_per_pass=100)
-    run_umbrella(tmp_path, [1, 2], 1, protocol, progress=False)
+    run_umbrella(tmp_path, [1, 2], 1, protocol, aldp, progress=False)
     with pytest.raises(ValueError, match="--resume"):
-        run_umbrella(tmp_path, [1, 2], 2, protocol, progress=False)
+        run_umbrella(tmp_path, [1, 2], 2, protocol, aldp, progress=False)
     with pytest.raises(ValueError, match="another protocol"):
-        run_umbrella(tmp_path, [1, 2], 2, UmbrellaProtocol(windows_per_dim=4), resume=True, progress=False)
-    run_umbrella(tmp_path, [1, 2], 2, protocol, resume=True, progress=False)
+        run_umbrella(tmp_path, [1, 2], 2, UmbrellaProtocol(windows_per_dim=4), aldp, resume=True, progress=False)
+    run_umbrella(tmp_path, [1, 2], 2, protocol, aldp, resume=True, progress=False)
     run = load_run(tmp_path, 1)
     assert len(run["samples"]) == 2 and run["samples"][0].shape == (9, 10, 2)
     assert np.isfinite(run["samples"][1]).all()
-    report = build_reference(tmp_path, [1, 2], tmp_path / "ref.npz", command="test", bases=("bspline6", "fourier2"), curve_points=2)
-    reference = load_reference(tmp_path / "ref.npz")
-    assert reference.provenance["basis"] in ("bspline6", "fourier2")
+    report = build_reference(tmp_path, [1, 2], tmp_path / "ref.npz", aldp, command="test", bases=("bspline6", "fourier2"), curve_points=2)
+    reference = load_reference(tmp_path / "ref.npz")  # the paper frame, the built-in dipeptide's
+    assert reference.provenance["basis"] in ("bspline6", "fourier2") and set(reference.provenance["basins"]) == set(LITERATURE_BASINS_DEG)
     assert reference.provenance["md_steps"] == report["md_steps"] == 2 * (9 * 50 + 2 * 9 * 100)
     assert report["curve"][-1]["passes"] == 2 and report["kld_between_halves"] >= 0
 
@@ -109,5 +123,40 @@ def test_basin_check_finds_minima_of_a_surface():
     P, Q = np.meshgrid(g, g, indexing="ij")
     target = np.radians([-70.0, -40.0])
     F = 5 - 5 * np.exp(-(periodic_difference(P, target[0]) ** 2 + periodic_difference(Q, target[1]) ** 2) / 0.1)
-    result = basin_check(F, g)
+    result = basin_check(F, g, LITERATURE_BASINS_DEG)
     assert result["alphaR"]["found"] and not result["C7ax"]["found"]
+
+
+def test_a_molecule_from_yaml_gets_its_own_reference_through_the_cli(tmp_path, capsys):
+    """`cgflow reference` on a YAML molecule (openmmtools' vacuum dipeptide, CG dihedrals psi then phi): the run
+    restrains the molecule's own dihedrals, the file is in its IUPAC frame and a run can score against it; a resume
+    with other CG dihedrals and a system without two CG dihedrals are refused with the reason."""
+    from openmm_cgflow.cli import main
+
+    config = tmp_path / "molecule.yaml"
+    config.write_text("system:\n  openmmtools: AlanineDipeptideVacuum\n  cg_dihedrals: [[6, 8, 14, 16], [4, 6, 8, 14]]\n"
+                      "  cg_names: [psi, phi]\n  name: vacuum-dipeptide\n")
+    common = ["--windows", "3", "--steps-per-pass", "100", "--platform", "Reference", "--bases", "bspline6", "fourier2", "--quiet"]
+    assert main(["reference", str(config), "--out", str(tmp_path / "ref"), "--passes", "1"] + common) == 0
+    out = capsys.readouterr().out
+    assert "reference written to" in out
+    reference = load_reference(tmp_path / "ref" / "reference_molecule.npz", frame="iupac")
+    assert reference.provenance["system"] == "vacuum-dipeptide" and reference.provenance["basins"] is None
+    run = load_run(tmp_path / "ref", 1)
+    centres = run["centres"]
+    # every window's samples sit near its centre: the restraint acts on (psi, phi) in that order
+    for k in range(len(centres)):
+        d = periodic_difference(run["samples"][0][k], centres[k])
+        assert np.sqrt(np.mean(d**2)) < 0.6
+    yaml_swapped = tmp_path / "swapped.yaml"
+    yaml_swapped.write_text(config.read_text().replace("[[6, 8, 14, 16], [4, 6, 8, 14]]", "[[4, 6, 8, 14], [6, 8, 14, 16]]"))
+    assert main(["reference", str(yaml_swapped), "--out", str(tmp_path / "ref"), "--passes", "2", "--resume"] + common) == 2
+    assert "restrains other CG dihedrals" in capsys.readouterr().err
+    assert main(["reference", "mb", "--out", str(tmp_path / "mb"), "--passes", "1", "--quiet"]) == 2
+    assert "two dihedral CG coordinates; muller-brown has 1 linear" in capsys.readouterr().err
+    from openmm_cgflow.active_learning.loop import metric_grid_for
+    from openmm_cgflow.config import load_config
+
+    scored = load_config(str(config), [f"metrics.reference={tmp_path / 'ref' / 'reference_molecule.npz'}"])
+    grid = metric_grid_for(scored)
+    assert grid is not None and grid.p_reference.shape == (10000,)

@@ -1,12 +1,16 @@
-"""Umbrella sampling of alanine dipeptide on a periodic (phi, psi) grid of harmonic restraints.
+"""Umbrella sampling on a periodic grid of harmonic restraints on a system's two CG dihedrals.
 
-Each window k restrains the IUPAC dihedrals to its centre (phi_k, psi_k) with
-w_k = k_umb / 2 * (d(phi - phi_k)^2 + d(psi - psi_k)^2) (d = periodic difference); the all-atom Hamiltonian is
-the one of :func:`openmm_cgflow.systems.create_system` ("alanine-dipeptide": ff96 + OBC1, no constraints), run
-with LangevinMiddle at 1 fs, 300 K, friction 1/ps on one pinned CPU-platform core.
+Works for any :class:`~openmm_cgflow.systems.base.CGSystem` whose CG coordinates are two dihedrals (alanine
+dipeptide's phi/psi, or any molecule's ``cg_dihedrals``). Each window k restrains the IUPAC dihedrals
+(theta_1, theta_2) of the CG atom quadruples to its centre with
+w_k = k_umb / 2 * (d(theta_1 - c_1k)^2 + d(theta_2 - c_2k)^2) (d = periodic difference). Since each CG coordinate
+is s = wrap(sign * theta - offset) with sign +-1, this is the same harmonic restraint in the system's own CG frame;
+the reference file is written in that frame (:mod:`.vfep`). The all-atom Hamiltonian is the system's OpenMM System
+(for "alanine-dipeptide": ff96 + OBC1, no constraints), run with LangevinMiddle at 1 fs, the system's temperature,
+friction 1/ps on one pinned CPU-platform core.
 
 The run is organised in *passes*: one pass runs every window for ``steps_per_pass`` steps, continuing each
-window's own trajectory, and stores its (phi, psi) samples in ``seed<S>/pass_<NNN>.npz``. Every pass ends with an
+window's own trajectory, and stores its samples of the two IUPAC dihedrals in ``seed<S>/pass_<NNN>.npz``. Every pass ends with an
 atomic checkpoint (positions and velocities of every window), so the run can stop anywhere and resume, and every
 estimate can be recomputed from the first P passes (the convergence curve). Independent seeds are the
 independent halves of the convergence check. Estimation: :mod:`.vfep`.
@@ -17,18 +21,19 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import openmm
 import openmm.unit as unit
 from tqdm.auto import tqdm
 
+import torch
+
+from ..coordinates.geometry import dihedral_angles
 from ..energy.oracle import default_properties, resolve_platform
 from ..storage import atomic_write, write_json
-from ..systems import create_system
-from ..systems.base import kT_in_kJ_per_mol
-from ..systems.alanine_dipeptide import PHI_ATOMS, PSI_ATOMS, phi_psi
+from ..systems.base import CGSystem, kT_in_kJ_per_mol
 
 @dataclass(frozen=True)
 class UmbrellaProtocol:
@@ -44,10 +49,10 @@ class UmbrellaProtocol:
     platform: str = "CPU"
 
     def centres(self) -> np.ndarray:
-        """Window centres (n^2, 2), IUPAC (phi, psi) in rad, phi-major, at -pi + (i + 1/2) 2 pi / n."""
+        """Window centres (n^2, 2), IUPAC dihedrals in rad, first-dihedral-major, at -pi + (i + 1/2) 2 pi / n."""
         c = -math.pi + (np.arange(self.windows_per_dim) + 0.5) * 2 * math.pi / self.windows_per_dim
-        phi, psi = np.meshgrid(c, c, indexing="ij")
-        return np.stack([phi.ravel(), psi.ravel()], axis=-1)
+        first, second = np.meshgrid(c, c, indexing="ij")
+        return np.stack([first.ravel(), second.ravel()], axis=-1)
 
     def snake_order(self) -> List[int]:
         """Window order in which each window starts from its neighbour's structure (rows alternate direction)."""
@@ -55,10 +60,28 @@ class UmbrellaProtocol:
         return [i * n + (j if i % 2 == 0 else n - 1 - j) for i in range(n) for j in range(n)]
 
 
-def restraint_forces(k_kj: float) -> List[openmm.CustomTorsionForce]:
-    """Harmonic periodic restraints on phi and psi with global centres ``umbrella_phi0``/``umbrella_psi0`` (rad)."""
+def umbrella_dihedrals(cg_system: CGSystem) -> List[Tuple[int, int, int, int]]:
+    """The atom quadruples of a system's two CG dihedrals, or a ValueError saying why umbrella sampling on this
+    grid does not apply (it needs exactly two dihedral CG coordinates)."""
+    definition = cg_system.cg_definition
+    if definition.dim != 2 or definition.kind != "dihedral":
+        raise ValueError(f"the umbrella-sampling reference needs exactly two dihedral CG coordinates; {cg_system.name} has "
+                         f"{definition.dim} {definition.kind} coordinate(s) ({', '.join(definition.names)})")
+    return [tuple(cv.atoms) for cv in definition.coordinates]
+
+
+def iupac_dihedrals(frames: np.ndarray, dihedrals: Sequence[Tuple[int, int, int, int]]) -> np.ndarray:
+    """IUPAC dihedrals (B, len(dihedrals)) in rad of frames (B, n_atoms, 3) nm."""
+    x = torch.as_tensor(np.asarray(frames, dtype=np.float64))
+    return torch.stack([dihedral_angles(*(x[:, i] for i in atoms)) for atoms in dihedrals], dim=-1).numpy()
+
+
+def restraint_forces(k_kj: float, dihedrals: Sequence[Tuple[int, int, int, int]]) -> List[openmm.CustomTorsionForce]:
+    """Harmonic periodic restraints 0.5 k d(theta - c)^2 on the IUPAC dihedrals, with the centres c the global
+    parameters ``umbrella_centre0``, ``umbrella_centre1``, ... (rad)."""
     forces = []
-    for name, atoms in (("umbrella_phi0", PHI_ATOMS), ("umbrella_psi0", PSI_ATOMS)):
+    for k, atoms in enumerate(dihedrals):
+        name = f"umbrella_centre{k}"
         force = openmm.CustomTorsionForce(
             f"0.5*umbrella_k*dtheta^2; dtheta = min(dt, 2*pi - dt); dt = abs(theta - {name}); pi = {math.pi!r}"
         )
@@ -70,24 +93,25 @@ def restraint_forces(k_kj: float) -> List[openmm.CustomTorsionForce]:
 
 
 class UmbrellaRun:
-    """One independent umbrella-sampling run (one seed) in ``out/seed<S>``; see the module docstring."""
+    """One independent umbrella-sampling run (one seed) of ``cg_system`` in ``out/seed<S>``; see the module docstring."""
 
-    def __init__(self, out: Path, seed: int, protocol: UmbrellaProtocol):
+    def __init__(self, out: Path, seed: int, protocol: UmbrellaProtocol, cg_system: CGSystem):
         self.out = Path(out) / f"seed{seed}"
         self.seed = seed
         self.protocol = protocol
-        aldp = create_system("alanine-dipeptide")
-        self.temperature = aldp.temperature
-        self.kT_kj = kT_in_kJ_per_mol(aldp.temperature)
-        system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(aldp.system))  # a copy: the shared System stays unbiased
-        for force in restraint_forces(protocol.force_constant * self.kT_kj):
+        self.dihedrals = umbrella_dihedrals(cg_system)
+        self.n_atoms = cg_system.n_atoms
+        self.temperature = cg_system.temperature
+        self.kT_kj = kT_in_kJ_per_mol(cg_system.temperature)
+        system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(cg_system.system))  # a copy: the shared System stays unbiased
+        for force in restraint_forces(protocol.force_constant * self.kT_kj, self.dihedrals):
             system.addForce(force)
         self.integrator = openmm.LangevinMiddleIntegrator(
-            aldp.temperature * unit.kelvin, protocol.friction_per_ps / unit.picosecond, protocol.timestep_fs * unit.femtosecond
+            cg_system.temperature * unit.kelvin, protocol.friction_per_ps / unit.picosecond, protocol.timestep_fs * unit.femtosecond
         )
         self.integrator.setRandomNumberSeed(seed + 1)  # 0 would mean "pick one at random"
         self.context = openmm.Context(system, self.integrator, resolve_platform(protocol.platform), default_properties(protocol.platform))
-        self.start_positions = aldp.positions
+        self.start_positions = cg_system.positions
         self.state_path = self.out / "state.npz"
 
     # -- state ----------------------------------------------------------------------------------------------
@@ -97,6 +121,9 @@ class UmbrellaRun:
         mine = {key: str(value) for key, value in asdict(self.protocol).items()}
         if protocol != mine:
             raise ValueError(f"{self.state_path} was written with another protocol ({protocol}); use a new --out")
+        if "cg_atoms" in data.files and data["cg_atoms"].tolist() != [list(a) for a in self.dihedrals]:
+            raise ValueError(f"{self.state_path} restrains other CG dihedrals ({data['cg_atoms'].tolist()}) than this system's "
+                             f"({[list(a) for a in self.dihedrals]}); use a new --out")
         return {key: data[key] for key in ("positions", "velocities")} | {
             "passes_done": int(data["passes_done"]), "wall_s": float(data["wall_s"]), "md_steps": int(data["md_steps"])
         }
@@ -109,22 +136,22 @@ class UmbrellaRun:
             lambda handle: np.savez(
                 handle, positions=state["positions"], velocities=state["velocities"], passes_done=state["passes_done"],
                 wall_s=state["wall_s"], md_steps=state["md_steps"], seed=self.seed,
-                protocol_keys=np.array(keys), protocol_values=np.array(values),
+                protocol_keys=np.array(keys), protocol_values=np.array(values), cg_atoms=np.array(self.dihedrals),
             ),
         )
 
     # -- simulation -----------------------------------------------------------------------------------------
     def _set_window(self, centre: np.ndarray) -> None:
-        self.context.setParameter("umbrella_phi0", float(centre[0]))
-        self.context.setParameter("umbrella_psi0", float(centre[1]))
+        for k, value in enumerate(centre):
+            self.context.setParameter(f"umbrella_centre{k}", float(value))
 
     def initialise(self) -> Dict[str, object]:
         """Minimise, then walk the windows in snake order, equilibrating each from its predecessor's end state."""
         p = self.protocol
         centres = p.centres()
         n = len(centres)
-        positions = np.zeros((n, 22, 3))
-        velocities = np.zeros((n, 22, 3))
+        positions = np.zeros((n, self.n_atoms, 3))
+        velocities = np.zeros((n, self.n_atoms, 3))
         self.context.setPositions(self.start_positions)
         self._set_window(centres[p.snake_order()[0]])
         openmm.LocalEnergyMinimizer.minimize(self.context)
@@ -151,7 +178,7 @@ class UmbrellaRun:
             self._set_window(centres[k])
             self.context.setPositions(positions[k])
             self.context.setVelocities(velocities[k])
-            frames = np.zeros((n_frames, 22, 3))
+            frames = np.zeros((n_frames, self.n_atoms, 3))
             for f in range(n_frames):
                 self.integrator.step(p.record_every)
                 frames[f] = self.context.getState(getPositions=True).getPositions(asNumpy=True)._value
@@ -160,23 +187,25 @@ class UmbrellaRun:
             final = self.context.getState(getPositions=True, getVelocities=True)
             positions[k] = final.getPositions(asNumpy=True)._value
             velocities[k] = final.getVelocities(asNumpy=True)._value
-            samples[k] = phi_psi(frames)
+            samples[k] = iupac_dihedrals(frames, self.dihedrals)
         index = state["passes_done"] + 1
-        atomic_write(self.out / f"pass_{index:03d}.npz", lambda handle: np.savez_compressed(handle, phi_psi=samples, centres=centres))
+        atomic_write(self.out / f"pass_{index:03d}.npz", lambda handle: np.savez_compressed(handle, dihedrals=samples, centres=centres))
         new = {"positions": positions, "velocities": velocities, "passes_done": index,
                "wall_s": state["wall_s"] + time.perf_counter() - start, "md_steps": state["md_steps"] + len(centres) * p.steps_per_pass}
         self.save_state(new)
         return new
 
 
-def run_umbrella(out: Path, seeds: Sequence[int], passes: int, protocol: UmbrellaProtocol, resume: bool = False, progress: bool = True) -> Dict[str, object]:
-    """Run (or resume) independent umbrella runs, one per seed, pass by pass in turn, until each has ``passes``.
+def run_umbrella(out: Path, seeds: Sequence[int], passes: int, protocol: UmbrellaProtocol, cg_system: CGSystem, resume: bool = False,
+                 progress: bool = True) -> Dict[str, object]:
+    """Run (or resume) independent umbrella runs of ``cg_system``, one per seed, pass by pass in turn, until each has
+    ``passes``.
 
     Alternating the seeds keeps the halves equally long whenever the run stops. Returns the summary written to
     ``out/umbrella.json``.
     """
     out = Path(out)
-    runs = [UmbrellaRun(out, seed, protocol) for seed in seeds]
+    runs = [UmbrellaRun(out, seed, protocol, cg_system) for seed in seeds]
     states = []
     for run in runs:
         if run.state_path.exists():
@@ -200,7 +229,8 @@ def run_umbrella(out: Path, seeds: Sequence[int], passes: int, protocol: Umbrell
 
 def _write_summary(out: Path, runs: List[UmbrellaRun], states: List[Dict[str, object]]) -> Dict[str, object]:
     summary = {
-        "method": "umbrella sampling on a periodic (phi, psi) grid of harmonic restraints",
+        "method": "umbrella sampling on a periodic grid of harmonic restraints on the two CG dihedrals",
+        "cg_dihedrals": [list(a) for a in runs[0].dihedrals],
         "protocol": asdict(runs[0].protocol),
         "runs": [{"seed": r.seed, "passes": s["passes_done"], "md_steps": s["md_steps"], "wall_s": s["wall_s"]} for r, s in zip(runs, states)],
     }
@@ -210,7 +240,8 @@ def _write_summary(out: Path, runs: List[UmbrellaRun], states: List[Dict[str, ob
 
 def load_run(out: Path, seed: int) -> Dict[str, object]:
     """The completed passes of one seed (as recorded in its checkpoint): ``samples`` (list over passes of
-    (windows, frames, 2) IUPAC rad), ``centres`` (windows, 2), the protocol, and its MD-step and time accounting."""
+    (windows, frames, 2) IUPAC rad of the CG dihedrals), ``centres`` (windows, 2), the protocol, and its MD-step
+    and time accounting. Passes written before runs were generic name their samples ``phi_psi``."""
     state_path = Path(out) / f"seed{seed}" / "state.npz"
     if not state_path.is_file():
         raise FileNotFoundError(f"no umbrella run for seed {seed} in {out} (missing {state_path})")
@@ -221,7 +252,7 @@ def load_run(out: Path, seed: int) -> Dict[str, object]:
     centres = None
     for index in range(1, passes + 1):
         data = np.load(Path(out) / f"seed{seed}" / f"pass_{index:03d}.npz")
-        samples.append(data["phi_psi"].astype(np.float64))
+        samples.append(data["dihedrals" if "dihedrals" in data.files else "phi_psi"].astype(np.float64))
         centres = data["centres"]
     n_windows = int(protocol["windows_per_dim"]) ** 2
     return {

@@ -13,8 +13,9 @@ size are chosen by cross-validation: each independent run (seed) is fitted, and 
 likelihood of the other. The sample term needs only the sufficient statistic S = sum_samples b(phi) b(psi)^T, so
 fits take seconds however long the runs are.
 
-All angles here are IUPAC radians; the reference file is written on the paper-frame grid of :mod:`.grid`, with bin
-probabilities integrated over each bin (4 x 4 sub-points).
+All angles here are IUPAC radians of the system's two CG dihedrals; the reference file is written on the grid of
+:mod:`.grid` in the system's own CG frame (s_k = wrap(sign_k theta_k - offset_k); for alanine dipeptide the paper
+frame), with bin probabilities integrated over each bin (4 x 4 sub-points).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ import torch
 
 from ..coordinates.geometry import periodic_difference
 from ..storage import write_json
-from ..systems.alanine_dipeptide import from_paper_frame
+from ..systems.base import CGSystem
+from ..systems.cg_definition import CGDefinition
 from .grid import N_BINS, grid_edges, save_reference
 from .kld import forward_kld
 
@@ -125,15 +127,24 @@ class VariationalPMF:
         F = torch.as_tensor(basis(self.basis_name, phi)) @ c @ torch.as_tensor(basis(self.basis_name, psi)).T
         return (F - F.min()).numpy()
 
-    def bin_probabilities(self, c: torch.Tensor, n_bins: int = N_BINS, sub: int = 4) -> np.ndarray:
-        """Probabilities (n_bins, n_bins) of the paper-frame bins, each the integral of exp(-F) over its bin."""
+    def bin_probabilities(self, c: torch.Tensor, definition: CGDefinition, n_bins: int = N_BINS, sub: int = 4) -> np.ndarray:
+        """Probabilities (n_bins, n_bins) of the bins of ``definition``'s CG frame over [-pi, pi)^2, each the
+        integral of exp(-F) over its bin."""
         edges = grid_edges(n_bins)
         width = edges[1] - edges[0]
-        s = (edges[:-1, None] + (np.arange(sub)[None, :] + 0.5) * width / sub).ravel()  # paper-frame sub-points
-        iupac = from_paper_frame(np.stack([s, s], axis=-1))
+        s = (edges[:-1, None] + (np.arange(sub)[None, :] + 0.5) * width / sub).ravel()  # CG-frame sub-points
+        iupac = iupac_of_cg(np.stack([s, s], axis=-1), definition)
         F = self.free_energy(c, iupac[:, 0], iupac[:, 1])
         p = np.exp(-F).reshape(n_bins, sub, n_bins, sub).sum(axis=(1, 3))
         return p / p.sum()
+
+
+def iupac_of_cg(s: np.ndarray, definition: CGDefinition) -> np.ndarray:
+    """CG dihedral coordinates s (N, 2) in ``definition``'s frame -> the IUPAC dihedrals theta = wrap(sign (s + offset))."""
+    s = np.asarray(s, dtype=np.float64)
+    signs = np.array([cv.sign for cv in definition.coordinates])
+    offsets = np.array([cv.offset for cv in definition.coordinates])
+    return periodic_difference(signs * (s + offsets))
 
 
 def kld_between(p: np.ndarray, q: np.ndarray) -> float:
@@ -142,8 +153,6 @@ def kld_between(p: np.ndarray, q: np.ndarray) -> float:
 
 
 # -- basin check ------------------------------------------------------------------------------------------------
-#: Literature positions (IUPAC degrees) of the alanine-dipeptide basins (Amber force fields, vacuum/implicit solvent).
-LITERATURE_BASINS = {"C5/beta": (-155.0, 160.0), "C7eq": (-83.0, 73.0), "alphaR": (-70.0, -40.0), "C7ax": (72.0, -60.0), "alphaL": (60.0, 40.0)}
 
 
 def local_minima(F: np.ndarray, angles: np.ndarray, max_F: float = 15.0) -> List[Dict[str, float]]:
@@ -154,11 +163,12 @@ def local_minima(F: np.ndarray, angles: np.ndarray, max_F: float = 15.0) -> List
     return sorted(found, key=lambda m: m["F_kT"])
 
 
-def basin_check(F: np.ndarray, angles: np.ndarray, tolerance_deg: float = 30.0) -> Dict[str, Dict[str, object]]:
-    """For each literature basin, the nearest local minimum of F and whether it lies within ``tolerance_deg``."""
+def basin_check(F: np.ndarray, angles: np.ndarray, basins: Dict[str, Sequence[float]], tolerance_deg: float = 30.0) -> Dict[str, Dict[str, object]]:
+    """For each named basin (IUPAC degrees of the two CG dihedrals, e.g. a system's ``literature_basins_deg``
+    metadata), the nearest local minimum of F and whether it lies within ``tolerance_deg``."""
     minima = local_minima(F, angles)
     result = {}
-    for name, (phi, psi) in LITERATURE_BASINS.items():
+    for name, (phi, psi) in basins.items():
         target = np.radians([phi, psi])
         dist = [float(np.degrees(np.hypot(*periodic_difference(np.radians([m["phi_deg"], m["psi_deg"]]), target)))) for m in minima]
         best = int(np.argmin(dist)) if dist else None
@@ -176,11 +186,13 @@ CANDIDATE_BASES = ("bspline18", "bspline24", "bspline30", "bspline36", "bspline4
 
 
 def build_reference(
-    out: Path, seeds: Sequence[int], output: Path, command: str = "", bases: Sequence[str] = CANDIDATE_BASES, curve_points: int = 8
+    out: Path, seeds: Sequence[int], output: Path, cg_system: CGSystem, command: str = "", bases: Sequence[str] = CANDIDATE_BASES,
+    curve_points: int = 8,
 ) -> Dict[str, object]:
-    """Choose the basis by cross-validation, fit each seed and all seeds together, and write the reference file,
-    ``out/reference_report.json`` (with the convergence curve: KLD between the halves and against the final
-    estimate vs MD steps) and ``out/reference_convergence.png``."""
+    """Choose the basis by cross-validation, fit each seed and all seeds together, and write the reference file of
+    ``cg_system`` (in its CG frame), ``out/reference_report.json`` (with the convergence curve: KLD between the
+    halves and against the final estimate vs MD steps, the local minima and, where the system names some, its
+    literature basins) and ``out/reference_convergence.png``."""
     from .umbrella import load_run
 
     out = Path(out)
@@ -211,11 +223,12 @@ def build_reference(
     model = VariationalPMF(centres, k_kT, best)
     per_seed = [stats(i, best, passes) for i in range(len(runs))]
     final_c = model.fit(sum(s for s, _ in per_seed), sum(n for _, n in per_seed))
-    p_final = model.bin_probabilities(final_c)
+    definition = cg_system.cg_definition
+    p_final = model.bin_probabilities(final_c, definition)
 
     curve = []
     for n in np.unique(np.round(np.geomspace(1, passes, curve_points)).astype(int)).tolist():
-        halves = [model.bin_probabilities(model.fit(*stats(i, best, n))) for i in range(len(runs))]
+        halves = [model.bin_probabilities(model.fit(*stats(i, best, n)), definition) for i in range(len(runs))]
         curve.append({
             "passes": n,
             "md_steps_all_seeds": int(sum(r["equilibration_md_steps"] + n * r["md_steps_per_pass"] for r in runs)),
@@ -224,11 +237,16 @@ def build_reference(
         })
     between = curve[-1]["kld_between_halves"]
     fine = -math.pi + (np.arange(360) + 0.5) * 2 * math.pi / 360
-    basins = basin_check(model.free_energy(final_c, fine, fine), fine)
+    F_fine = model.free_energy(final_c, fine, fine)
+    minima = local_minima(F_fine, fine)[:8]
+    basins = basin_check(F_fine, fine, cg_system.metadata["literature_basins_deg"]) if "literature_basins_deg" in cg_system.metadata else None
     md_steps = int(sum(r["equilibration_md_steps"] + passes * r["md_steps_per_pass"] for r in runs))
     provenance = {
-        "method": "umbrella sampling on a periodic (phi, psi) grid of harmonic restraints + vFEP maximum-likelihood fit",
-        "hamiltonian": "amber ff96 (openmmtools prmtop) + OBC1, NoCutoff, no constraints, 300 K, LangevinMiddle 1 fs, friction 1/ps",
+        "method": "umbrella sampling on a periodic grid of harmonic restraints on the two CG dihedrals + vFEP maximum-likelihood fit",
+        "system": cg_system.name,
+        "cg_coordinates": definition.to_dict(),
+        "hamiltonian": f"{cg_system.metadata.get('hamiltonian', 'the OpenMM System of ' + cg_system.name)}, {cg_system.temperature:g} K, "
+                       "LangevinMiddle 1 fs, friction 1/ps",
         "protocol": runs[0]["protocol"],
         "seeds": list(seeds),
         "passes_per_seed": passes,
@@ -237,19 +255,20 @@ def build_reference(
         "basis": best,
         "cross_validation_nll_per_sample": cv,
         "kld_between_halves": between,
+        "local_minima_iupac_deg": minima,
         "basins": basins,
         "bin_probabilities": "integral of exp(-F) over each bin (4 x 4 sub-points), paper frame",
         "command": command,
         "fit_wall_s": time.perf_counter() - start,
     }
-    save_reference(output, p_final, provenance)
+    save_reference(output, p_final, provenance, frame=definition.frame)
     report = {"path": str(output), "order": best, "kld_between_halves": between, "md_steps": md_steps, "curve": curve, "provenance": provenance}
     write_json(out / "reference_report.json", report)
-    _plot(out / "reference_convergence.png", curve, p_final)
+    _plot(out / "reference_convergence.png", curve, p_final, definition)
     return report
 
 
-def _plot(path: Path, curve: List[Dict[str, object]], p_final: np.ndarray) -> None:
+def _plot(path: Path, curve: List[Dict[str, object]], p_final: np.ndarray, definition: CGDefinition) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,8 +285,8 @@ def _plot(path: Path, curve: List[Dict[str, object]], p_final: np.ndarray) -> No
     a.legend()
     F = -np.log(p_final)
     im = b.imshow(np.minimum(F - F.min(), 15).T, origin="lower", extent=[-math.pi, math.pi, -math.pi, math.pi], cmap="viridis")
-    b.set_xlabel("s_phi (paper frame, rad)")
-    b.set_ylabel("s_psi (paper frame, rad)")
+    b.set_xlabel(f"{definition.names[0]} ({definition.frame} frame, rad)")
+    b.set_ylabel(f"{definition.names[1]} ({definition.frame} frame, rad)")
     fig.colorbar(im, ax=b, label="F (kT)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

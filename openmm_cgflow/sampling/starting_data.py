@@ -1,18 +1,27 @@
-"""Starting data for alanine dipeptide (SPEC §2.2): minimise, 50,000 x 1 fs Langevin steps at 300 K
-(friction 1/ps), keep every 10th frame (5,000 frames). Cached as a compressed .npz with its provenance;
-its MD steps count in every evaluation budget (``md_steps`` in the file)."""
+"""Starting data, made once and cached: the short MD a run starts from (its MD steps count in every evaluation
+budget, ``md_steps`` in the file).
+
+* Any system (:func:`cached_starting_frames`, what ``CGSystem.starting_frames`` uses by default and
+  ``cgflow data start SYSTEM`` makes ahead of a run): minimise, then LangevinMiddle MD at the system's temperature.
+  The cache file is named by a hash of everything that determines the frames (the System XML, temperature,
+  start positions, MD settings, seed, platform), so a changed molecule or setting never reuses stale frames.
+  Frames are stored in float64: a run gives bitwise the same numbers whether its frames were cached or not.
+* Alanine dipeptide (SPEC §2.2, :func:`aldp_starting_data`): minimise, 50,000 x 1 fs Langevin steps at 300 K
+  (friction 1/ps), every 10th frame (5,000 frames), one file that every ALDP config slices.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
 from ..storage import atomic_write
-from ..systems import create_system
 from .molecular_dynamics import run_langevin
 
 N_STEPS = 50_000
@@ -30,6 +39,8 @@ def aldp_starting_data(seed: int = 0, platform: str = "CPU", path: Optional[Path
     if path.is_file():
         data = np.load(path)
         return {"frames": data["frames"].astype(np.float64), "md_steps": int(data["md_steps"]), "provenance": json.loads(str(data["provenance"])), "path": path}
+    from ..systems import create_system
+
     aldp = create_system("alanine-dipeptide")
     start = time.perf_counter()
     md = run_langevin(aldp, n_steps=n_steps, save_every=SAVE_EVERY, seed=seed, timestep_fs=1.0, friction_per_ps=1.0, platform=platform)
@@ -42,3 +53,51 @@ def aldp_starting_data(seed: int = 0, platform: str = "CPU", path: Optional[Path
     }
     atomic_write(path, lambda handle: np.savez_compressed(handle, frames=md.frames.astype(np.float32), md_steps=md.n_steps, provenance=json.dumps(provenance)))
     return {"frames": md.frames, "md_steps": md.n_steps, "provenance": provenance, "path": path}
+
+
+def starting_data_key(cg_system, n_frames: int, save_every: int, equilibration_steps: int, timestep_fs: float,
+                      friction_per_ps: float, seed: int, platform: str) -> str:
+    """16 hex digits of a SHA-256 over everything that determines the starting frames."""
+    import openmm
+
+    digest = hashlib.sha256()
+    digest.update(openmm.XmlSerializer.serialize(cg_system.system).encode())
+    digest.update(np.ascontiguousarray(cg_system.positions, dtype=np.float64).tobytes())
+    settings = [float(cg_system.temperature), int(n_frames), int(save_every), int(equilibration_steps), float(timestep_fs),
+                float(friction_per_ps), int(seed), str(platform)]
+    digest.update(json.dumps(settings).encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_starting_frames(cg_system, n_frames: int, save_every: int, equilibration_steps: int, timestep_fs: float,
+                           friction_per_ps: float, seed: int, platform: str, cache_dir: Optional[Path] = None
+                           ) -> Tuple[np.ndarray, int, Path]:
+    """(frames (n_frames, n_atoms, 3) nm, MD steps, cache file) of the default starting MD of ``cg_system``: the
+    last ``n_frames`` frames saved every ``save_every`` steps after ``equilibration_steps``, from the cache when
+    it holds them, else simulated and written there (atomically, with provenance)."""
+    key = starting_data_key(cg_system, n_frames, save_every, equilibration_steps, timestep_fs, friction_per_ps, seed, platform)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cg_system.name) or "system"
+    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = path / f"start_{name}_{key}.npz"
+    if path.is_file():
+        data = np.load(path, allow_pickle=False)
+        frames = data["frames"]
+        if frames.shape != (n_frames, cg_system.n_atoms, 3):
+            raise ValueError(f"{path} holds frames of shape {frames.shape}, expected {(n_frames, cg_system.n_atoms, 3)}; delete it")
+        return frames, int(data["md_steps"]), path
+    start = time.perf_counter()
+    md = run_langevin(cg_system, n_steps=equilibration_steps + n_frames * save_every, save_every=save_every, seed=seed,
+                      timestep_fs=timestep_fs, friction_per_ps=friction_per_ps, platform=platform)
+    frames = md.frames[-n_frames:]
+    provenance = {
+        "system": cg_system.name,
+        "protocol": f"minimise, {md.n_steps} x {timestep_fs} fs LangevinMiddle steps at {cg_system.temperature:g} K, friction "
+                    f"{friction_per_ps}/ps, the last {n_frames} of the frames saved every {save_every} steps",
+        "seed": seed,
+        "platform": platform,
+        "wall_s": time.perf_counter() - start,
+        "key": key,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda handle: np.savez_compressed(handle, frames=frames, md_steps=md.n_steps, provenance=json.dumps(provenance)))
+    return frames, md.n_steps, path

@@ -159,6 +159,11 @@ def packaged_reference(n_bins: int, domain):
     return grid_centres(n_bins), ref.probabilities.ravel()
 
 
+#: Literature positions (IUPAC phi, psi in degrees) of the alanine-dipeptide basins (Amber force fields, vacuum or
+#: implicit solvent); the umbrella reference reports the nearest minimum of its PMF to each.
+LITERATURE_BASINS_DEG = {"C5/beta": [-155.0, 160.0], "C7eq": [-83.0, 73.0], "alphaR": [-70.0, -40.0], "C7ax": [72.0, -60.0], "alphaL": [60.0, 40.0]}
+
+
 def create_alanine_dipeptide_system() -> CGSystem:
     """The ALDP CGSystem: OpenMM System (ff96 + OBC1, NoCutoff, no constraints), 300 K, CG = (phi, psi) in the
     paper frame, FAB's Z-matrix (SPEC §2.2.1)."""
@@ -185,6 +190,7 @@ def create_alanine_dipeptide_system() -> CGSystem:
             "phi_ref_bg_rad": phi_ref,
             "psi_ref_bg_rad": psi_ref,
             "hamiltonian": "amber ff96 (openmmtools prmtop), OBC1, NoCutoff, no constraints",
+            "literature_basins_deg": LITERATURE_BASINS_DEG,
         },
         sample_filters={"fab": fab_chirality_filter(transform)},
         references={"packaged": packaged_reference},

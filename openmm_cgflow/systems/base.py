@@ -148,14 +148,15 @@ class CGSystem:
                         friction_per_ps: float, seed: int, platform: str) -> Tuple[np.ndarray, int]:
         """Starting data: (frames (n_frames, n_atoms, 3) nm, MD steps they cost). Default: minimise, then
         LangevinMiddle MD at the system's temperature, keeping the last ``n_frames`` frames saved every
-        ``save_every`` steps after ``equilibration_steps``."""
+        ``save_every`` steps after ``equilibration_steps``; made once and cached
+        (:func:`~openmm_cgflow.sampling.starting_data.cached_starting_frames`)."""
         if self.starting_data is not None:
             return self.starting_data(n_frames, save_every, equilibration_steps, timestep_fs, friction_per_ps, seed, platform)
-        from ..sampling.molecular_dynamics import run_langevin
+        from ..sampling.starting_data import cached_starting_frames
 
-        md = run_langevin(self, n_steps=equilibration_steps + n_frames * save_every, save_every=save_every, seed=seed,
-                          timestep_fs=timestep_fs, friction_per_ps=friction_per_ps, platform=platform)
-        return md.frames[-n_frames:], md.n_steps
+        frames, md_steps, _ = cached_starting_frames(self, n_frames, save_every, equilibration_steps, timestep_fs, friction_per_ps,
+                                                     seed, platform)
+        return frames, md_steps
 
     @classmethod
     def from_openmm(cls, system: openmm.System, topology: openmm.app.Topology, positions, temperature, cg_dihedrals,
