@@ -17,7 +17,7 @@ import yaml
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys whose default is null accept these types too.
-_NULLABLE = {"loop.stop_kld": float, "search.bounds": list, "search.start": list}
+_NULLABLE = {"loop.stop_kld": float, "search.bounds": list, "search.start": list, "flow.hidden": list}
 #: The built-in config whose keys (and defaults) a user file for each system is checked against.
 SYSTEM_DEFAULTS = {"muller-brown": "muller-brown", "alanine-dipeptide": "aldp"}
 #: The schema of any other system: a molecule given by a ``system:`` mapping, or a system registered by the user.

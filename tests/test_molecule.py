@@ -233,3 +233,15 @@ def test_starting_data_is_made_once_cached_and_keyed_by_what_makes_it(tmp_path, 
     assert "needs a SYSTEM" in capsys.readouterr().err
     assert main(["data", "start", "no-such-system", "--platform", "Reference"]) == 2
     assert "unknown system 'no-such-system'" in capsys.readouterr().err
+
+
+def test_flow_width_defaults_scale_with_the_molecule():
+    """A molecule's config that leaves flow.hidden null gets 64 units per started 64 fine-grained coordinates: the
+    dipeptides keep the recorded width, the tetrapeptide doubles it; an explicit list is kept."""
+    from openmm_cgflow.active_learning.loop import scaled_flow_hidden
+
+    assert load_config("aldp-vacuum")["flow"]["hidden"] is None
+    assert scaled_flow_hidden("spline", create_system("alanine-dipeptide").fg_dim) == [64]
+    assert scaled_flow_hidden("spline", create_system("ace-ala2-nme").fg_dim) == [128]
+    assert scaled_flow_hidden("affine", 1) == [64, 64]
+    assert load_config("aldp-vacuum", ["flow.hidden=[96]"])["flow"]["hidden"] == [96]

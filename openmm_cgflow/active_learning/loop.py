@@ -84,6 +84,14 @@ def metric_grid_for(config: Dict[str, Any], cg_system: Optional[CGSystem] = None
     return MetricGrid(grid_centres(n_bins), ref.probabilities.ravel())
 
 
+def scaled_flow_hidden(kind: str, fg_dim: int) -> List[int]:
+    """``flow.hidden: null``: widths scaled to the molecule, 64 per started 64 fine-grained coordinates (alanine
+    dipeptide, 58 coordinates: 64, the recorded runs' width; Ace-Ala2-Nme, 86: 128); the affine flow (one particle)
+    gets two such layers."""
+    width = 64 * max(1, math.ceil(fg_dim / 64))
+    return [width, width] if kind == "affine" else [width]
+
+
 def learning_rate_factor(et: Dict[str, Any], iteration: int, epoch: int, global_epoch: int, total_epochs: int) -> float:
     """The lr multiplier of an epoch (``epoch`` counts within the 1-based ``iteration``, ``global_epoch`` over the
     run): a linear warm-up lr (k + 1) / n, then constant (per_iteration), cosine decay to 0 over the run
@@ -197,12 +205,13 @@ class ActiveLearningRun:
     def _build_flow(self, s_mean: float, s_std: float) -> None:
         cfg, fc = self.config, self.config["flow"]
         torch.manual_seed(cfg["seed"])  # nn.Linear's default initialisation draws from the global generator
+        hidden = fc["hidden"] if fc["hidden"] is not None else scaled_flow_hidden(fc["kind"], self.cg_system.fg_dim)
         if fc["kind"] == "affine":
-            self.flow = ConditionalAffineFlow(self.cg_system.cg_dim, self.cg_system.fg_dim, fc["hidden"], s_mean, s_std)
+            self.flow = ConditionalAffineFlow(self.cg_system.cg_dim, self.cg_system.fg_dim, hidden, s_mean, s_std)
         else:
             circular = list(self.cg_system.flow_circular_indices)
             self.flow = ConditionalSplineFlow(
-                self.cg_system.fg_dim, circular, self.cg_system.cg_dim, fc["n_layers"], fc["n_bins"], fc["hidden"][0],
+                self.cg_system.fg_dim, circular, self.cg_system.cg_dim, fc["n_layers"], fc["n_bins"], hidden[0],
                 fc["n_blocks"], context=fc["context"],
             )
         self.flow_norm = (s_mean, s_std)
