@@ -194,8 +194,9 @@ class PMFEnsemble(nn.Module):
         their last value."""
         n_layers = len(self.layers)
         Y = Y - self.output_offset
+        groups = member_groups.split_members(self.n_members)
         jobs = []
-        for group in member_groups.split_members(self.n_members):
+        for group in groups:
             rows = slice(group.start, group.stop)
             params = {}
             for i, layer in enumerate(self.layers):
@@ -204,13 +205,13 @@ class PMFEnsemble(nn.Module):
             jobs.append((params, X[rows], Y[rows], n_layers, iterations, lr))
         results = member_groups.run_groups(jobs)
         with torch.no_grad():
-            for group, (params, _) in zip(member_groups.split_members(self.n_members), results):
+            for group, (params, _) in zip(groups, results):
                 rows = slice(group.start, group.stop)
                 for i, layer in enumerate(self.layers):
                     layer.weight[rows] = params[f"w{i}"]
                     layer.bias[rows] = params[f"b{i}"]
         histories = [h for _, h in results]
-        sizes = [len(g) for g in member_groups.split_members(self.n_members)]
+        sizes = [len(g) for g in groups]
         length = max(len(h) for h in histories)
         padded = [h + [h[-1]] * (length - len(h)) for h in histories]
         return [sum(n * h[k] for n, h in zip(sizes, padded)) / self.n_members for k in range(length)]
