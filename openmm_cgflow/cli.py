@@ -228,7 +228,8 @@ def _data(args) -> int:
             raise ValueError("aldp-start takes no SYSTEM (use `cgflow data start SYSTEM` for other systems)")
         from .sampling.starting_data import aldp_starting_data
 
-        result = aldp_starting_data(0 if args.seed is None else args.seed, args.platform or "CPU", args.out)
+        _, cg_system = _resolve_system("aldp", None)
+        result = aldp_starting_data(cg_system, 0 if args.seed is None else args.seed, args.platform or "CPU", args.out)
         print(f"{len(result['frames'])} frames, {result['md_steps']} MD steps, in {result['path']}")
         return 0
     if args.system is None:
@@ -261,7 +262,7 @@ def _md_baseline(args) -> int:
         raise ValueError("--steps must be >= --record-every")
     _check_reference(args.reference)
     _, cg_system = _resolve_system(args.system, None)
-    summary = run_md_baseline(args.out, args.steps, args.seed, args.platform, record_every, args.resume, not args.quiet, cg_system=cg_system)
+    summary = run_md_baseline(cg_system, args.out, args.steps, args.seed, args.platform, record_every, args.resume, not args.quiet)
     print(f"{summary['steps']} MD steps at {summary['steps_per_s']:.0f} steps/s; histograms in {args.out}")
     if args.reference is not None:
         for point in score_md_baseline(args.out, args.reference, frame=cg_system.cg_definition.frame):

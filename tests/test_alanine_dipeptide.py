@@ -190,9 +190,9 @@ def test_starting_data_is_made_cached_and_counted(tmp_path):
     from openmm_cgflow.sampling.starting_data import aldp_starting_data
 
     path = tmp_path / "start.npz"
-    made = aldp_starting_data(seed=1, platform="Reference", path=path, n_steps=300)
+    made = aldp_starting_data(create_system("alanine-dipeptide"), seed=1, platform="Reference", path=path, n_steps=300)
     assert made["frames"].shape == (30, 22, 3) and made["md_steps"] == 300
-    loaded = aldp_starting_data(seed=1, platform="Reference", path=path, n_steps=300)
+    loaded = aldp_starting_data(create_system("alanine-dipeptide"), seed=1, platform="Reference", path=path, n_steps=300)
     np.testing.assert_allclose(loaded["frames"], made["frames"], atol=1e-6)  # stored as float32
     assert loaded["provenance"]["seed"] == 1 and "50,000" not in loaded["provenance"]["protocol"]
     # all frames are L-alanine in the starting (beta / C7eq) region: phi < 0

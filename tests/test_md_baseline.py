@@ -6,12 +6,15 @@ import pytest
 
 from openmm_cgflow.reference import md_baseline
 from openmm_cgflow.reference.grid import kld_of_histogram, save_reference
+from openmm_cgflow.systems import create_system
+
+ALDP = create_system("alanine-dipeptide")
 
 
 def test_resume_after_a_crash_matches_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(md_baseline, "CHUNK_STEPS", 1000)
     monkeypatch.setattr(md_baseline, "snapshot_steps", lambda total: [1000, 2000, 3000])
-    full = md_baseline.run_md_baseline(tmp_path / "full", 3000, seed=2, platform="Reference", progress=False)
+    full = md_baseline.run_md_baseline(ALDP, tmp_path / "full", 3000, seed=2, platform="Reference", progress=False)
 
     real_save = md_baseline.save_checkpoint
     calls = {"n": 0}
@@ -24,9 +27,9 @@ def test_resume_after_a_crash_matches_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(md_baseline, "save_checkpoint", crash_after_two_chunks)
     with pytest.raises(KeyboardInterrupt):
-        md_baseline.run_md_baseline(tmp_path / "killed", 3000, seed=2, platform="Reference", progress=False)
+        md_baseline.run_md_baseline(ALDP, tmp_path / "killed", 3000, seed=2, platform="Reference", progress=False)
     monkeypatch.setattr(md_baseline, "save_checkpoint", real_save)
-    resumed = md_baseline.run_md_baseline(tmp_path / "killed", 3000, seed=2, platform="Reference", resume=True, progress=False)
+    resumed = md_baseline.run_md_baseline(ALDP, tmp_path / "killed", 3000, seed=2, platform="Reference", resume=True, progress=False)
     assert resumed["steps"] == full["steps"] == 3000
     a = np.load(tmp_path / "full" / "md_histograms.npz")
     b = np.load(tmp_path / "killed" / "md_histograms.npz")
@@ -45,12 +48,12 @@ def test_resume_after_a_crash_matches_uninterrupted(tmp_path, monkeypatch):
 
 def test_refuses_to_overwrite_or_resume_mismatch_and_extends(tmp_path, monkeypatch):
     monkeypatch.setattr(md_baseline, "snapshot_steps", lambda total: [total])
-    md_baseline.run_md_baseline(tmp_path / "run", 200, seed=0, platform="Reference", progress=False)
+    md_baseline.run_md_baseline(ALDP, tmp_path / "run", 200, seed=0, platform="Reference", progress=False)
     with pytest.raises(ValueError, match="use --resume"):
-        md_baseline.run_md_baseline(tmp_path / "run", 200, seed=0, platform="Reference", progress=False)
+        md_baseline.run_md_baseline(ALDP, tmp_path / "run", 200, seed=0, platform="Reference", progress=False)
     with pytest.raises(ValueError, match="other --seed"):
-        md_baseline.run_md_baseline(tmp_path / "run", 400, seed=1, platform="Reference", resume=True, progress=False)
-    extended = md_baseline.run_md_baseline(tmp_path / "run", 400, seed=0, platform="Reference", resume=True, progress=False)
+        md_baseline.run_md_baseline(ALDP, tmp_path / "run", 400, seed=1, platform="Reference", resume=True, progress=False)
+    extended = md_baseline.run_md_baseline(ALDP, tmp_path / "run", 400, seed=0, platform="Reference", resume=True, progress=False)
     assert extended["steps"] == 400  # a larger --steps extends a finished run
     with pytest.raises(ValueError, match="already holds 400 steps"):
-        md_baseline.run_md_baseline(tmp_path / "run", 200, seed=0, platform="Reference", resume=True, progress=False)
+        md_baseline.run_md_baseline(ALDP, tmp_path / "run", 200, seed=0, platform="Reference", resume=True, progress=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import openmm
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..storage import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
 from ..energy.oracle import default_properties, openmm_random_seed, resolve_platform
-from ..systems import CGSystem, create_system
+from ..systems import CGSystem
 from .grid import MD_PSEUDOCOUNT, histogram_counts, kld_of_histogram, load_reference
 
 
@@ -35,25 +35,24 @@ def snapshot_steps(total: int, per_decade: int = 10, first: int = 10_000) -> Lis
 
 
 def run_md_baseline(
-    out: Path, steps: int, seed: int = 0, platform: str = "CPU", record_every: int = 10, resume: bool = False, progress: bool = True,
-    cg_system: Optional[CGSystem] = None,
+    cg_system: CGSystem, out: Path, steps: int, seed: int = 0, platform: str = "CPU", record_every: int = 10, resume: bool = False,
+    progress: bool = True,
 ) -> Dict[str, object]:
-    """Run (or resume) the MD baseline of ``cg_system`` (two dihedral CG coordinates; default: the built-in alanine
-    dipeptide) into ``out``; returns the summary written to ``out/md_baseline.json``."""
+    """Run (or resume) the MD baseline of ``cg_system`` (two dihedral CG coordinates) into ``out``; returns the
+    summary written to ``out/md_baseline.json``."""
     out = Path(out)
-    aldp = cg_system if cg_system is not None else create_system("alanine-dipeptide")
-    if aldp.cg_dim != 2 or not aldp.cg_periodic:
-        raise ValueError(f"the MD baseline histograms two dihedral CG coordinates; {aldp.name} has {aldp.cg_dim} CG coordinate(s) "
-                         f"({', '.join(aldp.cg_definition.names)})")
+    if cg_system.cg_dim != 2 or not cg_system.cg_periodic:
+        raise ValueError(f"the MD baseline histograms two dihedral CG coordinates; {cg_system.name} has {cg_system.cg_dim} CG coordinate(s) "
+                         f"({', '.join(cg_system.cg_definition.names)})")
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "md_checkpoint.pt"
-    integrator = openmm.LangevinMiddleIntegrator(aldp.temperature * unit.kelvin, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
+    integrator = openmm.LangevinMiddleIntegrator(cg_system.temperature * unit.kelvin, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
     integrator.setRandomNumberSeed(openmm_random_seed(seed))
-    context = openmm.Context(aldp.system, integrator, resolve_platform(platform), default_properties(platform))
+    context = openmm.Context(cg_system.system, integrator, resolve_platform(platform), default_properties(platform))
     if resume:
         state = load_checkpoint(checkpoint_path, MD_CHECKPOINT_KEYS)
-        if state.get("system", "alanine-dipeptide") != aldp.name:
-            raise ValueError(f"{checkpoint_path} is an MD baseline of '{state.get('system', 'alanine-dipeptide')}', not of '{aldp.name}'; use a new --out")
+        if state.get("system", "alanine-dipeptide") != cg_system.name:
+            raise ValueError(f"{checkpoint_path} is an MD baseline of '{state.get('system', 'alanine-dipeptide')}', not of '{cg_system.name}'; use a new --out")
         if (state["seed"], state["record_every"]) != (seed, record_every):
             raise ValueError(f"{checkpoint_path} belongs to a run with other --seed/--record-every; use a new --out")
         if steps < state["steps_done"]:
@@ -66,12 +65,12 @@ def run_md_baseline(
     else:
         if checkpoint_path.exists():
             raise ValueError(f"{checkpoint_path} exists: use --resume to continue it, or another --out")
-        context.setPositions(aldp.positions)
+        context.setPositions(cg_system.positions)
         openmm.LocalEnergyMinimizer.minimize(context)
-        context.setVelocitiesToTemperature(aldp.temperature * unit.kelvin, openmm_random_seed(seed))
+        context.setVelocitiesToTemperature(cg_system.temperature * unit.kelvin, openmm_random_seed(seed))
         state = {
-            "steps_target": steps, "seed": seed, "record_every": record_every, "platform": platform, "system": aldp.name,
-            "temperature_K": aldp.temperature, "hamiltonian": str(aldp.metadata.get("hamiltonian", "")),
+            "steps_target": steps, "seed": seed, "record_every": record_every, "platform": platform, "system": cg_system.name,
+            "temperature_K": cg_system.temperature, "hamiltonian": str(cg_system.metadata.get("hamiltonian", "")),
             "steps_done": 0, "counts": np.zeros((100, 100)), "snapshots": {}, "wall_s": 0.0,
         }
     wanted = [s for s in snapshot_steps(steps) if s % record_every == 0]
@@ -85,11 +84,11 @@ def run_md_baseline(
             frames.append(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
             state["steps_done"] += record_every
             if state["steps_done"] in wanted:
-                state["counts"] += histogram_counts(aldp.cg_values(np.asarray(frames)))
+                state["counts"] += histogram_counts(cg_system.cg_values(np.asarray(frames)))
                 frames = []
                 state["snapshots"][state["steps_done"]] = state["counts"].copy()
         if frames:
-            state["counts"] += histogram_counts(aldp.cg_values(np.asarray(frames)))
+            state["counts"] += histogram_counts(cg_system.cg_values(np.asarray(frames)))
         state["wall_s"] += time.perf_counter() - start
         state["openmm_checkpoint"] = context.createCheckpoint()
         save_checkpoint(checkpoint_path, state)

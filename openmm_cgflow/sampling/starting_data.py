@@ -33,17 +33,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CGFLOW_CACHE", Path.home() / ".cache" / "openmm-cgflow"))
 
 
-def aldp_starting_data(seed: int = 0, platform: str = "CPU", path: Optional[Path] = None, n_steps: int = N_STEPS) -> dict:
-    """Load the cached starting data, or make it: returns {"frames": (n, 22, 3) nm, "md_steps": int, "provenance": dict}."""
+def aldp_starting_data(cg_system, seed: int = 0, platform: str = "CPU", path: Optional[Path] = None, n_steps: int = N_STEPS) -> dict:
+    """The SPEC §2.2 starting data of ``cg_system`` (the built-in alanine dipeptide; its cache file is named for
+    it): load it, or make it. Returns {"frames": (n, n_atoms, 3) nm, "md_steps": int, "provenance": dict}."""
     path = Path(path) if path is not None else default_cache_dir() / f"aldp_start_seed{seed}_{n_steps}.npz"
     if path.is_file():
         data = np.load(path)
         return {"frames": data["frames"].astype(np.float64), "md_steps": int(data["md_steps"]), "provenance": json.loads(str(data["provenance"])), "path": path}
-    from ..systems import create_system
-
-    aldp = create_system("alanine-dipeptide")
     start = time.perf_counter()
-    md = run_langevin(aldp, n_steps=n_steps, save_every=SAVE_EVERY, seed=seed, timestep_fs=1.0, friction_per_ps=1.0, platform=platform)
+    md = run_langevin(cg_system, n_steps=n_steps, save_every=SAVE_EVERY, seed=seed, timestep_fs=1.0, friction_per_ps=1.0, platform=platform)
     provenance = {
         "protocol": f"minimise, {n_steps} x 1 fs LangevinMiddle steps at 300 K, friction 1/ps, every {SAVE_EVERY}th frame",
         "seed": seed,

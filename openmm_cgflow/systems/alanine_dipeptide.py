@@ -147,7 +147,9 @@ def cached_starting_data(n_frames: int, save_every: int, equilibration_steps: in
     if save_every % SAVE_EVERY or timestep_fs != 1.0 or friction_per_ps != 1.0:
         raise ValueError(f"alanine-dipeptide starting data is 1 fs MD at friction 1/ps saved every multiple of {SAVE_EVERY} steps")
     n_steps = equilibration_steps + n_frames * save_every
-    data = aldp_starting_data(seed, platform if platform in ("CPU", "Reference") else "CPU", n_steps=n_steps)
+    from . import create_system
+
+    data = aldp_starting_data(create_system("alanine-dipeptide"), seed, platform if platform in ("CPU", "Reference") else "CPU", n_steps=n_steps)
     return data["frames"][save_every // SAVE_EVERY - 1 :: save_every // SAVE_EVERY][-n_frames:], data["md_steps"]
 
 
