@@ -10,10 +10,10 @@ from scipy.interpolate import BSpline
 
 from openmm_cgflow.coordinates.geometry import periodic_difference
 from openmm_cgflow.reference.grid import grid_centres, load_reference
-from openmm_cgflow.reference.umbrella import UmbrellaProtocol, load_run, restraint_forces, run_umbrella
+from openmm_cgflow.reference.umbrella import UmbrellaProtocol, load_run, run_umbrella
 from openmm_cgflow.reference.vfep import VariationalPMF, basin_check, bspline_basis, build_reference, kld_between, sufficient_statistics
 from openmm_cgflow.systems import create_system
-from openmm_cgflow.systems.alanine_dipeptide import LITERATURE_BASINS_DEG, PHI_ATOMS, PSI_ATOMS, phi_psi
+from openmm_cgflow.systems.alanine_dipeptide import LITERATURE_BASINS_DEG, from_paper_frame, phi_psi, to_paper_frame
 from openmm_cgflow.systems.cg_definition import CGDefinition, DihedralCV
 
 
@@ -81,22 +81,34 @@ def test_vfep_recovers_a_known_pmf_from_exact_umbrella_samples():
 
 
 def test_restraint_is_a_periodic_harmonic_on_the_iupac_dihedrals():
+    """A window at IUPAC centre c is the CG definition's restraint at s = from_dihedrals(c) (the paper frame here:
+    sign -1, offsets): its energy is 0.5 k sum d(theta - c)^2 on the IUPAC dihedrals."""
     aldp = create_system("alanine-dipeptide")
+    definition = aldp.cg_definition
     k = 100.0
     system = openmm.System()
     for _ in range(aldp.system.getNumParticles()):
         system.addParticle(1.0)
-    for force in restraint_forces(k, [PHI_ATOMS, PSI_ATOMS]):
+    for force in definition.restraint_forces(k):
         system.addForce(force)
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(aldp.positions)
     angles = phi_psi(aldp.positions[None])[0]
     for centre in ([0.0, 0.0], [math.pi - 0.1, -math.pi + 0.2], [angles[0] + 3.0, angles[1] - 3.0]):
-        context.setParameter("umbrella_centre0", centre[0])
-        context.setParameter("umbrella_centre1", centre[1])
+        for parameter, value in zip(definition.target_parameters(), definition.from_dihedrals(np.array([centre]))[0]):
+            context.setParameter(parameter, value)
         energy = context.getState(getEnergy=True).getPotentialEnergy()._value
         d = periodic_difference(angles, np.array(centre))
         assert energy == pytest.approx(0.5 * k * np.sum(d**2), rel=1e-9)
+
+
+def test_cg_frame_maps_are_inverse_and_match_the_paper_frame():
+    definition = create_system("alanine-dipeptide").cg_definition
+    theta = np.random.default_rng(0).uniform(-math.pi, math.pi, (1000, 2))
+    np.testing.assert_allclose(periodic_difference(definition.to_dihedrals(definition.from_dihedrals(theta)), theta), 0.0, atol=1e-12)
+    s = np.random.default_rng(1).uniform(-math.pi, math.pi, (1000, 2))
+    np.testing.assert_array_equal(definition.to_dihedrals(s), from_paper_frame(s))  # the map the shipped reference used
+    np.testing.assert_allclose(periodic_difference(definition.from_dihedrals(theta), to_paper_frame(theta)), 0.0, atol=1e-12)
 
 
 def test_umbrella_run_resumes_and_builds_a_valid_reference(tmp_path):

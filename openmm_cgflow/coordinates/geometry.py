@@ -32,6 +32,13 @@ def dihedral_angles(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: to
     return torch.atan2((m * n1).sum(-1), (n0 * n1).sum(-1))
 
 
+def frame_dihedrals(frames, dihedrals) -> np.ndarray:
+    """IUPAC dihedrals (B, len(dihedrals)) in rad of frames (B, n_atoms, 3) nm, one per atom quadruple (numpy in,
+    numpy out)."""
+    x = torch.as_tensor(np.asarray(frames, dtype=np.float64))
+    return torch.stack([dihedral_angles(*(x[:, i] for i in atoms)) for atoms in dihedrals], dim=-1).numpy()
+
+
 def place_atom(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, r: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     """Position x with |x - a| = r, angle(x, a, b) = theta and IUPAC dihedral(x, a, b, c) = phi (NeRF).
 

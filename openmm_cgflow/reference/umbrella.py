@@ -1,11 +1,12 @@
 """Umbrella sampling on a periodic grid of harmonic restraints on a system's two CG dihedrals.
 
 Works for any :class:`~openmm_cgflow.systems.base.CGSystem` whose CG coordinates are two dihedrals (alanine
-dipeptide's phi/psi, or any molecule's ``cg_dihedrals``). Each window k restrains the IUPAC dihedrals
-(theta_1, theta_2) of the CG atom quadruples to its centre with
-w_k = k_umb / 2 * (d(theta_1 - c_1k)^2 + d(theta_2 - c_2k)^2) (d = periodic difference). Since each CG coordinate
-is s = wrap(sign * theta - offset) with sign +-1, this is the same harmonic restraint in the system's own CG frame;
-the reference file is written in that frame (:mod:`.vfep`). The all-atom Hamiltonian is the system's OpenMM System
+dipeptide's phi/psi, or any molecule's ``cg_dihedrals``). Window centres c_k lie on a grid of the IUPAC
+dihedrals (theta_1, theta_2) of the CG atom quadruples; window k adds
+w_k = k_umb / 2 * (d(theta_1 - c_1k)^2 + d(theta_2 - c_2k)^2) (d = periodic difference), applied as the CG
+definition's own restraints (:meth:`~openmm_cgflow.systems.cg_definition.CGDefinition.restraint_forces`) on
+s = wrap(sign * theta - offset), which with sign +-1 is the same harmonic. The reference file is written in the
+system's CG frame (:mod:`.vfep`). The all-atom Hamiltonian is the system's OpenMM System
 (for "alanine-dipeptide": ff96 + OBC1, no constraints), run with LangevinMiddle at 1 fs, the system's temperature,
 friction 1/ps on one pinned CPU-platform core.
 
@@ -28,9 +29,7 @@ import openmm
 import openmm.unit as unit
 from tqdm.auto import tqdm
 
-import torch
-
-from ..coordinates.geometry import dihedral_angles
+from ..coordinates.geometry import frame_dihedrals
 from ..energy.oracle import default_properties, resolve_platform
 from ..storage import atomic_write, write_json
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
@@ -70,28 +69,6 @@ def umbrella_dihedrals(cg_system: CGSystem) -> List[Tuple[int, int, int, int]]:
     return [tuple(cv.atoms) for cv in definition.coordinates]
 
 
-def iupac_dihedrals(frames: np.ndarray, dihedrals: Sequence[Tuple[int, int, int, int]]) -> np.ndarray:
-    """IUPAC dihedrals (B, len(dihedrals)) in rad of frames (B, n_atoms, 3) nm."""
-    x = torch.as_tensor(np.asarray(frames, dtype=np.float64))
-    return torch.stack([dihedral_angles(*(x[:, i] for i in atoms)) for atoms in dihedrals], dim=-1).numpy()
-
-
-def restraint_forces(k_kj: float, dihedrals: Sequence[Tuple[int, int, int, int]]) -> List[openmm.CustomTorsionForce]:
-    """Harmonic periodic restraints 0.5 k d(theta - c)^2 on the IUPAC dihedrals, with the centres c the global
-    parameters ``umbrella_centre0``, ``umbrella_centre1``, ... (rad)."""
-    forces = []
-    for k, atoms in enumerate(dihedrals):
-        name = f"umbrella_centre{k}"
-        force = openmm.CustomTorsionForce(
-            f"0.5*umbrella_k*dtheta^2; dtheta = min(dt, 2*pi - dt); dt = abs(theta - {name}); pi = {math.pi!r}"
-        )
-        force.addGlobalParameter("umbrella_k", k_kj)
-        force.addGlobalParameter(name, 0.0)
-        force.addTorsion(*atoms, [])
-        forces.append(force)
-    return forces
-
-
 class UmbrellaRun:
     """One independent umbrella-sampling run (one seed) of ``cg_system`` in ``out/seed<S>``; see the module docstring."""
 
@@ -100,11 +77,12 @@ class UmbrellaRun:
         self.seed = seed
         self.protocol = protocol
         self.dihedrals = umbrella_dihedrals(cg_system)
+        self.definition = cg_system.cg_definition
         self.n_atoms = cg_system.n_atoms
         self.temperature = cg_system.temperature
         self.kT_kj = kT_in_kJ_per_mol(cg_system.temperature)
         system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(cg_system.system))  # a copy: the shared System stays unbiased
-        for force in restraint_forces(protocol.force_constant * self.kT_kj, self.dihedrals):
+        for force in self.definition.restraint_forces(protocol.force_constant * self.kT_kj):
             system.addForce(force)
         self.integrator = openmm.LangevinMiddleIntegrator(
             cg_system.temperature * unit.kelvin, protocol.friction_per_ps / unit.picosecond, protocol.timestep_fs * unit.femtosecond
@@ -142,8 +120,11 @@ class UmbrellaRun:
 
     # -- simulation -----------------------------------------------------------------------------------------
     def _set_window(self, centre: np.ndarray) -> None:
-        for k, value in enumerate(centre):
-            self.context.setParameter(f"umbrella_centre{k}", float(value))
+        """Restrain to a window centre given as IUPAC dihedrals: the CG definition's restraints, on the same
+        harmonic in its own frame (s = wrap(sign theta - offset), sign +-1)."""
+        target = self.definition.from_dihedrals(np.asarray(centre)[None])[0]
+        for parameter, value in zip(self.definition.target_parameters(), target):
+            self.context.setParameter(parameter, float(value))
 
     def initialise(self) -> Dict[str, object]:
         """Minimise, then walk the windows in snake order, equilibrating each from its predecessor's end state."""
@@ -187,7 +168,7 @@ class UmbrellaRun:
             final = self.context.getState(getPositions=True, getVelocities=True)
             positions[k] = final.getPositions(asNumpy=True)._value
             velocities[k] = final.getVelocities(asNumpy=True)._value
-            samples[k] = iupac_dihedrals(frames, self.dihedrals)
+            samples[k] = frame_dihedrals(frames, self.dihedrals)
         index = state["passes_done"] + 1
         atomic_write(self.out / f"pass_{index:03d}.npz", lambda handle: np.savez_compressed(handle, dihedrals=samples, centres=centres))
         new = {"positions": positions, "velocities": velocities, "passes_done": index,

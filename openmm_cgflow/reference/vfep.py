@@ -133,18 +133,10 @@ class VariationalPMF:
         edges = grid_edges(n_bins)
         width = edges[1] - edges[0]
         s = (edges[:-1, None] + (np.arange(sub)[None, :] + 0.5) * width / sub).ravel()  # CG-frame sub-points
-        iupac = iupac_of_cg(np.stack([s, s], axis=-1), definition)
+        iupac = definition.to_dihedrals(np.stack([s, s], axis=-1))
         F = self.free_energy(c, iupac[:, 0], iupac[:, 1])
         p = np.exp(-F).reshape(n_bins, sub, n_bins, sub).sum(axis=(1, 3))
         return p / p.sum()
-
-
-def iupac_of_cg(s: np.ndarray, definition: CGDefinition) -> np.ndarray:
-    """CG dihedral coordinates s (N, 2) in ``definition``'s frame -> the IUPAC dihedrals theta = wrap(sign (s + offset))."""
-    s = np.asarray(s, dtype=np.float64)
-    signs = np.array([cv.sign for cv in definition.coordinates])
-    offsets = np.array([cv.offset for cv in definition.coordinates])
-    return periodic_difference(signs * (s + offsets))
 
 
 def kld_between(p: np.ndarray, q: np.ndarray) -> float:

@@ -22,7 +22,7 @@ import openmm.app as app
 import openmm.unit as unit
 import torch
 
-from ..coordinates.geometry import dihedral_angles, periodic_difference, wrap_angle
+from ..coordinates.geometry import frame_dihedrals, periodic_difference, wrap_angle
 from ..coordinates.zmatrix import ZMatrixTransform
 from .base import CGSystem
 from .cg_definition import CGDefinition, DihedralCV, chain_replica
@@ -86,10 +86,7 @@ def minimised_structure() -> np.ndarray:
 
 def phi_psi(positions) -> np.ndarray:
     """IUPAC (mdtraj-convention) phi and psi in radians, (B, 2), from positions (B, 22, 3) nm."""
-    x = torch.as_tensor(np.asarray(positions, dtype=np.float64)).reshape(-1, N_ATOMS, 3)
-    phi = dihedral_angles(*(x[:, i] for i in PHI_ATOMS))
-    psi = dihedral_angles(*(x[:, i] for i in PSI_ATOMS))
-    return torch.stack([phi, psi], dim=-1).numpy()
+    return frame_dihedrals(np.asarray(positions, dtype=np.float64).reshape(-1, N_ATOMS, 3), (PHI_ATOMS, PSI_ATOMS))
 
 
 def is_l_chirality_geometric(positions: torch.Tensor) -> torch.Tensor:

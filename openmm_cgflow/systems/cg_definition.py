@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import numpy as np
 import openmm
 
+from ..coordinates.geometry import periodic_difference
+
 #: Force constants of the CG replica (OpenMM's harmonic convention k/2 (x - x0)^2): Amber-like, so a 2 fs
 #: Langevin step is stable; they do not change the CG marginal (see forces/cg_dynamics.py).
 REPLICA_BOND_K = 2.0e5   # kJ/mol/nm^2
@@ -202,6 +204,21 @@ class CGDefinition:
         if all(cv.sign == 1.0 and cv.offset == 0.0 for cv in self.coordinates):
             return "iupac"
         return "paper" if all(cv.sign == -1.0 for cv in self.coordinates) else "custom"
+
+    def from_dihedrals(self, theta: np.ndarray) -> np.ndarray:
+        """IUPAC dihedrals theta (N, dim) rad of the CG atom quadruples -> CG coordinates s = wrap(sign theta - offset)."""
+        signs, offsets = self._signs_offsets()
+        return periodic_difference(signs * np.asarray(theta, dtype=np.float64) - offsets)
+
+    def to_dihedrals(self, s: np.ndarray) -> np.ndarray:
+        """CG coordinates s (N, dim) rad -> the IUPAC dihedrals theta = wrap(sign (s + offset)) they stand for."""
+        signs, offsets = self._signs_offsets()
+        return periodic_difference(signs * (np.asarray(s, dtype=np.float64) + offsets))
+
+    def _signs_offsets(self) -> Tuple[np.ndarray, np.ndarray]:
+        if self.kind != "dihedral":
+            raise ValueError(f"CG coordinates {self.names} are {self.kind}, not dihedrals")
+        return np.array([cv.sign for cv in self.coordinates]), np.array([cv.offset for cv in self.coordinates])
 
     def to_dict(self) -> Dict[str, Any]:
         return {"coordinates": [cv.to_dict() for cv in self.coordinates], "replica": self.replica, "n_atoms": self.n_atoms}
