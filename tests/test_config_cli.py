@@ -88,8 +88,9 @@ def test_a_stored_config_older_than_a_key_keeps_the_value_it_ran_with():
     from openmm_cgflow.config import validate_config
 
     config = load_config("muller-brown")
-    assert config["ensemble"]["precision"] == "float32"
-    del config["ensemble"]["precision"]
-    assert validate_config(config)["ensemble"]["precision"] == "float64"
+    assert config["ensemble"]["precision"] == "float32" and config["ensemble"]["lbfgs_groups"] == 2
+    del config["ensemble"]["precision"], config["ensemble"]["lbfgs_groups"]
+    legacy = validate_config(config)["ensemble"]
+    assert legacy["precision"] == "float64" and legacy["lbfgs_groups"] == 1
     with pytest.raises(ConfigError, match="ensemble.precision"):
         load_config("muller-brown", ["ensemble.precision=float16"])

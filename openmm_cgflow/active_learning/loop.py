@@ -347,7 +347,7 @@ class ActiveLearningRun:
         s = self.dataset.point_s[groups]
         self.ensemble.fit(
             s, labels, ens["epochs"], ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], self.torch_gen, ens["optimizer"],
-            ens["precision"],
+            ens["precision"], ens["lbfgs_groups"],
         )
         return groups, labels
 

@@ -111,6 +111,7 @@ class PMFEnsemble(nn.Module):
         generator: torch.Generator,
         optimizer: str = "adam",
         precision: str = "float64",
+        lbfgs_groups: int = member_groups.N_GROUPS,
     ) -> List[float]:
         """Train all members from scratch on labels ``F`` (kT) at CG points ``s`` (n, cg_dim).
 
@@ -123,6 +124,8 @@ class PMFEnsemble(nn.Module):
         the batched products are memory-bound) and stores the result back in the module's own precision; the
         initial weights, the bagging draws and the input standardisation are computed in the module's precision first,
         so both settings start from the same (rounded) point. Free energies of tens of kT keep ~1e-6 kT.
+        ``lbfgs_groups``: L-BFGS runs on this many independent groups of members (:mod:`.member_groups`; 1 = one
+        joint L-BFGS over all members, as runs recorded before the groups existed).
         Returns the mean training MSE (kT^2) per epoch (per function evaluation for L-BFGS).
         """
         if precision not in PRECISIONS:
@@ -158,7 +161,7 @@ class PMFEnsemble(nn.Module):
         self.to(compute)
         try:
             if optimizer == "lbfgs":
-                return self._fit_lbfgs(X[members], F_t[members], epochs, lr)
+                return self._fit_lbfgs(X[members], F_t[members], epochs, lr, lbfgs_groups)
             return self._fit_adam(X, F_t, members, epochs, batch_size, lr, generator)
         finally:
             self.to(dtype)
@@ -187,14 +190,14 @@ class PMFEnsemble(nn.Module):
             history.append(total / (n_batches * M))
         return history
 
-    def _fit_lbfgs(self, X: torch.Tensor, Y: torch.Tensor, iterations: int, lr: float) -> List[float]:
-        """Full-batch L-BFGS on the members' MSEs, in :data:`~.member_groups.N_GROUPS` independent groups of
-        members (members never interact; groups run on spare cores where the run has them). Returns the mean
+    def _fit_lbfgs(self, X: torch.Tensor, Y: torch.Tensor, iterations: int, lr: float, n_groups: int) -> List[float]:
+        """Full-batch L-BFGS on the members' MSEs, in ``n_groups`` independent groups of members (members never
+        interact; a second group runs on a spare core where the run has one). Returns the mean
         member MSE per function evaluation of the group that made the most evaluations, the others padded with
         their last value."""
         n_layers = len(self.layers)
-        Y = Y - self.output_offset
-        groups = member_groups.split_members(self.n_members)
+        offset = self.output_offset.detach().clone()
+        groups = member_groups.split_members(self.n_members, n_groups)
         jobs = []
         for group in groups:
             rows = slice(group.start, group.stop)
@@ -202,7 +205,7 @@ class PMFEnsemble(nn.Module):
             for i, layer in enumerate(self.layers):
                 params[f"w{i}"] = layer.weight.detach()[rows]
                 params[f"b{i}"] = layer.bias.detach()[rows]
-            jobs.append((params, X[rows], Y[rows], n_layers, iterations, lr))
+            jobs.append((params, X[rows], Y[rows], offset, n_layers, iterations, lr))
         results = member_groups.run_groups(jobs)
         with torch.no_grad():
             for group, (params, _) in zip(groups, results):

@@ -21,7 +21,8 @@ import torch
 
 from ..processes import launch_worker
 
-#: Member groups of every L-BFGS fit (fixed, so results do not depend on the cores a machine has).
+#: Default member groups of an L-BFGS fit (``ensemble.lbfgs_groups``; fixed per config, so results do not depend on
+#: the cores a machine has).
 N_GROUPS = 2
 
 _WORKER = None  # (process, connection) of the spare-core worker, started on first use
@@ -46,11 +47,12 @@ def members_forward(params: Dict[str, torch.Tensor], X: torch.Tensor, n_layers: 
     return h.squeeze(-1)
 
 
-def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tensor, n_layers: int, iterations: int,
-                lr: float) -> Tuple[Dict[str, torch.Tensor], List[float]]:
+def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor, n_layers: int,
+                iterations: int, lr: float) -> Tuple[Dict[str, torch.Tensor], List[float]]:
     """Full-batch L-BFGS (strong-Wolfe line search, history 50, ``lr`` = initial step) of one member group on the sum
-    of its members' MSEs against targets Y (M, B) (kT, offset already removed). Returns the trained parameters and
-    the group's mean member MSE (kT^2) per function evaluation."""
+    of its members' MSEs between their outputs plus ``offset`` and the targets Y (M, B) (kT): with one group, the
+    arithmetic of the joint fit before groups existed. Returns the trained parameters and the group's mean member
+    MSE (kT^2) per function evaluation."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -64,7 +66,7 @@ def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tenso
 
         def closure():
             optimizer.zero_grad(set_to_none=True)
-            loss = ((members_forward(params, X, n_layers) - Y) ** 2).mean(1).sum()
+            loss = ((members_forward(params, X, n_layers) + offset - Y) ** 2).mean(1).sum()
             loss.backward()
             history.append(float(loss.detach()) / n_members)
             return loss
@@ -75,24 +77,24 @@ def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tenso
         torch.set_num_threads(threads)
 
 
-def lbfgs_group_numpy(params: Dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray, n_layers: int, iterations: int,
-                      lr: float) -> Tuple[Dict[str, np.ndarray], List[float]]:
+def lbfgs_group_numpy(params: Dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray, offset: np.ndarray, n_layers: int,
+                      iterations: int, lr: float) -> Tuple[Dict[str, np.ndarray], List[float]]:
     """:func:`lbfgs_group` on numpy arrays (what crosses the worker connection)."""
     trained, history = lbfgs_group({k: torch.from_numpy(v) for k, v in params.items()}, torch.from_numpy(X), torch.from_numpy(Y),
-                                   n_layers, iterations, lr)
+                                   torch.from_numpy(np.asarray(offset)), n_layers, iterations, lr)
     return {k: v.numpy() for k, v in trained.items()}, history
 
 
-def run_groups(jobs: Sequence[Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor, int, int, float]]
+def run_groups(jobs: Sequence[Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, int, int, float]]
                ) -> List[Tuple[Dict[str, torch.Tensor], List[float]]]:
     """Run :func:`lbfgs_group` on every job; the first goes to the spare-core worker when there is one (the others
     run here meanwhile). A job whose worker fails or dies runs here instead (the worker is then retired)."""
     worker = _spare_core_worker() if len(jobs) > 1 else None
     sent = False
     if worker is not None:
-        params, X, Y, n_layers, iterations, lr = jobs[0]
+        params, X, Y, offset, n_layers, iterations, lr = jobs[0]
         try:
-            worker[1].send(("fit", ({k: v.numpy() for k, v in params.items()}, X.numpy(), Y.numpy(), n_layers, iterations, lr)))
+            worker[1].send(("fit", ({k: v.numpy() for k, v in params.items()}, X.numpy(), Y.numpy(), offset.numpy(), n_layers, iterations, lr)))
             sent = True
         except (OSError, ValueError):
             _retire_worker()
