@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 from multiprocessing.connection import Connection
-from typing import Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 
 def launch_worker(module: str, core: int) -> Tuple[subprocess.Popen, Connection]:
@@ -30,3 +30,35 @@ def launch_worker(module: str, core: int) -> Tuple[subprocess.Popen, Connection]
 def worker_connection(fd: int) -> Connection:
     """The worker's end of the pair (``fd`` from its command line)."""
     return Connection(fd)
+
+
+def serve(conn: Connection, handle: Callable[[Any], Any]) -> None:
+    """The worker's loop: answer each request (message, payload) with ("ok", handle(payload)) or ("error", text),
+    until ("stop", None) or until the parent goes away (EOF)."""
+    while True:
+        try:
+            message, payload = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if message == "stop":
+            return
+        try:
+            conn.send(("ok", handle(payload)))
+        except Exception as error:  # report, keep serving
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+
+
+def stop_workers(workers: Sequence[Tuple[subprocess.Popen, Connection]]) -> None:
+    """Ask every worker to stop, then wait for it (kill it after 2 s) and close its connection."""
+    for _, conn in workers:
+        try:
+            conn.send(("stop", None))
+        except (OSError, ValueError):
+            pass
+    for process, conn in workers:
+        try:
+            process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5.0)
+        conn.close()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import openmm
 
-from ..processes import launch_worker
+from ..processes import launch_worker, stop_workers
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
 
 PLATFORM_NAMES = ("Reference", "CPU", "OpenCL", "CUDA")
@@ -211,18 +211,7 @@ class EnergyOracle:
         if self._closed:
             return
         self._closed = True
-        for process, conn in self._workers:
-            try:
-                conn.send(("stop", None))
-            except (OSError, ValueError, BrokenPipeError):
-                pass
-        for process, conn in self._workers:
-            try:
-                process.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5.0)
-            conn.close()
+        stop_workers(self._workers)
         self._workers = []
         self._local = None
 

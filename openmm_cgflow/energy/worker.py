@@ -13,7 +13,7 @@ def main(fd: int, core: int) -> None:
 
     if core >= 0:
         pin_to_core(core)
-    from ..processes import worker_connection
+    from ..processes import serve, worker_connection
 
     conn = worker_connection(fd)
     try:
@@ -28,17 +28,7 @@ def main(fd: int, core: int) -> None:
     except Exception as error:  # report start-up failures (bad platform, bad XML) to the parent
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return
-    while True:
-        try:
-            message, payload = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
-            return
-        if message == "stop":
-            return
-        try:
-            conn.send(("ok", evaluator.evaluate(payload)))
-        except Exception as error:
-            conn.send(("error", f"{type(error).__name__}: {error}"))
+    serve(conn, evaluator.evaluate)
 
 
 if __name__ == "__main__":

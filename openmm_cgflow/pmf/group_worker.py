@@ -12,24 +12,14 @@ def main(fd: int, core: int) -> None:
 
     import torch
 
-    from ..processes import worker_connection
+    from ..processes import serve, worker_connection
     from .member_groups import lbfgs_group_numpy
 
     if core >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
     torch.set_num_threads(1)
     conn = worker_connection(fd)
-    while True:
-        try:
-            message, payload = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
-            return
-        if message == "stop":
-            return
-        try:
-            conn.send(("ok", lbfgs_group_numpy(*payload)))
-        except Exception as error:  # report, keep serving
-            conn.send(("error", f"{type(error).__name__}: {error}"))
+    serve(conn, lambda job: lbfgs_group_numpy(*job))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ no module and no pickled code beyond this file's functions.
 from __future__ import annotations
 
 import atexit
-import subprocess
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..processes import launch_worker
+from ..processes import launch_worker, stop_workers
 
 #: Default member groups of an L-BFGS fit (``ensemble.lbfgs_groups``; fixed per config, so results do not depend on
 #: the cores a machine has).
@@ -151,17 +150,7 @@ def _spare_core() -> Optional[int]:
 def _retire_worker() -> None:
     global _WORKER, _WORKER_CORE
     if _WORKER is not None:
-        process, conn = _WORKER
-        try:
-            conn.send(("stop", None))
-        except (OSError, ValueError):
-            pass
-        try:
-            process.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5.0)
-        conn.close()
+        stop_workers([_WORKER])
     _WORKER, _WORKER_CORE = None, None
 
 
