@@ -11,9 +11,9 @@ import torch  # noqa: F401  (import torch before openmm: openmm-torch needs its 
 import numpy as np
 
 from openmm_cgflow.forces import pmf_energy_module
-from openmm_cgflow.forces.cg_dynamics import aldp_backbone_phi_psi, aldp_backbone_positions, alanine_dipeptide_cg_system, run_langevin_frames
+from openmm_cgflow.forces.cg_dynamics import cg_dynamics_system, run_cg_langevin
 from openmm_cgflow.reference.kld import forward_kld
-from openmm_cgflow.systems.alanine_dipeptide import from_paper_frame, to_paper_frame
+from openmm_cgflow.systems import create_system
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="torchscript_models/alanine-dipeptide/pmf_ensemble.pt")
@@ -34,9 +34,10 @@ p_fine /= p_fine.sum()
 p_model = p_fine.reshape(n_bins, sub, n_bins, sub).sum((1, 3)).ravel()
 
 start = grid[np.random.default_rng(0).choice(len(grid), size=args.replicas, p=p_fine)]          # replicas start from exp(-F)
-system = alanine_dipeptide_cg_system(args.model, args.replicas)   # restraints + PMF force (TorchForce), one batched call per step
-frames = run_langevin_frames(system, aldp_backbone_positions(from_paper_frame(start)), steps, 20, 300.0, timestep_fs=2.0)
-s = to_paper_frame(aldp_backbone_phi_psi(frames[len(frames) // 5:])).reshape(-1, 2)
+aldp = create_system("alanine-dipeptide")
+system = cg_dynamics_system(aldp, args.model, args.replicas)   # restraints + PMF force (TorchForce), one batched call per step
+s = run_cg_langevin(aldp, system, start, steps, 20, timestep_fs=2.0)   # (frames, replicas, 2), paper-frame (phi, psi)
+s = s[len(s) // 5:].reshape(-1, 2)
 edges = np.linspace(-math.pi, math.pi, n_bins + 1)
 counts = np.histogram2d(s[:, 0], s[:, 1], bins=[edges, edges])[0].ravel()
 kld = forward_kld(p_model, -np.log((counts + 0.5) / (counts + 0.5).sum()))

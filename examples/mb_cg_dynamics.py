@@ -9,8 +9,9 @@ import torch  # noqa: F401  (import torch before openmm: openmm-torch needs its 
 import numpy as np
 
 from openmm_cgflow.forces import pmf_energy_module
-from openmm_cgflow.forces.cg_dynamics import muller_brown_cg_system, positions_for_s, run_cg_langevin
+from openmm_cgflow.forces.cg_dynamics import cg_dynamics_system, run_cg_langevin
 from openmm_cgflow.reference.kld import forward_kld
+from openmm_cgflow.systems import create_system
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="torchscript_models/muller-brown/pmf_ensemble.pt")
@@ -20,15 +21,17 @@ parser.add_argument("--quick", action="store_true", help="a few hundred steps (f
 args = parser.parse_args()
 steps = 400 if args.quick else args.steps
 
-system = muller_brown_cg_system(args.model, args.replicas)           # PMF force (TorchForce) + CG restraints
+mb = create_system("muller-brown")
+system = cg_dynamics_system(mb, args.model, args.replicas)           # PMF force (TorchForce) + CG restraints and walls
 edges = np.linspace(-2.5, 1.1, 61)
 centres = 0.5 * (edges[1:] + edges[:-1])
 module, _ = pmf_energy_module(args.model)
-F = np.array([float(module.free_energy(torch.tensor(positions_for_s([c])))[1][0]) for c in centres])
+with torch.no_grad():
+    F = module.pmf.mean_std(torch.as_tensor(centres[:, None]))[0].numpy()   # kT
 p_model = np.exp(-(F - F.min()))
 p_model /= p_model.sum()
 start = np.random.default_rng(0).choice(centres, size=args.replicas, p=p_model)
-s = run_cg_langevin(system, positions_for_s(start), n_steps=steps, record_every=20)
+s = run_cg_langevin(mb, system, start[:, None], n_steps=steps, record_every=20, timestep_fs=5.0)   # (frames, replicas, 1)
 counts = np.histogram(s[len(s) // 5:].ravel(), bins=edges)[0]
 kld = forward_kld(p_model, -np.log((counts + 0.5) / (counts + 0.5).sum()))
 print(f"{args.replicas} replicas x {steps} steps: KLD(exp(-F) || CG histogram) = {kld:.2e}")

@@ -2,7 +2,7 @@
 
     cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
     cgflow data start SYSTEM [--seed N] [--platform CPU]   make and cache a system's starting MD ahead of a run
-    cgflow data aldp-start [--seed N] [--platform CPU]     the alanine-dipeptide starting data (SPEC 2.2)
+                                        (for aldp: SPEC 2.2's 50 ps of MD, 5,000 frames)
     cgflow md-baseline SYSTEM --steps N --out DIR [--reference FILE] [--resume]   MD baseline (2 CG dihedrals)
     cgflow baseline metad|md SYSTEM --steps N --out DIR [--reference FILE] [--resume] [--bias-factor G ...]
                                         well-tempered metadynamics (or MD) on the CG coordinates, KLD vs steps
@@ -71,12 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty DIR, replacing the run outputs there (without it, a non-empty DIR is refused)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     data = sub.add_parser("data", help="make and cache input data")
-    data.add_argument("what", choices=["start", "aldp-start"], help="start: the starting MD of SYSTEM as its config describes it "
-                      "(section starting_data), cached where `cgflow run` finds it; aldp-start: 50 ps of alanine-dipeptide MD (5,000 frames)")
-    data.add_argument("system", nargs="?", default=None, help="start: a registered system, a built-in config or a YAML config")
-    data.add_argument("--seed", type=_count(0), default=None, help="the run's seed (default: the config's; aldp-start: 0)")
-    data.add_argument("--platform", default=None, help="OpenMM platform (default: the config's energy.platform; aldp-start: CPU, pinned to one core)")
-    data.add_argument("--out", type=Path, default=None, help="aldp-start: file to write (default: the cache)")
+    data.add_argument("what", choices=["start"], help="start: the starting MD of SYSTEM as its config describes it "
+                      "(section starting_data), cached where `cgflow run` finds it")
+    data.add_argument("system", nargs="?", default=None, help="a registered system (or alias), a built-in config or a YAML config")
+    data.add_argument("--seed", type=_count(0), default=None, help="the run's seed (default: the config's)")
+    data.add_argument("--platform", default=None, help="OpenMM platform (default: the config's energy.platform; CPU is pinned to one core)")
     md = sub.add_parser("md-baseline", help="plain MD and its KLD-vs-steps curve (the denominator of every speedup)")
     md.add_argument("system", help="a system with two dihedral CG coordinates: registered (aldp), a built-in config or a YAML molecule")
     md.add_argument("--steps", type=_count(1), required=True, help="number of 1 fs MD steps")
@@ -222,20 +221,9 @@ def _backmap(args) -> int:
 
 
 def _data(args) -> int:
-    """``cgflow data start SYSTEM`` (any system, its config's starting_data section) and ``cgflow data aldp-start``."""
-    if args.what == "aldp-start":
-        if args.system is not None:
-            raise ValueError("aldp-start takes no SYSTEM (use `cgflow data start SYSTEM` for other systems)")
-        from .sampling.starting_data import aldp_starting_data
-
-        _, cg_system = _resolve_system("aldp", None)
-        result = aldp_starting_data(cg_system, 0 if args.seed is None else args.seed, args.platform or "CPU", args.out)
-        print(f"{len(result['frames'])} frames, {result['md_steps']} MD steps, in {result['path']}")
-        return 0
+    """``cgflow data start SYSTEM``: any system's starting MD (its config's starting_data section), cached."""
     if args.system is None:
         raise ValueError("`cgflow data start` needs a SYSTEM (a registered system, a built-in config or a YAML config)")
-    if args.out is not None:
-        raise ValueError("`cgflow data start` writes to the cache `cgflow run` reads ($CGFLOW_CACHE); --out is for aldp-start")
     config, cg_system = _resolve_system(args.system, None)
     sd = config["starting_data"]
     seed = config["seed"] if args.seed is None else args.seed
@@ -270,25 +258,21 @@ def _md_baseline(args) -> int:
     return 0
 
 
-#: short names the command line accepts for registered systems
-SYSTEM_ALIASES = {"aldp": "alanine-dipeptide", "mb": "muller-brown"}
-
-
 def _resolve_system(text: str, reference: Optional[Path]):
     """(config, CGSystem) of a registered system (or its alias), a built-in config, or a YAML config describing a
     molecule; ``reference`` becomes the config's ``metrics.reference``."""
-    from .config import SYSTEM_DEFAULTS
-    from .systems import available_systems, system_from_config
+    from .config import schema_name
+    from .systems import available_systems, registered_name, system_aliases, system_from_config
 
     overrides = [f"metrics.reference={reference}"] if reference else []
-    name = SYSTEM_ALIASES.get(text, text)
-    if name in available_systems():
-        config = load_config(SYSTEM_DEFAULTS.get(name, "aldp-vacuum"), overrides)
+    name = registered_name(text)
+    if name is not None:
+        config = load_config(schema_name(name), overrides)
         config["system"] = name
     elif text in builtin_configs() or Path(text).suffix in (".yaml", ".yml") or Path(text).is_file():
         config = load_config(text, overrides)
     else:
-        raise ValueError(f"unknown system '{text}'; available: {', '.join(available_systems())} (or {', '.join(SYSTEM_ALIASES)}), "
+        raise ValueError(f"unknown system '{text}'; available: {', '.join(available_systems())} (or {', '.join(system_aliases())}), "
                          f"a built-in config ({', '.join(builtin_configs())}) or a YAML config whose 'system' describes a molecule")
     return config, system_from_config(config["system"])
 

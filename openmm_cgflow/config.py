@@ -18,9 +18,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys whose default is null accept these types too.
 _NULLABLE = {"loop.stop_kld": float, "search.bounds": list, "search.start": list, "flow.hidden": list}
-#: The built-in config whose keys (and defaults) a user file for each system is checked against.
-SYSTEM_DEFAULTS = {"muller-brown": "muller-brown", "alanine-dipeptide": "aldp"}
-#: The schema of any other system: a molecule given by a ``system:`` mapping, or a system registered by the user.
+#: The schema (keys and defaults) of a system whose registry entry names no config of its own
+#: (``systems.register_system(..., config=...)``): a molecule given by a ``system:`` mapping, or a system registered by the user.
 MOLECULE_DEFAULTS = "aldp-vacuum"
 #: Keys of a ``system:`` mapping that name files (resolved against the config file's folder).
 _SYSTEM_FILE_KEYS = ("prmtop", "inpcrd")
@@ -102,7 +101,10 @@ def _check_system(value: Any) -> Any:
 
 def schema_name(system: Any) -> str:
     """The built-in config whose keys and defaults apply to a config of ``system``."""
-    return SYSTEM_DEFAULTS.get(system, MOLECULE_DEFAULTS) if isinstance(system, str) else MOLECULE_DEFAULTS
+    from .systems import default_config_name, registered_name
+
+    name = registered_name(system) if isinstance(system, str) else None
+    return (default_config_name(name) if name is not None else None) or MOLECULE_DEFAULTS
 
 
 def _check_value(key: str, value: Any, default: Any) -> Any:

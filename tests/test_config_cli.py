@@ -94,3 +94,27 @@ def test_a_stored_config_older_than_a_key_keeps_the_value_it_ran_with():
     assert legacy["precision"] == "float64" and legacy["lbfgs_groups"] == 1
     with pytest.raises(ConfigError, match="ensemble.precision"):
         load_config("muller-brown", ["ensemble.precision=float16"])
+
+
+def test_the_registry_names_each_systems_config_and_aliases(tmp_path, monkeypatch):
+    """A system's config schema and its short names come from its registry entry (no table elsewhere): a user
+    system registered with the Müller-Brown config gets MB's defaults, its alias resolves, a taken alias is refused,
+    and a system registered without one uses the molecule schema."""
+    import openmm_cgflow.systems as systems
+    from openmm_cgflow.config import MOLECULE_DEFAULTS, schema_name
+
+    for table in ("_REGISTRY", "_CONFIGS", "_ALIASES"):
+        monkeypatch.setattr(systems, table, dict(getattr(systems, table)))
+    assert schema_name("alanine-dipeptide") == "aldp" and schema_name("aldp") == "aldp" and schema_name("mb") == "muller-brown"
+    assert schema_name("ace-ala2-nme") == MOLECULE_DEFAULTS and schema_name({"openmmtools": "AlanineDipeptideVacuum"}) == MOLECULE_DEFAULTS
+
+    systems.register_system("my-mb", "openmm_cgflow.systems.muller_brown:create_muller_brown_system", config="muller-brown", aliases=("mymb",))
+    assert systems.registered_name("mymb") == "my-mb" and systems.create_system("mymb").cg_dim == 1
+    path = tmp_path / "mine.yaml"
+    path.write_text("system: my-mb\nloop:\n  max_iterations: 2\n")
+    cfg = load_config(str(path))
+    assert cfg["search"]["n_chains"] == 50 and cfg["dataset"]["copies"] == 30  # MB's defaults
+    with pytest.raises(ValueError, match="alias 'aldp' already names another system"):
+        systems.register_system("other", "openmm_cgflow.systems.muller_brown:create_muller_brown_system", aliases=("aldp",))
+    systems.register_system("plain", "openmm_cgflow.systems.muller_brown:create_muller_brown_system")
+    assert schema_name("plain") == MOLECULE_DEFAULTS and systems.registered_name("nothing") is None

@@ -185,7 +185,7 @@ def test_dihedral_cg_matches_the_system_frame():
 def test_cg_langevin_on_the_pmf_force_samples_exp_minus_F(tmp_path):
     """Müller-Brown CG dynamics: replicas started from exp(-F) stay distributed as exp(-F) under Langevin
     dynamics on the PMF force (a wrong force or a wrong kT would drift the histogram)."""
-    from openmm_cgflow.forces.cg_dynamics import muller_brown_cg_system, positions_for_s, run_cg_langevin
+    from openmm_cgflow.forces.cg_dynamics import cg_dynamics_system, run_cg_langevin
     from openmm_cgflow.reference.kld import forward_kld
     from openmm_cgflow.reference.muller_brown import exact_pmf
 
@@ -204,8 +204,8 @@ def test_cg_langevin_on_the_pmf_force_samples_exp_minus_F(tmp_path):
     rng = np.random.default_rng(0)
     n = 400
     start = centres[rng.choice(len(centres), size=n, p=p_model)] + rng.uniform(-0.03, 0.03, size=n)
-    system = muller_brown_cg_system(path, n)
-    s = run_cg_langevin(system, positions_for_s(start), n_steps=4000, record_every=40, platform="CPU")
+    system = cg_dynamics_system(mb, path, n)
+    s = run_cg_langevin(mb, system, start[:, None], n_steps=4000, record_every=40, timestep_fs=5.0, platform="CPU")[..., 0]
     counts = np.histogram(s[20:].ravel(), bins=edges)[0]
     assert counts.sum() > 0.99 * s[20:].size  # the walls keep s in the domain
     kld = forward_kld(p_model, -np.log((counts + 0.5) / (counts + 0.5).sum()))

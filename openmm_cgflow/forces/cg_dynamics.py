@@ -29,9 +29,8 @@ from torch import nn
 import torch
 
 from ..coordinates.geometry import dihedral_angles
-from ..systems.base import kT_in_kJ_per_mol
+from ..systems.base import CGSystem, kT_in_kJ_per_mol
 from ..systems.cg_definition import CGDefinition
-from ..systems.muller_brown import MB_CG_DOMAIN, MB_TEMPERATURE
 from .cg_coordinates import cg_module_from_definition
 from .pmf_force import create_pmf_force
 
@@ -147,55 +146,12 @@ def replica_cg(definition: Union[CGDefinition, dict], positions: np.ndarray) -> 
     return torch.stack(values).reshape(lead + (n_replicas, definition.dim)).numpy()
 
 
-def muller_brown_cg_system(model: Union[str, Path, nn.Module], n_replicas: int, metadata: Optional[dict] = None,
-                           backend: str = "torchforce", walls: Tuple[float, float] = MB_CG_DOMAIN) -> openmm.System:
-    """An OpenMM System of ``n_replicas`` Müller-Brown CG particles on the PMF ``model`` (springs of 10 kT/nm^2 on
-    x + y and z, walls of 1000 kT/nm^2 at ``walls``)."""
-    from ..systems.muller_brown import cg_definition
-
-    return cg_replica_system(cg_definition(), model, n_replicas, MB_TEMPERATURE, metadata, backend, walls=[tuple(walls)])
-
-
-def _aldp_definition() -> CGDefinition:
-    from ..systems.alanine_dipeptide import cg_definition, create_openmm_system, minimised_structure
-
-    system, _, _ = create_openmm_system()
-    masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())]
-    return cg_definition(minimised_structure(), masses)
-
-
-#: The all-atom ALDP atoms each CG particle stands for: C(ACE), N, CA, C, N(NME) (phi = 0-1-2-3, psi = 1-2-3-4).
-ALDP_BACKBONE_ATOMS = (4, 6, 8, 14, 16)
-
-
-def alanine_dipeptide_cg_system(model: Union[str, Path, nn.Module], n_replicas: int, metadata: Optional[dict] = None,
-                                backend: str = "torchforce", scale: float = 1.0) -> openmm.System:
-    """An OpenMM System of ``n_replicas`` five-atom backbone chains on the ALDP PMF ``model`` (see the module
-    docstring). ``scale`` multiplies the PMF."""
-    return cg_replica_system(_aldp_definition(), model, n_replicas, 300.0, metadata, backend, scale=scale)
-
-
-def aldp_backbone_positions(phi_psi_iupac: np.ndarray) -> np.ndarray:
-    """Positions (n_replicas * 5, 3) nm of backbone chains with the minimum's bonds and angles and the given IUPAC
-    (phi, psi) in rad, shape (n_replicas, 2)."""
-    from ..systems.alanine_dipeptide import to_paper_frame
-
-    return replica_positions(_aldp_definition(), to_paper_frame(np.asarray(phi_psi_iupac, dtype=np.float64).reshape(-1, 2)))
-
-
-def aldp_backbone_phi_psi(positions: np.ndarray) -> np.ndarray:
-    """IUPAC (phi, psi) in rad, (..., n_replicas, 2), of backbone-chain positions (..., n_replicas * 5, 3) nm."""
-    x = torch.as_tensor(np.asarray(positions, dtype=np.float64))
-    x = x.reshape(x.shape[:-2] + (-1, 5, 3))
-    phi = dihedral_angles(x[..., 0, :], x[..., 1, :], x[..., 2, :], x[..., 3, :])
-    psi = dihedral_angles(x[..., 1, :], x[..., 2, :], x[..., 3, :], x[..., 4, :])
-    return torch.stack([phi, psi], dim=-1).numpy()
-
-
-def positions_for_s(s: np.ndarray) -> np.ndarray:
-    """Müller-Brown replica positions (n, 3) nm with the given s = x - y and s_perp = z = 0."""
-    s = np.asarray(s, dtype=np.float64).ravel()
-    return np.stack([s / 2, -s / 2, np.zeros_like(s)], axis=-1)
+def cg_dynamics_system(cg_system: CGSystem, model: Union[str, Path, nn.Module], n_replicas: int, metadata: Optional[dict] = None,
+                       backend: str = "torchforce", walls: Optional[Sequence[Tuple[float, float]]] = None, scale: float = 1.0) -> openmm.System:
+    """The OpenMM System of ``n_replicas`` CG replicas of ``cg_system`` (its CG definition, at its temperature) on
+    the PMF ``model``; see :func:`cg_replica_system`. Start it from :func:`replica_positions` and read s back with
+    :func:`replica_cg` (or use :func:`run_cg_langevin`)."""
+    return cg_replica_system(cg_system.cg_definition, model, n_replicas, cg_system.temperature, metadata, backend, walls, scale)
 
 
 def run_langevin_frames(system: openmm.System, positions: np.ndarray, n_steps: int, record_every: int, temperature_K: float,
@@ -218,9 +174,13 @@ def run_langevin_frames(system: openmm.System, positions: np.ndarray, n_steps: i
     return np.asarray(frames)
 
 
-def run_cg_langevin(system: openmm.System, positions: np.ndarray, n_steps: int, record_every: int, seed: int = 0,
-                    timestep_fs: float = 5.0, friction_per_ps: float = 10.0, temperature_K: float = MB_TEMPERATURE,
-                    platform: str = "CPU") -> np.ndarray:
-    """Müller-Brown CG dynamics; returns s = x - y per recorded frame and replica, (frames, replicas)."""
-    x = run_langevin_frames(system, positions, n_steps, record_every, temperature_K, seed, timestep_fs, friction_per_ps, platform)
-    return x[..., 0] - x[..., 1]
+def run_cg_langevin(cg_system: CGSystem, system: openmm.System, s_start: np.ndarray, n_steps: int, record_every: int, seed: int = 0,
+                    timestep_fs: float = 2.0, friction_per_ps: float = 10.0, platform: str = "CPU",
+                    temperature_K: Optional[float] = None) -> np.ndarray:
+    """Langevin dynamics of a :func:`cg_dynamics_system` of ``cg_system`` at its temperature (or the thermostat
+    at ``temperature_K``, K), started with the replicas at CG points ``s_start`` (n_replicas, cg_dim) (the system's
+    CG frame and units); returns s per recorded frame and replica, (frames, n_replicas, cg_dim)."""
+    definition = cg_system.cg_definition
+    positions = replica_positions(definition, np.asarray(s_start, dtype=np.float64).reshape(-1, definition.dim))
+    frames = run_langevin_frames(system, positions, n_steps, record_every, temperature_K or cg_system.temperature, seed, timestep_fs, friction_per_ps, platform)
+    return replica_cg(definition, frames)

@@ -47,7 +47,7 @@ def aldp_starting_data(cg_system, seed: int = 0, platform: str = "CPU", path: Op
         "seed": seed,
         "platform": platform,
         "wall_s": time.perf_counter() - start,
-        "command": f"cgflow data aldp-start --seed {seed} --platform {platform}",
+        "command": f"cgflow data start aldp --seed {seed} --platform {platform}",
     }
     atomic_write(path, lambda handle: np.savez_compressed(handle, frames=md.frames.astype(np.float32), md_steps=md.n_steps, provenance=json.dumps(provenance)))
     return {"frames": md.frames, "md_steps": md.n_steps, "provenance": provenance, "path": path}
