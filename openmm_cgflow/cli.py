@@ -3,11 +3,11 @@
     cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
     cgflow data start SYSTEM [--seed N] [--platform CPU]   make and cache a system's starting MD ahead of a run
                                         (for aldp: SPEC 2.2's 50 ps of MD, 5,000 frames)
-    cgflow md-baseline SYSTEM --steps N --out DIR [--reference FILE] [--resume]   MD baseline (2 CG dihedrals)
+    cgflow md-baseline SYSTEM --steps N --out DIR [--reference FILE] [--resume]   MD baseline (1-3 CG dihedrals)
     cgflow baseline metad|md SYSTEM --steps N --out DIR [--reference FILE] [--resume] [--bias-factor G ...]
                                         well-tempered metadynamics (or MD) on the CG coordinates, KLD vs steps
     cgflow reference SYSTEM --out DIR --passes N [--seeds 1 2] [--resume] [--fit-only] [--output FILE]
-                                        umbrella-sampling reference PMF of any system with two CG dihedrals
+                                        umbrella-sampling reference PMF of any system with 1-3 CG dihedrals
                                         (runs, then fits and writes FILE in the system's CG frame)
     cgflow backmap MODEL CG_FILE --out FILE.pdb|.dcd [--n-per-frame N] [--refine minimize]   backmapping
     cgflow configs                      list the built-in configs
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=_count(0), default=None, help="the run's seed (default: the config's)")
     data.add_argument("--platform", default=None, help="OpenMM platform (default: the config's energy.platform; CPU is pinned to one core)")
     md = sub.add_parser("md-baseline", help="plain MD and its KLD-vs-steps curve (the denominator of every speedup)")
-    md.add_argument("system", help="a system with two dihedral CG coordinates: registered (aldp), a built-in config or a YAML molecule")
+    md.add_argument("system", help="a system with 1-3 dihedral CG coordinates: registered (aldp), a built-in config or a YAML molecule")
     md.add_argument("--steps", type=_count(1), required=True, help="number of 1 fs MD steps")
     md.add_argument("--out", type=Path, required=True)
     md.add_argument("--seed", type=_count(0), default=0)
@@ -101,19 +101,20 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--friction", type=_positive_float, default=1.0, help="Langevin friction in 1/ps")
     base.add_argument("--resume", action="store_true")
     base.add_argument("--quiet", action="store_true")
-    ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + variational (vFEP) fit, for any system with two CG dihedrals")
+    ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + variational (vFEP) fit, for any system with 1-3 CG dihedrals")
     ref.add_argument("system", help="a registered system (alanine-dipeptide; aldp for short), a built-in config or a YAML config describing a molecule")
     ref.add_argument("--out", type=Path, required=True, help="run directory (per-seed passes and checkpoints)")
     ref.add_argument("--passes", type=_count(1), required=True, help="passes over all windows per seed")
     ref.add_argument("--seeds", type=_count(0), nargs="+", default=[1, 2], help="independent runs (the convergence halves)")
-    ref.add_argument("--windows", type=_count(2), default=18, help="windows per dihedral (n x n grid)")
-    ref.add_argument("--force-constant", type=_positive_float, default=40.0, help="restraint force constant in kT/rad^2")
+    ref.add_argument("--windows", type=_count(2), default=None, help="windows per CG dihedral (n^d windows; default 36, 18, 12 for d = 1, 2, 3)")
+    ref.add_argument("--force-constant", type=_positive_float, default=None,
+                     help="restraint force constant in kT/rad^2 (default 40; 3-D: 15, for the wider window spacing)")
     ref.add_argument("--steps-per-pass", type=_count(10), default=4000, help="1 fs steps per window per pass")
     ref.add_argument("--platform", default="CPU")
     ref.add_argument("--resume", action="store_true")
     ref.add_argument("--fit-only", action="store_true", help="do not simulate; fit the passes already in --out")
     ref.add_argument("--bases", nargs="+", default=None, metavar="BASIS",
-                     help="candidate bases for the cross-validated fit, bspline<m> or fourier<L> (default: bspline18 ... bspline45, fourier8, fourier12)")
+                     help="candidate bases for the cross-validated fit, bspline<m> or fourier<L> (default: bspline18 ... bspline45, fourier8, fourier12; 3-D: bspline8, bspline12, fourier4, fourier6)")
     ref.add_argument("--output", type=Path, default=None, help="reference file to write (default: DIR/reference_<SYSTEM>.npz, e.g. reference_aldp.npz)")
     ref.add_argument("--quiet", action="store_true")
     bm = sub.add_parser("backmap", help="all-atom structures from CG frames with a trained flow")
@@ -304,19 +305,24 @@ def _baseline(args) -> int:
     return 0
 
 
+#: windows per CG dihedral and restraint constant (kT/rad^2) by the number of CG dihedrals: 10-, 20- and 30-degree
+#: spacing, restraint widths of 9, 9 and 15 degrees (3-D: 1,728 windows)
+DEFAULT_UMBRELLA_LAYOUT = {1: (36, 40.0), 2: (18, 40.0), 3: (12, 15.0)}
+
+
 def _reference(args) -> int:
     from .reference.umbrella import UmbrellaProtocol, run_umbrella, umbrella_dihedrals
 
-    protocol = UmbrellaProtocol(
-        windows_per_dim=args.windows, force_constant=args.force_constant, steps_per_pass=args.steps_per_pass, platform=args.platform
-    )
-    if args.passes < 1 or args.windows < 2 or args.force_constant <= 0 or args.steps_per_pass < protocol.record_every:
-        raise ValueError("--passes >= 1, --windows >= 2, --force-constant > 0 and --steps-per-pass >= 10 are required")
     _, cg_system = _resolve_system(args.system, None)
-    umbrella_dihedrals(cg_system)  # refuse a system without two CG dihedrals before anything runs
-    from .reference.vfep import CANDIDATE_BASES, basis, build_reference
+    dim = len(umbrella_dihedrals(cg_system))  # refuse a system without 1-3 CG dihedrals before anything runs
+    windows, force_constant = DEFAULT_UMBRELLA_LAYOUT[dim]
+    protocol = UmbrellaProtocol(
+        windows_per_dim=args.windows or windows, force_constant=args.force_constant or force_constant, steps_per_pass=args.steps_per_pass,
+        platform=args.platform,
+    )
+    from .reference.vfep import basis, build_reference, candidate_bases
 
-    bases = tuple(args.bases or CANDIDATE_BASES)
+    bases = tuple(args.bases or candidate_bases(cg_system.cg_dim))
     for name in bases:
         try:
             basis(name, [0.0])

@@ -192,8 +192,9 @@ def test_capped_alanine_peptide_is_built_l_and_trans_with_four_cg_dihedrals():
 
 
 def test_md_baseline_runs_on_a_molecule_and_refuses_other_cg_spaces(tmp_path, capsys):
-    """`cgflow baseline md` histograms any system with two CG dihedrals; its histogram is of the system's own CG
-    coordinates (IUPAC here); Müller-Brown (one linear coordinate) is refused by name."""
+    """`cgflow baseline md` histograms any system with 1-3 CG dihedrals; its histogram is of the system's own CG
+    coordinates (IUPAC here); Müller-Brown (one linear coordinate) and Ace-Ala2-Nme (4 dihedrals) are refused by
+    name."""
     from openmm_cgflow.cli import main
 
     out = tmp_path / "md"
@@ -205,7 +206,9 @@ def test_md_baseline_runs_on_a_molecule_and_refuses_other_cg_spaces(tmp_path, ca
     phi_bin = np.argmax(counts.sum(axis=1))
     assert -np.pi + 2 * np.pi * phi_bin / 100 < 0  # IUPAC phi of the L dipeptide is negative
     assert main(["baseline", "md", "mb", "--steps", "100", "--out", str(tmp_path / "mb"), "--quiet"]) == 2
-    assert "two dihedral CG coordinates; muller-brown has 1" in capsys.readouterr().err
+    assert "1-3 dihedral CG coordinates; muller-brown has 1 linear" in capsys.readouterr().err
+    assert main(["baseline", "md", "ace-ala2-nme", "--steps", "100", "--out", str(tmp_path / "4d"), "--quiet"]) == 2
+    assert "1-3 dihedral CG coordinates; ace-ala2-nme has 4 dihedral" in capsys.readouterr().err
 
 
 def test_starting_data_is_made_once_cached_and_keyed_by_what_makes_it(tmp_path, monkeypatch, capsys):

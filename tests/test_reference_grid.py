@@ -58,3 +58,24 @@ def test_reference_file_errors(tmp_path):
     np.savez(tmp_path / "other.npz", something=np.zeros(3))
     with pytest.raises(ValueError, match="is not a reference file"):
         load_reference(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_histograms_and_reference_files_of_one_and_three_dihedrals(tmp_path, dim):
+    """1-D and 3-D grids (100 and 36 bins per dihedral): counts equal numpy's histogramdd, centres are in
+    ravel order, and a reference file round-trips; a grid of another dimension is refused by name."""
+    rng = np.random.default_rng(0)
+    s = rng.uniform(-np.pi, np.pi, (5000, dim))
+    counts = histogram_counts(s)
+    n = {1: 100, 3: 36}[dim]
+    expected, _ = np.histogramdd(s, bins=[np.linspace(-np.pi, np.pi, n + 1)] * dim)
+    np.testing.assert_array_equal(counts, expected)
+    centres = grid_centres(n, dim)
+    assert centres.shape == (n**dim, dim)
+    np.testing.assert_array_equal(histogram_counts(centres).ravel(), np.ones(n**dim))  # centre k lands in bin k
+    p = md_probabilities(counts)
+    save_reference(tmp_path / "ref.npz", p, {"method": "test"}, frame="iupac")
+    ref = load_reference(tmp_path / "ref.npz", None, frame="iupac", dim=dim)
+    np.testing.assert_array_equal(ref.probabilities, p)
+    with pytest.raises(ValueError, match="expected 2 CG dihedral"):
+        load_reference(tmp_path / "ref.npz", None, frame="iupac")

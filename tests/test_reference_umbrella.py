@@ -80,6 +80,56 @@ def test_vfep_recovers_a_known_pmf_from_exact_umbrella_samples():
     assert kld_between(p_exact / p_exact.sum(), model.bin_probabilities(c, CGDefinition(tuple(DihedralCV(n, a) for n, a in (("a", (0, 1, 2, 3)), ("b", (1, 2, 3, 4)))), {"kind": "none"}, 5), n_bins=40)) > 0.1
 
 
+def true_free_energy_nd(theta):
+    """Smooth periodic test surfaces (kT) in 1-D and 3-D, within order 2 of a Fourier basis."""
+    if theta.shape[-1] == 1:
+        return 2.0 * np.cos(theta[..., 0]) + 0.7 * np.sin(2 * theta[..., 0] + 0.4)
+    a, b, c = theta[..., 0], theta[..., 1], theta[..., 2]
+    return 1.5 * np.cos(a) + np.sin(b + 0.3) + 0.8 * np.cos(a - c) + 0.5 * np.cos(b) * np.cos(c) + 0.4 * np.sin(2 * c)
+
+
+def sample_windows_nd(centres, k, n, rng, grid):
+    """Exact samples of exp(-F - w_k) of :func:`true_free_energy_nd` per window (inverse CDF on a grid + jitter)."""
+    dim = centres.shape[1]
+    g = -math.pi + (np.arange(grid) + 0.5) * 2 * math.pi / grid
+    points = np.stack([a.ravel() for a in np.meshgrid(*([g] * dim), indexing="ij")], axis=-1)
+    F = true_free_energy_nd(points)
+    out = np.zeros((len(centres), n, dim))
+    for i, centre in enumerate(centres):
+        logp = -F - 0.5 * k * np.sum(periodic_difference(points, centre) ** 2, axis=-1)
+        p = np.exp(logp - logp.max())
+        idx = rng.choice(len(p), size=n, p=p / p.sum())
+        out[i] = periodic_difference(points[idx] + (rng.random((n, dim)) - 0.5) * 2 * math.pi / grid)
+    return out
+
+
+@pytest.mark.parametrize("dim, windows, k, n, basis_name, grid", [(1, 12, 8.0, 2000, "fourier3", 720), (3, 5, 3.0, 400, "fourier2", 40)])
+def test_vfep_recovers_known_1d_and_3d_pmfs_from_exact_umbrella_samples(dim, windows, k, n, basis_name, grid):
+    """The same estimator in one and three CG dihedrals: bin probabilities of the fit, on the default grid of
+    each dimension (100 bins; 36^3), match the exact surface in a sign/offset CG frame; the unshifted frame does
+    not."""
+    rng = np.random.default_rng(1)
+    protocol = UmbrellaProtocol(windows_per_dim=windows, force_constant=k)
+    centres = protocol.centres(dim)
+    samples = sample_windows_nd(centres, k, n, rng, grid)
+    model = VariationalPMF(centres, k, basis_name)
+    c = model.fit(*sufficient_statistics(samples, basis_name))
+    assert tuple(c.shape) == ((7,) if dim == 1 else (5,) * dim)
+    signs, offsets = np.array([-1.0, 1.0, 1.0])[:dim], np.array([0.5, -1.0, 2.0])[:dim]
+    frame = CGDefinition(tuple(DihedralCV(f"d{i}", (i, i + 1, i + 2, i + 3), signs[i], offsets[i]) for i in range(dim)), {"kind": "none"}, dim + 3)
+    p_fit = model.bin_probabilities(c, frame)
+    n_bins = {1: 100, 3: 36}[dim]
+    assert p_fit.shape == (n_bins,) * dim
+    s = grid_centres(n_bins, dim)
+    F_exact = true_free_energy_nd(periodic_difference(signs * (s + offsets)))
+    p_exact = np.exp(-(F_exact - F_exact.min()))
+    p_exact /= p_exact.sum()
+    kld = kld_between(p_exact, p_fit.ravel())
+    assert kld < 3e-3, kld
+    plain = CGDefinition(tuple(DihedralCV(f"d{i}", (i, i + 1, i + 2, i + 3)) for i in range(dim)), {"kind": "none"}, dim + 3)
+    assert kld_between(p_exact, model.bin_probabilities(c, plain).ravel()) > 0.1
+
+
 def test_restraint_is_a_periodic_harmonic_on_the_iupac_dihedrals():
     """A window at IUPAC centre c is the CG definition's restraint at s = from_dihedrals(c) (the paper frame here:
     sign -1, offsets): its energy is 0.5 k sum d(theta - c)^2 on the IUPAC dihedrals."""
@@ -165,10 +215,46 @@ def test_a_molecule_from_yaml_gets_its_own_reference_through_the_cli(tmp_path, c
     assert main(["reference", str(yaml_swapped), "--out", str(tmp_path / "ref"), "--passes", "2", "--resume"] + common) == 2
     assert "restrains other CG dihedrals" in capsys.readouterr().err
     assert main(["reference", "mb", "--out", str(tmp_path / "mb"), "--passes", "1", "--quiet"]) == 2
-    assert "two dihedral CG coordinates; muller-brown has 1 linear" in capsys.readouterr().err
+    assert "1-3 dihedral CG coordinates; muller-brown has 1 linear" in capsys.readouterr().err
     from openmm_cgflow.active_learning.loop import metric_grid_for
     from openmm_cgflow.config import load_config
 
     scored = load_config(str(config), [f"metrics.reference={tmp_path / 'ref' / 'reference_molecule.npz'}"])
     grid = metric_grid_for(scored)
     assert grid is not None and grid.p_reference.shape == (10000,)
+
+
+@pytest.mark.parametrize("dihedrals, names, windows", [([[4, 6, 8, 14]], ["phi"], 4), ([[4, 6, 8, 14], [6, 8, 14, 16], [6, 8, 10, 11]], ["phi", "psi", "chi"], 2)])
+def test_one_and_three_cg_dihedrals_get_a_reference_an_md_curve_and_a_scoring_grid(tmp_path, capsys, dihedrals, names, windows):
+    """Every baseline verb works for 1-D and 3-D dihedral CG spaces of a YAML molecule: `cgflow reference` (umbrella
+    on n^d windows restraining the molecule's own dihedrals + vFEP), `cgflow md-baseline` scored against that file,
+    and a run's metrics grid read from it (100 bins; 36^3 in 3-D)."""
+    from openmm_cgflow.active_learning.loop import metric_grid_for
+    from openmm_cgflow.cli import main
+    from openmm_cgflow.config import load_config
+
+    dim = len(dihedrals)
+    config = tmp_path / "molecule.yaml"
+    config.write_text(f"system:\n  openmmtools: AlanineDipeptideVacuum\n  cg_dihedrals: {dihedrals}\n  cg_names: {names}\n  name: vacuum-{dim}d\n")
+    assert main(["reference", str(config), "--out", str(tmp_path / "ref"), "--passes", "1", "--windows", str(windows), "--steps-per-pass", "100",
+                 "--platform", "Reference", "--bases", "fourier1", "bspline4", "--quiet"]) == 0, capsys.readouterr().err
+    run = load_run(tmp_path / "ref", 1)
+    assert run["dim"] == dim and run["samples"][0].shape == (windows**dim, 10, dim)
+    for k, centre in enumerate(run["centres"]):  # the restraints act on the molecule's dihedrals, in this order
+        assert np.sqrt(np.mean(periodic_difference(run["samples"][0][k], centre) ** 2)) < 0.6
+    n_bins = {1: 100, 3: 36}[dim]
+    path = tmp_path / "ref" / "reference_molecule.npz"
+    reference = load_reference(path, n_bins, frame="iupac", dim=dim)
+    assert reference.probabilities.shape == (n_bins,) * dim and reference.provenance["basins"] is None
+    with pytest.raises(ValueError, match="expected 2 CG dihedral"):
+        load_reference(path, frame="iupac")
+    capsys.readouterr()
+
+    assert main(["md-baseline", str(config), "--steps", "2000", "--out", str(tmp_path / "md"), "--platform", "Reference",
+                 "--reference", str(path), "--quiet"]) == 0
+    assert "forward KLD" in capsys.readouterr().out
+    histograms = np.load(tmp_path / "md" / "md_histograms.npz")
+    assert histograms["counts"].shape[1:] == (n_bins,) * dim and histograms["counts"][-1].sum() == 200
+
+    grid = metric_grid_for(load_config(str(config), [f"metrics.reference={path}"]))
+    assert grid.centres.shape == (n_bins**dim, dim) and grid.p_reference.shape == (n_bins**dim,)

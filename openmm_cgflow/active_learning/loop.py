@@ -59,8 +59,8 @@ class MetricGrid:
 
 def metric_grid_for(config: Dict[str, Any], cg_system: Optional[CGSystem] = None) -> Optional[MetricGrid]:
     """The scoring grid and reference distribution ``metrics.reference`` names: ``none`` (no reference: None),
-    one of the system's own references (``exact``, ``packaged``, ...), or a reference file on the
-    100 x 100 dihedral grid (:func:`~openmm_cgflow.reference.grid.load_reference`)."""
+    one of the system's own references (``exact``, ``packaged``, ...), or a reference file on a grid of the
+    system's 1-3 CG dihedrals (:func:`~openmm_cgflow.reference.grid.load_reference`)."""
     reference = config["metrics"]["reference"]
     if reference == "none":
         return None
@@ -72,16 +72,16 @@ def metric_grid_for(config: Dict[str, Any], cg_system: Optional[CGSystem] = None
     if reference in ("exact", "packaged"):
         known = ", ".join(sorted(cg_system.references) + ["none", "a reference file"])
         raise ConfigError(f"config key 'metrics.reference': {cg_system.name} has no {reference!r} reference (use {known})")
-    if cg_system.cg_dim != 2 or not cg_system.cg_periodic:
-        raise ConfigError(f"config key 'metrics.reference': reference files are 2-D dihedral grids; {cg_system.name} has "
-                          f"{cg_system.cg_dim} CG coordinate(s)")
+    if cg_system.cg_definition.kind != "dihedral" or cg_system.cg_dim > 3:
+        raise ConfigError(f"config key 'metrics.reference': reference files are grids of 1-3 CG dihedrals; {cg_system.name} has "
+                          f"{cg_system.cg_dim} {cg_system.cg_definition.kind} CG coordinate(s)")
     from ..reference.grid import grid_centres, load_reference
 
-    try:
-        ref = load_reference(Path(reference), n_bins, frame=cg_system.cg_definition.frame)
+    try:  # the file's own bins: metrics.n_bins is the grid of the system's built-in references
+        ref = load_reference(Path(reference), None, frame=cg_system.cg_definition.frame, dim=cg_system.cg_dim)
     except ValueError as error:
         raise ConfigError(f"config key 'metrics.reference': {error}") from None
-    return MetricGrid(grid_centres(n_bins), ref.probabilities.ravel())
+    return MetricGrid(grid_centres(ref.n_bins, cg_system.cg_dim), ref.probabilities.ravel())
 
 
 def scaled_flow_hidden(kind: str, fg_dim: int) -> List[int]:

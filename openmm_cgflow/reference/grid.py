@@ -1,8 +1,10 @@
-"""The alanine-dipeptide scoring grid (SPEC §9.1): 100 x 100 bins over [-pi, pi)^2 in the paper's CG frame,
-reference files on that grid, and histogram-based distributions (MD baselines).
+"""Scoring grids of dihedral CG spaces: n bins per CG dihedral over [-pi, pi) in the system's CG frame (alanine
+dipeptide, SPEC §9.1: 100 x 100 in the paper frame; 1-D: 100 bins; 3-D: 36^3 bins of 10 degrees), reference files
+on them, and histogram-based distributions (MD baselines).
 
-Reference file (.npz, compressed): ``probabilities`` (n, n) summing to 1 (axis 0 = s_phi, axis 1 = s_psi),
-``edges`` (n + 1,), ``frame`` = "paper", ``provenance`` (JSON text: method, steps, seeds, wall time, command).
+Reference file (.npz, compressed): ``probabilities`` (n,) * d summing to 1 (axis k = CG coordinate k; ALDP: s_phi,
+s_psi), ``edges`` (n + 1,), ``frame`` ("paper" or "iupac"), ``provenance`` (JSON text: method, steps, seeds, wall
+time, command).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -19,6 +21,8 @@ from ..storage import atomic_write
 from .kld import forward_kld
 
 N_BINS = 100
+#: bins per dimension of a grid of d CG dihedrals (3-D: 10-degree bins, 46,656 in all)
+DEFAULT_BINS = {1: 100, 2: N_BINS, 3: 36}
 FRAME = "paper"
 PACKAGED_REFERENCE = "reference_aldp.npz"
 
@@ -33,19 +37,31 @@ def grid_edges(n_bins: int = N_BINS) -> np.ndarray:
     return np.linspace(-math.pi, math.pi, n_bins + 1)
 
 
-def grid_centres(n_bins: int = N_BINS) -> np.ndarray:
-    """Bin centres (n_bins^2, 2) in rad, s_phi-major (row k = (phi bin k // n, psi bin k % n))."""
+def default_bins(dim: int) -> int:
+    """Bins per dimension of the scoring grid of ``dim`` CG dihedrals (1-3)."""
+    if dim not in DEFAULT_BINS:
+        raise ValueError(f"grids cover 1-3 CG dihedrals, not {dim}")
+    return DEFAULT_BINS[dim]
+
+
+def grid_centres(n_bins: int = N_BINS, dim: int = 2) -> np.ndarray:
+    """Bin centres (n_bins^dim, dim) in rad, first-coordinate-major (2-D: row k = (bin k // n, bin k % n)), the
+    order of ``probabilities.ravel()``."""
     edges = grid_edges(n_bins)
     c = 0.5 * (edges[1:] + edges[:-1])
-    phi, psi = np.meshgrid(c, c, indexing="ij")
-    return np.stack([phi.ravel(), psi.ravel()], axis=-1)
+    axes = np.meshgrid(*([c] * dim), indexing="ij")
+    return np.stack([a.ravel() for a in axes], axis=-1)
 
 
-def histogram_counts(s: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
-    """Counts (n_bins, n_bins) of CG points s (N, 2) in the paper frame (wrapped into [-pi, pi) first)."""
-    s = periodic_difference(s)
+def histogram_counts(s: np.ndarray, n_bins: Optional[int] = None) -> np.ndarray:
+    """Counts (n_bins,) * d of CG points s (N, d) (wrapped into [-pi, pi) first); ``n_bins`` defaults to
+    :func:`default_bins` of d."""
+    s = periodic_difference(np.asarray(s, dtype=np.float64))
+    dim = s.shape[1]
+    n_bins = default_bins(dim) if n_bins is None else n_bins
     index = np.clip(np.floor((s + math.pi) / (2 * math.pi) * n_bins).astype(np.int64), 0, n_bins - 1)
-    return np.bincount(index[:, 0] * n_bins + index[:, 1], minlength=n_bins * n_bins).reshape(n_bins, n_bins).astype(np.float64)
+    flat = np.ravel_multi_index(tuple(index.T), (n_bins,) * dim)
+    return np.bincount(flat, minlength=n_bins**dim).reshape((n_bins,) * dim).astype(np.float64)
 
 
 #: MD-baseline rule for bins MD has not visited (forward KLD would be infinite): add this pseudo-count to
@@ -89,17 +105,18 @@ class ReferencePMF:
 def save_reference(path: Path, probabilities: np.ndarray, provenance: Dict[str, object], frame: str = FRAME) -> Path:
     """Write a reference file atomically (``frame``: the CG frame of its axes, "paper" or "iupac")."""
     p = np.asarray(probabilities, dtype=np.float64)
-    if p.ndim != 2 or p.shape[0] != p.shape[1] or abs(p.sum() - 1) > 1e-8 or (p < 0).any():
-        raise ValueError("reference probabilities must be a square (n, n) grid of non-negative values summing to 1")
+    if not 1 <= p.ndim <= 3 or len(set(p.shape)) != 1 or abs(p.sum() - 1) > 1e-8 or (p < 0).any():
+        raise ValueError("reference probabilities must be an (n,) * d grid (d = 1-3) of non-negative values summing to 1")
     return atomic_write(
         Path(path),
         lambda handle: np.savez_compressed(handle, probabilities=p, edges=grid_edges(p.shape[0]), frame=frame, provenance=json.dumps(provenance)),
     )
 
 
-def load_reference(path: Path, n_bins: int = N_BINS, frame: str = FRAME) -> ReferencePMF:
-    """Read a reference file and check it is for this grid and CG ``frame`` ("paper": the built-in alanine
-    dipeptide's; "iupac": plain dihedrals, e.g. of ``CGSystem.from_openmm``); one clear ValueError otherwise."""
+def load_reference(path: Path, n_bins: Optional[int] = N_BINS, frame: str = FRAME, dim: int = 2) -> ReferencePMF:
+    """Read a reference file and check it is a grid of ``dim`` CG dihedrals with ``n_bins`` per dimension (None:
+    any) in CG ``frame`` ("paper": the built-in alanine dipeptide's; "iupac": plain dihedrals, e.g. of
+    ``CGSystem.from_openmm``); one clear ValueError otherwise."""
     expected_frame = frame
     path = Path(path)
     if not path.is_file():
@@ -110,8 +127,12 @@ def load_reference(path: Path, n_bins: int = N_BINS, frame: str = FRAME) -> Refe
         provenance = json.loads(str(data["provenance"]))
     except (KeyError, ValueError, OSError) as error:
         raise ValueError(f"{path} is not a reference file ({error})") from None
-    if probabilities.shape != (n_bins, n_bins):
-        raise ValueError(f"{path} is a reference on a {probabilities.shape[0]}x{probabilities.shape[1]} grid, expected {n_bins}x{n_bins}")
+    if probabilities.ndim != dim or len(set(probabilities.shape)) != 1:
+        raise ValueError(f"{path} is a reference on a {'x'.join(map(str, probabilities.shape))} grid, expected {dim} CG dihedral(s) "
+                         f"with equal bins")
+    n_bins = probabilities.shape[0] if n_bins is None else n_bins
+    if probabilities.shape != (n_bins,) * dim:
+        raise ValueError(f"{path} is a reference on a {'x'.join(map(str, probabilities.shape))} grid, expected {'x'.join([str(n_bins)] * dim)}")
     if found_frame != expected_frame or not np.allclose(edges, grid_edges(n_bins)):
         raise ValueError(f"{path} uses frame '{found_frame}' or other bin edges; expected the {expected_frame} frame over [-pi, pi)")
     if abs(probabilities.sum() - 1) > 1e-8:

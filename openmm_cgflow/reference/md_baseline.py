@@ -1,6 +1,6 @@
 """The MD baseline: plain Langevin MD (1 fs, the system's temperature, friction 1/ps, minimised start) of any
-system with two dihedral CG coordinates (default: the built-in alanine dipeptide), with the 100 x 100 histogram
-of its CG coordinates over the prefix of N steps stored at log-spaced N. Against a reference, each snapshot
+system with 1-3 dihedral CG coordinates (e.g. the built-in alanine dipeptide), with the histogram of its CG
+coordinates on the grid of :mod:`.grid` (100 x 100 in 2-D) over the prefix of N steps stored at log-spaced N. Against a reference, each snapshot
 gives KLD(reference || MD prefix) with the pseudo-count rule of :mod:`.grid`; one MD step = one evaluation.
 
 Long runs checkpoint atomically (OpenMM checkpoint + histograms) and resume exactly.
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..storage import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
 from ..energy.oracle import default_properties, openmm_random_seed, resolve_platform
 from ..systems import CGSystem
-from .grid import MD_PSEUDOCOUNT, histogram_counts, kld_of_histogram, load_reference
+from .grid import MD_PSEUDOCOUNT, default_bins, histogram_counts, kld_of_histogram, load_reference
 
 
 #: what an MD-baseline checkpoint must hold to be resumed
@@ -38,12 +38,13 @@ def run_md_baseline(
     cg_system: CGSystem, out: Path, steps: int, seed: int = 0, platform: str = "CPU", record_every: int = 10, resume: bool = False,
     progress: bool = True,
 ) -> Dict[str, object]:
-    """Run (or resume) the MD baseline of ``cg_system`` (two dihedral CG coordinates) into ``out``; returns the
-    summary written to ``out/md_baseline.json``."""
+    """Run (or resume) the MD baseline of ``cg_system`` (1-3 dihedral CG coordinates, histogrammed on the grid of
+    :func:`~openmm_cgflow.reference.grid.default_bins` per dihedral) into ``out``; returns the summary written to
+    ``out/md_baseline.json``."""
     out = Path(out)
-    if cg_system.cg_dim != 2 or not cg_system.cg_periodic:
-        raise ValueError(f"the MD baseline histograms two dihedral CG coordinates; {cg_system.name} has {cg_system.cg_dim} CG coordinate(s) "
-                         f"({', '.join(cg_system.cg_definition.names)})")
+    if cg_system.cg_definition.kind != "dihedral" or cg_system.cg_dim > 3:
+        raise ValueError(f"the MD baseline histograms 1-3 dihedral CG coordinates; {cg_system.name} has {cg_system.cg_dim} "
+                         f"{cg_system.cg_definition.kind} CG coordinate(s) ({', '.join(cg_system.cg_definition.names)})")
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "md_checkpoint.pt"
     integrator = openmm.LangevinMiddleIntegrator(cg_system.temperature * unit.kelvin, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
@@ -71,7 +72,7 @@ def run_md_baseline(
         state = {
             "steps_target": steps, "seed": seed, "record_every": record_every, "platform": platform, "system": cg_system.name,
             "temperature_K": cg_system.temperature, "hamiltonian": str(cg_system.metadata.get("hamiltonian", "")),
-            "steps_done": 0, "counts": np.zeros((100, 100)), "snapshots": {}, "wall_s": 0.0,
+            "steps_done": 0, "counts": np.zeros((default_bins(cg_system.cg_dim),) * cg_system.cg_dim), "snapshots": {}, "wall_s": 0.0,
         }
     wanted = [s for s in snapshot_steps(steps) if s % record_every == 0]
     bar = tqdm(total=steps, initial=state["steps_done"], unit="step", disable=not progress, desc="MD baseline")
@@ -101,7 +102,7 @@ def run_md_baseline(
 def _write_outputs(out: Path, state: Dict[str, object]) -> Dict[str, object]:
     """Histogram snapshots so far (``md_histograms.npz``) and the summary (``md_baseline.json``)."""
     steps_list = sorted(state["snapshots"])
-    counts = np.array([state["snapshots"][s] for s in steps_list], dtype=np.int64).reshape(-1, 100, 100)
+    counts = np.array([state["snapshots"][s] for s in steps_list], dtype=np.int64).reshape((-1,) + state["counts"].shape)
     atomic_write(out / "md_histograms.npz", lambda handle: np.savez_compressed(handle, steps=np.array(steps_list, dtype=np.int64), counts=counts))
     summary = {
         "system": state.get("system", "alanine-dipeptide"),
@@ -124,8 +125,9 @@ def _write_outputs(out: Path, state: Dict[str, object]) -> Dict[str, object]:
 def score_md_baseline(out: Path, reference_path: Path, frame: str = "paper") -> List[Dict[str, float]]:
     """KLD(reference || MD prefix) at every stored snapshot (``frame``: the reference's CG frame, see
     :func:`~openmm_cgflow.reference.grid.load_reference`); written to ``out/md_baseline_kld.json``."""
-    reference = load_reference(reference_path, frame=frame)
     data = np.load(Path(out) / "md_histograms.npz")
+    grid = data["counts"].shape[1:]
+    reference = load_reference(reference_path, grid[0], frame=frame, dim=len(grid))
     curve = [{"md_steps": int(s), "forward_kld": kld_of_histogram(reference.probabilities, c)} for s, c in zip(data["steps"], data["counts"])]
     write_json(Path(out) / "md_baseline_kld.json", {"reference": str(reference_path), "reference_provenance": reference.provenance, "curve": curve})
     return curve

@@ -1,9 +1,9 @@
-"""Umbrella sampling on a periodic grid of harmonic restraints on a system's two CG dihedrals.
+"""Umbrella sampling on a periodic grid of harmonic restraints on a system's 1-3 CG dihedrals.
 
-Works for any :class:`~openmm_cgflow.systems.base.CGSystem` whose CG coordinates are two dihedrals (alanine
-dipeptide's phi/psi, or any molecule's ``cg_dihedrals``). Window centres c_k lie on a grid of the IUPAC
-dihedrals (theta_1, theta_2) of the CG atom quadruples; window k adds
-w_k = k_umb / 2 * (d(theta_1 - c_1k)^2 + d(theta_2 - c_2k)^2) (d = periodic difference), applied as the CG
+Works for any :class:`~openmm_cgflow.systems.base.CGSystem` whose CG coordinates are one to three dihedrals
+(alanine dipeptide's phi/psi, or any molecule's ``cg_dihedrals``). Window centres c_k lie on a grid of the IUPAC
+dihedrals (theta_1, ..., theta_d) of the CG atom quadruples (``windows_per_dim`` ** d windows: mind the cost in
+3-D); window k adds w_k = k_umb / 2 * sum_i d(theta_i - c_ik)^2 (d = periodic difference), applied as the CG
 definition's own restraints (:meth:`~openmm_cgflow.systems.cg_definition.CGDefinition.restraint_forces`) on
 s = wrap(sign * theta - offset), which with sign +-1 is the same harmonic. The reference file is written in the
 system's CG frame (:mod:`.vfep`). The all-atom Hamiltonian is the system's OpenMM System
@@ -11,7 +11,7 @@ system's CG frame (:mod:`.vfep`). The all-atom Hamiltonian is the system's OpenM
 friction 1/ps on one pinned CPU-platform core.
 
 The run is organised in *passes*: one pass runs every window for ``steps_per_pass`` steps, continuing each
-window's own trajectory, and stores its samples of the two IUPAC dihedrals in ``seed<S>/pass_<NNN>.npz``. Every pass ends with an
+window's own trajectory, and stores its samples of the IUPAC CG dihedrals in ``seed<S>/pass_<NNN>.npz``. Every pass ends with an
 atomic checkpoint (positions and velocities of every window), so the run can stop anywhere and resume, and every
 estimate can be recomputed from the first P passes (the convergence curve). Independent seeds are the
 independent halves of the convergence check. Estimation: :mod:`.vfep`.
@@ -47,24 +47,32 @@ class UmbrellaProtocol:
     friction_per_ps: float = 1.0
     platform: str = "CPU"
 
-    def centres(self) -> np.ndarray:
-        """Window centres (n^2, 2), IUPAC dihedrals in rad, first-dihedral-major, at -pi + (i + 1/2) 2 pi / n."""
+    def centres(self, dim: int = 2) -> np.ndarray:
+        """Window centres (n^dim, dim), IUPAC dihedrals in rad, first-dihedral-major, at -pi + (i + 1/2) 2 pi / n."""
         c = -math.pi + (np.arange(self.windows_per_dim) + 0.5) * 2 * math.pi / self.windows_per_dim
-        first, second = np.meshgrid(c, c, indexing="ij")
-        return np.stack([first.ravel(), second.ravel()], axis=-1)
+        axes = np.meshgrid(*([c] * dim), indexing="ij")
+        return np.stack([a.ravel() for a in axes], axis=-1)
 
-    def snake_order(self) -> List[int]:
-        """Window order in which each window starts from its neighbour's structure (rows alternate direction)."""
+    def snake_order(self, dim: int = 2) -> List[int]:
+        """Window order in which each window starts from its neighbour's structure: a boustrophedon through the
+        grid (each step moves one window along one dihedral; 2-D: rows alternate direction)."""
         n = self.windows_per_dim
-        return [i * n + (j if i % 2 == 0 else n - 1 - j) for i in range(n) for j in range(n)]
+
+        def snake(d: int) -> List[Tuple[int, ...]]:
+            if d == 1:
+                return [(i,) for i in range(n)]
+            inner = snake(d - 1)
+            return [(i,) + rest for i in range(n) for rest in (inner if i % 2 == 0 else inner[::-1])]
+
+        return [int(np.ravel_multi_index(index, (n,) * dim)) for index in snake(dim)]
 
 
 def umbrella_dihedrals(cg_system: CGSystem) -> List[Tuple[int, int, int, int]]:
-    """The atom quadruples of a system's two CG dihedrals, or a ValueError saying why umbrella sampling on this
-    grid does not apply (it needs exactly two dihedral CG coordinates)."""
+    """The atom quadruples of a system's CG dihedrals, or a ValueError saying why umbrella sampling on a grid does
+    not apply (it needs 1-3 dihedral CG coordinates)."""
     definition = cg_system.cg_definition
-    if definition.dim != 2 or definition.kind != "dihedral":
-        raise ValueError(f"the umbrella-sampling reference needs exactly two dihedral CG coordinates; {cg_system.name} has "
+    if not 1 <= definition.dim <= 3 or definition.kind != "dihedral":
+        raise ValueError(f"the umbrella-sampling reference needs 1-3 dihedral CG coordinates; {cg_system.name} has "
                          f"{definition.dim} {definition.kind} coordinate(s) ({', '.join(definition.names)})")
     return [tuple(cv.atoms) for cv in definition.coordinates]
 
@@ -129,16 +137,17 @@ class UmbrellaRun:
     def initialise(self) -> Dict[str, object]:
         """Minimise, then walk the windows in snake order, equilibrating each from its predecessor's end state."""
         p = self.protocol
-        centres = p.centres()
+        centres = p.centres(len(self.dihedrals))
+        order = p.snake_order(len(self.dihedrals))
         n = len(centres)
         positions = np.zeros((n, self.n_atoms, 3))
         velocities = np.zeros((n, self.n_atoms, 3))
         self.context.setPositions(self.start_positions)
-        self._set_window(centres[p.snake_order()[0]])
+        self._set_window(centres[order[0]])
         openmm.LocalEnergyMinimizer.minimize(self.context)
         self.context.setVelocitiesToTemperature(self.temperature * unit.kelvin, self.seed + 1)
         start = time.perf_counter()
-        for k in p.snake_order():
+        for k in order:
             self._set_window(centres[k])
             self.integrator.step(p.equilibration_steps)
             state = self.context.getState(getPositions=True, getVelocities=True)
@@ -150,9 +159,9 @@ class UmbrellaRun:
     def run_pass(self, state: Dict[str, object], progress: bool = False) -> Dict[str, object]:
         """Run every window for one pass, write its samples, then checkpoint; returns the new state."""
         p = self.protocol
-        centres = p.centres()
+        centres = p.centres(len(self.dihedrals))
         n_frames = p.steps_per_pass // p.record_every
-        samples = np.zeros((len(centres), n_frames, 2), dtype=np.float32)
+        samples = np.zeros((len(centres), n_frames, len(self.dihedrals)), dtype=np.float32)
         positions, velocities = state["positions"].copy(), state["velocities"].copy()
         start = time.perf_counter()
         for k in tqdm(range(len(centres)), disable=not progress, leave=False, desc=f"seed {self.seed} pass {state['passes_done'] + 1}"):
@@ -210,7 +219,7 @@ def run_umbrella(out: Path, seeds: Sequence[int], passes: int, protocol: Umbrell
 
 def _write_summary(out: Path, runs: List[UmbrellaRun], states: List[Dict[str, object]]) -> Dict[str, object]:
     summary = {
-        "method": "umbrella sampling on a periodic grid of harmonic restraints on the two CG dihedrals",
+        "method": f"umbrella sampling on a periodic grid of harmonic restraints on the {len(runs[0].dihedrals)} CG dihedral(s)",
         "cg_dihedrals": [list(a) for a in runs[0].dihedrals],
         "protocol": asdict(runs[0].protocol),
         "runs": [{"seed": r.seed, "passes": s["passes_done"], "md_steps": s["md_steps"], "wall_s": s["wall_s"]} for r, s in zip(runs, states)],
@@ -221,7 +230,7 @@ def _write_summary(out: Path, runs: List[UmbrellaRun], states: List[Dict[str, ob
 
 def load_run(out: Path, seed: int) -> Dict[str, object]:
     """The completed passes of one seed (as recorded in its checkpoint): ``samples`` (list over passes of
-    (windows, frames, 2) IUPAC rad of the CG dihedrals), ``centres`` (windows, 2), the protocol, and its MD-step
+    (windows, frames, d) IUPAC rad of the d CG dihedrals), ``centres`` (windows, d), the protocol, and its MD-step
     and time accounting. Passes written before runs were generic name their samples ``phi_psi``."""
     state_path = Path(out) / f"seed{seed}" / "state.npz"
     if not state_path.is_file():
@@ -235,10 +244,12 @@ def load_run(out: Path, seed: int) -> Dict[str, object]:
         data = np.load(Path(out) / f"seed{seed}" / f"pass_{index:03d}.npz")
         samples.append(data["dihedrals" if "dihedrals" in data.files else "phi_psi"].astype(np.float64))
         centres = data["centres"]
-    n_windows = int(protocol["windows_per_dim"]) ** 2
+    dim = len(state["cg_atoms"]) if "cg_atoms" in state.files else 2  # runs written before the atoms were stored are 2-D
+    n_windows = int(protocol["windows_per_dim"]) ** dim
     return {
         "samples": samples,
-        "centres": centres if centres is not None else UmbrellaProtocol(windows_per_dim=int(protocol["windows_per_dim"])).centres(),
+        "dim": dim,
+        "centres": centres if centres is not None else UmbrellaProtocol(windows_per_dim=int(protocol["windows_per_dim"])).centres(dim),
         "protocol": protocol,
         "force_constant_kT": float(protocol["force_constant"]),
         "equilibration_md_steps": n_windows * int(protocol["equilibration_steps"]),

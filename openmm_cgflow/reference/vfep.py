@@ -13,16 +13,17 @@ size are chosen by cross-validation: each independent run (seed) is fitted, and 
 likelihood of the other. The sample term needs only the sufficient statistic S = sum_samples b(phi) b(psi)^T, so
 fits take seconds however long the runs are.
 
-All angles here are IUPAC radians of the system's two CG dihedrals; the reference file is written on the grid of
+All angles here are IUPAC radians of the system's 1-3 CG dihedrals (F is a tensor product of periodic bases, so the
+same code fits 1-, 2- and 3-D); the reference file is written on the grid of
 :mod:`.grid` in the system's own CG frame (s_k = wrap(sign_k theta_k - offset_k); for alanine dipeptide the paper
-frame), with bin probabilities integrated over each bin (4 x 4 sub-points).
+frame), with bin probabilities integrated over each bin (4 sub-points per dimension).
 """
 from __future__ import annotations
 
 import math
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from ..coordinates.geometry import periodic_difference
 from ..storage import write_json
 from ..systems.base import CGSystem
 from ..systems.cg_definition import CGDefinition
-from .grid import N_BINS, grid_edges, save_reference
+from .grid import default_bins, grid_edges, save_reference
 from .kld import forward_kld
 
 QUADRATURE_POINTS = 180  # per dimension: spacing 2 deg, << restraint width (~9 deg)
@@ -61,34 +62,65 @@ def basis(name: str, x) -> np.ndarray:
     raise ValueError(f"unknown basis '{name}' (use bspline<m> or fourier<L>)")
 
 
-def sufficient_statistics(phi_psi: np.ndarray, basis_name: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(S, N_k) of umbrella samples (windows, frames, 2): S = sum b(phi) b(psi)^T (m, m); N_k (windows,)."""
-    flat = phi_psi.reshape(-1, 2)
+def _tensor_product(factors: Sequence[np.ndarray]) -> np.ndarray:
+    """sum_n prod_i factors[i][n, a_i] -> (m,) * d for per-dimension basis values (N, m) (2-D: B_1^T B_2, one BLAS
+    call; 3-D: the row-wise outer product of the first two, then the same)."""
+    if len(factors) == 1:
+        return factors[0].sum(axis=0)
+    lead = factors[0]
+    for f in factors[1:-1]:
+        lead = (lead[:, :, None] * f[:, None, :]).reshape(len(f), -1)
+    return (lead.T @ factors[-1]).reshape((factors[0].shape[1],) * len(factors))
+
+
+def sufficient_statistics(samples: np.ndarray, basis_name: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(S, N_k) of umbrella samples (windows, frames, d): S = sum_samples b(theta_1) x ... x b(theta_d) ((m,) * d;
+    2-D: sum b(theta_1) b(theta_2)^T); N_k (windows,)."""
+    dim = samples.shape[-1]
+    flat = samples.reshape(-1, dim)
     S = 0.0
     for chunk in np.array_split(flat, max(1, len(flat) // 200_000)):
-        S = S + basis(basis_name, chunk[:, 0]).T @ basis(basis_name, chunk[:, 1])
-    return S, np.full(phi_psi.shape[0], phi_psi.shape[1], dtype=np.float64)
+        S = S + _tensor_product([basis(basis_name, chunk[:, i]) for i in range(dim)])
+    return S, np.full(samples.shape[0], samples.shape[1], dtype=np.float64)
+
+
+#: quadrature points per dimension of the log-partition integrals (spacing 1, 2 and 6 degrees: well below the
+#: restraint widths of 1-, 2- and 3-D window layouts)
+QUADRATURE_BY_DIM = {1: 360, 2: QUADRATURE_POINTS, 3: 60}
 
 
 class VariationalPMF:
-    """The vFEP likelihood for one window layout (IUPAC centres (K, 2) rad, restraint constant in kT/rad^2) and
-    one basis; :meth:`fit` returns the coefficients (m, m) of F = b(phi)^T c b(psi) in kT."""
+    """The vFEP likelihood for one window layout (IUPAC centres (K, d) rad, d = 1-3, restraint constant in
+    kT/rad^2) and one basis; :meth:`fit` returns the coefficients (m,) * d of
+    F = sum c_{a..} b_a(theta_1) ... b_z(theta_d) in kT (2-D: F = b(theta_1)^T c b(theta_2))."""
 
-    def __init__(self, centres: np.ndarray, force_constant_kT: float, basis_name: str, n_quadrature: int = QUADRATURE_POINTS):
+    def __init__(self, centres: np.ndarray, force_constant_kT: float, basis_name: str, n_quadrature: Optional[int] = None):
+        centres = np.asarray(centres, dtype=np.float64)
+        self.dim = centres.shape[1]
+        if self.dim not in QUADRATURE_BY_DIM:
+            raise ValueError(f"vFEP fits 1-3 CG dihedrals, not {self.dim}")
+        n_quadrature = n_quadrature or QUADRATURE_BY_DIM[self.dim]
         self.basis_name = basis_name
         q = -math.pi + (np.arange(n_quadrature) + 0.5) * 2 * math.pi / n_quadrature
         self.G = torch.as_tensor(basis(basis_name, q))  # (Q, m)
-        self.log_dA = 2 * math.log(2 * math.pi / n_quadrature)
-        d_phi = periodic_difference(q[None, :], np.asarray(centres)[:, :1])
-        d_psi = periodic_difference(q[None, :], np.asarray(centres)[:, 1:])
-        self.bias_phi = torch.as_tensor(np.exp(-0.5 * force_constant_kT * d_phi**2))  # (K, Q)
-        self.bias_psi = torch.as_tensor(np.exp(-0.5 * force_constant_kT * d_psi**2))
+        self.log_dA = self.dim * math.log(2 * math.pi / n_quadrature)
+        self.biases = [torch.as_tensor(np.exp(-0.5 * force_constant_kT * periodic_difference(q[None, :], centres[:, i : i + 1]) ** 2))
+                       for i in range(self.dim)]  # (K, Q) per dimension: the restraint factorises
+
+    def _on_grid(self, c: torch.Tensor, grids: Sequence[torch.Tensor]) -> torch.Tensor:
+        """F on the tensor grid of per-dimension basis values grids[i] (n_i, m)."""
+        F = c
+        for g in grids:  # one axis at a time (2-D: G c G^T): contract the leading basis axis, append the grid axis
+            F = torch.tensordot(F, g, dims=([0], [1]))
+        return F
 
     def log_partition(self, c: torch.Tensor) -> torch.Tensor:
         """ln Z_k (K,) of every window's biased distribution exp(-F - w_k)."""
-        F = self.G @ c @ self.G.T
+        F = self._on_grid(c, [self.G] * self.dim)
         shift = F.min().detach()
-        Z = torch.einsum("kp,pq,kq->k", self.bias_phi, torch.exp(-(F - shift)), self.bias_psi)
+        Z = torch.einsum("...r,kr->k...", torch.exp(-(F - shift)), self.biases[-1])  # contract one axis at a time:
+        for bias in reversed(self.biases[:-1]):  # memory K Q^(d-1), never K Q^d
+            Z = torch.einsum("k...q,kq->k...", Z, bias)
         return torch.log(Z) - shift + self.log_dA
 
     def nll(self, c: torch.Tensor, S: np.ndarray, N: np.ndarray) -> torch.Tensor:
@@ -97,7 +129,7 @@ class VariationalPMF:
         return ((c * torch.as_tensor(S)).sum() + (N_t * self.log_partition(c)).sum()) / N_t.sum()
 
     def fit(self, S: np.ndarray, N: np.ndarray, ridge: float = 1e-8, max_iter: int = 3000) -> torch.Tensor:
-        """Maximum-likelihood coefficients (m, m); single-threaded (small matrices, and it shares the machine
+        """Maximum-likelihood coefficients (m,) * d; single-threaded (small matrices, and it shares the machine
         with simulations: several OpenMP threads on busy cores run ~100x slower)."""
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -108,7 +140,7 @@ class VariationalPMF:
 
     def _fit(self, S: np.ndarray, N: np.ndarray, ridge: float, max_iter: int) -> torch.Tensor:
         m = self.G.shape[1]
-        c = torch.zeros(m, m, dtype=torch.float64, requires_grad=True)
+        c = torch.zeros((m,) * self.dim, dtype=torch.float64, requires_grad=True)
         optimiser = torch.optim.LBFGS(
             [c], lr=1.0, max_iter=max_iter, tolerance_grad=1e-11, tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe"
         )
@@ -122,20 +154,22 @@ class VariationalPMF:
         optimiser.step(closure)
         return c.detach()
 
-    def free_energy(self, c: torch.Tensor, phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
-        """F (kT) on the tensor grid phi (a,) x psi (b,) (IUPAC rad), minimum 0."""
-        F = torch.as_tensor(basis(self.basis_name, phi)) @ c @ torch.as_tensor(basis(self.basis_name, psi)).T
+    def free_energy(self, c: torch.Tensor, *axes: np.ndarray) -> np.ndarray:
+        """F (kT) on the tensor grid axes[0] x ... x axes[d-1] (IUPAC rad), minimum 0."""
+        F = self._on_grid(c, [torch.as_tensor(basis(self.basis_name, a)) for a in axes])
         return (F - F.min()).numpy()
 
-    def bin_probabilities(self, c: torch.Tensor, definition: CGDefinition, n_bins: int = N_BINS, sub: int = 4) -> np.ndarray:
-        """Probabilities (n_bins, n_bins) of the bins of ``definition``'s CG frame over [-pi, pi)^2, each the
-        integral of exp(-F) over its bin."""
+    def bin_probabilities(self, c: torch.Tensor, definition: CGDefinition, n_bins: Optional[int] = None, sub: int = 4) -> np.ndarray:
+        """Probabilities (n_bins,) * d of the bins of ``definition``'s CG frame over [-pi, pi)^d (default bins:
+        :func:`~openmm_cgflow.reference.grid.default_bins`), each the integral of exp(-F) over its bin on sub^d
+        points."""
+        n_bins = default_bins(self.dim) if n_bins is None else n_bins
         edges = grid_edges(n_bins)
         width = edges[1] - edges[0]
         s = (edges[:-1, None] + (np.arange(sub)[None, :] + 0.5) * width / sub).ravel()  # CG-frame sub-points
-        iupac = definition.to_dihedrals(np.stack([s, s], axis=-1))
-        F = self.free_energy(c, iupac[:, 0], iupac[:, 1])
-        p = np.exp(-F).reshape(n_bins, sub, n_bins, sub).sum(axis=(1, 3))
+        iupac = definition.to_dihedrals(np.stack([s] * self.dim, axis=-1))
+        F = self.free_energy(c, *(iupac[:, i] for i in range(self.dim)))
+        p = np.exp(-F).reshape((n_bins, sub) * self.dim).sum(axis=tuple(range(1, 2 * self.dim, 2)))
         return p / p.sum()
 
 
@@ -175,16 +209,24 @@ def basin_check(F: np.ndarray, angles: np.ndarray, basins: Dict[str, Sequence[fl
 
 # -- the whole reference ----------------------------------------------------------------------------------------
 CANDIDATE_BASES = ("bspline18", "bspline24", "bspline30", "bspline36", "bspline45", "fourier8", "fourier12")
+#: 3-D: m^3 coefficients, so fewer functions per dimension (fourier6: 2,197; bspline12: 1,728)
+CANDIDATE_BASES_3D = ("bspline8", "bspline12", "fourier4", "fourier6")
+
+
+def candidate_bases(dim: int) -> Tuple[str, ...]:
+    """The bases cross-validation chooses from for ``dim`` CG dihedrals."""
+    return CANDIDATE_BASES_3D if dim == 3 else CANDIDATE_BASES
 
 
 def build_reference(
-    out: Path, seeds: Sequence[int], output: Path, cg_system: CGSystem, command: str = "", bases: Sequence[str] = CANDIDATE_BASES,
+    out: Path, seeds: Sequence[int], output: Path, cg_system: CGSystem, command: str = "", bases: Optional[Sequence[str]] = None,
     curve_points: int = 8,
 ) -> Dict[str, object]:
     """Choose the basis by cross-validation, fit each seed and all seeds together, and write the reference file of
-    ``cg_system`` (in its CG frame), ``out/reference_report.json`` (with the convergence curve: KLD between the
-    halves and against the final estimate vs MD steps, the local minima and, where the system names some, its
-    literature basins) and ``out/reference_convergence.png``."""
+    ``cg_system`` (in its CG frame, on the grid of :func:`~openmm_cgflow.reference.grid.default_bins` per CG
+    dihedral), ``out/reference_report.json`` (with the convergence curve: KLD between the halves and against the
+    final estimate vs MD steps; in 2-D the local minima and, where the system names some, its literature basins)
+    and ``out/reference_convergence.png``. ``bases``: default :func:`candidate_bases`."""
     from .umbrella import load_run
 
     out = Path(out)
@@ -196,6 +238,10 @@ def build_reference(
     if passes < 1:
         raise ValueError(f"no complete umbrella pass in {out} yet")
     centres, k_kT = runs[0]["centres"], runs[0]["force_constant_kT"]
+    dim = centres.shape[1]
+    if dim != cg_system.cg_dim:
+        raise ValueError(f"the umbrella runs in {out} have {dim} CG dihedral(s), {cg_system.name} has {cg_system.cg_dim}")
+    bases = tuple(bases or candidate_bases(dim))
     cache: Dict[Tuple[int, str, int], Tuple[np.ndarray, np.ndarray]] = {}
 
     def stats(i: int, name: str, n_passes: int):
@@ -228,13 +274,16 @@ def build_reference(
             "kld_final_vs_half": [kld_between(p_final, h) for h in halves],
         })
     between = curve[-1]["kld_between_halves"]
-    fine = -math.pi + (np.arange(360) + 0.5) * 2 * math.pi / 360
-    F_fine = model.free_energy(final_c, fine, fine)
-    minima = local_minima(F_fine, fine)[:8]
-    basins = basin_check(F_fine, fine, cg_system.metadata["literature_basins_deg"]) if "literature_basins_deg" in cg_system.metadata else None
+    minima, basins = None, None
+    if dim == 2:
+        fine = -math.pi + (np.arange(360) + 0.5) * 2 * math.pi / 360
+        F_fine = model.free_energy(final_c, fine, fine)
+        minima = local_minima(F_fine, fine)[:8]
+        if "literature_basins_deg" in cg_system.metadata:
+            basins = basin_check(F_fine, fine, cg_system.metadata["literature_basins_deg"])
     md_steps = int(sum(r["equilibration_md_steps"] + passes * r["md_steps_per_pass"] for r in runs))
     provenance = {
-        "method": "umbrella sampling on a periodic grid of harmonic restraints on the two CG dihedrals + vFEP maximum-likelihood fit",
+        "method": f"umbrella sampling on a periodic grid of harmonic restraints on the {dim} CG dihedral(s) + vFEP maximum-likelihood fit",
         "system": cg_system.name,
         "cg_coordinates": definition.to_dict(),
         "hamiltonian": f"{cg_system.metadata.get('hamiltonian', 'the OpenMM System of ' + cg_system.name)}, {cg_system.temperature:g} K, "
@@ -249,7 +298,7 @@ def build_reference(
         "kld_between_halves": between,
         "local_minima_iupac_deg": minima,
         "basins": basins,
-        "bin_probabilities": "integral of exp(-F) over each bin (4 x 4 sub-points), paper frame",
+        "bin_probabilities": f"integral of exp(-F) over each bin ({' x '.join(['4'] * dim)} sub-points), {definition.frame} frame",
         "command": command,
         "fit_wall_s": time.perf_counter() - start,
     }
@@ -261,6 +310,7 @@ def build_reference(
 
 
 def _plot(path: Path, curve: List[Dict[str, object]], p_final: np.ndarray, definition: CGDefinition) -> None:
+    """Convergence curve, and F: a profile in 1-D, a map in 2-D, the map of the first two dihedrals' marginal in 3-D."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,11 +325,18 @@ def _plot(path: Path, curve: List[Dict[str, object]], p_final: np.ndarray, defin
     a.set_xlabel("MD steps (all seeds)")
     a.set_ylabel("forward KLD")
     a.legend()
-    F = -np.log(p_final)
-    im = b.imshow(np.minimum(F - F.min(), 15).T, origin="lower", extent=[-math.pi, math.pi, -math.pi, math.pi], cmap="viridis")
-    b.set_xlabel(f"{definition.names[0]} ({definition.frame} frame, rad)")
-    b.set_ylabel(f"{definition.names[1]} ({definition.frame} frame, rad)")
-    fig.colorbar(im, ax=b, label="F (kT)")
+    p = p_final if p_final.ndim < 3 else p_final.sum(axis=2)
+    F = -np.log(p)
+    if p.ndim == 1:
+        centres = grid_edges(len(p))[:-1] + math.pi / len(p)
+        b.plot(centres, F - F.min())
+        b.set_xlabel(f"{definition.names[0]} ({definition.frame} frame, rad)")
+        b.set_ylabel("F (kT)")
+    else:
+        im = b.imshow(np.minimum(F - F.min(), 15).T, origin="lower", extent=[-math.pi, math.pi, -math.pi, math.pi], cmap="viridis")
+        b.set_xlabel(f"{definition.names[0]} ({definition.frame} frame, rad)")
+        b.set_ylabel(f"{definition.names[1]} ({definition.frame} frame, rad)")
+        fig.colorbar(im, ax=b, label="F (kT)" + (" of the marginal" if p_final.ndim == 3 else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
