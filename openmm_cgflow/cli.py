@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--fit-only", action="store_true", help="do not simulate; fit the passes already in --out")
     ref.add_argument("--bases", nargs="+", default=None, metavar="BASIS",
                      help="candidate bases for the cross-validated fit, bspline<m> or fourier<L> (default: bspline18 ... bspline45, fourier8, fourier12; 3-D: bspline8, bspline12, fourier4, fourier6)")
+    ref.add_argument("--estimator", choices=["auto", "mean-force", "vfep"], default="auto",
+                     help="mean-force: least squares on the unbiased generalized forces (default when the passes have them); vfep: "
+                          "maximum likelihood of the sampled dihedrals")
     ref.add_argument("--output", type=Path, default=None, help="reference file to write (default: DIR/reference_<SYSTEM>.npz, e.g. reference_aldp.npz)")
     ref.add_argument("--quiet", action="store_true")
     bm = sub.add_parser("backmap", help="all-atom structures from CG frames with a trained flow")
@@ -320,7 +323,8 @@ def _reference(args) -> int:
         windows_per_dim=args.windows or windows, force_constant=args.force_constant or force_constant, steps_per_pass=args.steps_per_pass,
         platform=args.platform,
     )
-    from .reference.vfep import basis, build_reference, candidate_bases
+    from .reference.umbrella_reference import build_reference
+    from .reference.vfep import basis, candidate_bases
 
     bases = tuple(args.bases or candidate_bases(cg_system.cg_dim))
     for name in bases:
@@ -330,8 +334,13 @@ def _reference(args) -> int:
             raise ValueError(f"unknown basis '{name}' (use bspline<m> or fourier<L>, e.g. bspline24)") from None
     if not args.fit_only:
         run_umbrella(args.out, args.seeds, args.passes, protocol, cg_system, resume=args.resume, progress=not args.quiet)
+        if len(args.seeds) < 2:  # one seed per process (one core each): fit once all seeds are there
+            print(f"seed {args.seeds[0]}: {args.passes} passes in {args.out}; fit with `cgflow reference {args.system} --out {args.out} "
+                  f"--fit-only --seeds S1 S2 ...` (the convergence check needs two or more seeds)")
+            return 0
     output = args.output or args.out / f"reference_{Path(args.system).stem}.npz"
-    result = build_reference(args.out, args.seeds, output, cg_system, command=" ".join(["cgflow"] + sys.argv[1:]), bases=bases)
+    result = build_reference(args.out, args.seeds, output, cg_system, command=" ".join(["cgflow"] + sys.argv[1:]), bases=bases,
+                             estimator=args.estimator)
     print(
         f"reference written to {result['path']}: basis {result['order']}, KLD between halves {result['kld_between_halves']:.3e}, "
         f"{result['md_steps']} MD steps"

@@ -11,7 +11,8 @@ from scipy.interpolate import BSpline
 from openmm_cgflow.coordinates.geometry import periodic_difference
 from openmm_cgflow.reference.grid import grid_centres, load_reference
 from openmm_cgflow.reference.umbrella import UmbrellaProtocol, load_run, run_umbrella
-from openmm_cgflow.reference.vfep import VariationalPMF, basin_check, bspline_basis, build_reference, kld_between, sufficient_statistics
+from openmm_cgflow.reference.umbrella_reference import build_reference
+from openmm_cgflow.reference.vfep import VariationalPMF, basin_check, bspline_basis, kld_between, sufficient_statistics
 from openmm_cgflow.systems import create_system
 from openmm_cgflow.systems.alanine_dipeptide import LITERATURE_BASINS_DEG, from_paper_frame, phi_psi, to_paper_frame
 from openmm_cgflow.systems.cg_definition import CGDefinition, DihedralCV
@@ -173,11 +174,39 @@ def test_umbrella_run_resumes_and_builds_a_valid_reference(tmp_path):
     run = load_run(tmp_path, 1)
     assert len(run["samples"]) == 2 and run["samples"][0].shape == (9, 10, 2)
     assert np.isfinite(run["samples"][1]).all()
+    assert run["forces"][1].shape == (9, 10, 2) and np.isfinite(run["forces"][1]).all()
     report = build_reference(tmp_path, [1, 2], tmp_path / "ref.npz", aldp, command="test", bases=("bspline6", "fourier2"), curve_points=2)
+    assert report["estimator"] == "mean-force"  # auto: every pass has forces
+    vfep = build_reference(tmp_path, [1, 2], tmp_path / "ref_vfep.npz", aldp, bases=("fourier2",), curve_points=2, estimator="vfep")
+    assert vfep["provenance"]["estimator"] == "vfep" and "cross_validation_nll_per_sample" in vfep["provenance"]
     reference = load_reference(tmp_path / "ref.npz")  # the paper frame, the built-in dipeptide's
     assert reference.provenance["basis"] in ("bspline6", "fourier2") and set(reference.provenance["basins"]) == set(LITERATURE_BASINS_DEG)
     assert reference.provenance["md_steps"] == report["md_steps"] == 2 * (9 * 50 + 2 * 9 * 100)
     assert report["curve"][-1]["passes"] == 2 and report["kld_between_halves"] >= 0
+
+
+def test_umbrella_forces_are_the_unbiased_generalized_forces_on_the_iupac_dihedrals(tmp_path):
+    """What a window stores as its force equals d(beta U - ln J)/d theta of the unbiased System at the same
+    frame: the restraint's part (known analytically in the CG frame) is taken out, and the paper frame's sign is
+    turned into the IUPAC dihedrals' (theta = -s - offset)."""
+    from openmm_cgflow.reference.mean_force import generalized_forces
+    from openmm_cgflow.reference.umbrella import UmbrellaRun
+
+    aldp = create_system("alanine-dipeptide")
+    run = UmbrellaRun(tmp_path, 1, UmbrellaProtocol(windows_per_dim=3, platform="Reference"), aldp)
+    centre = np.array([-1.2, 2.2])
+    run._set_window(centre)
+    run.context.setPositions(aldp.positions)
+    run.integrator.step(20)
+    state = run.context.getState(getPositions=True, getForces=True)
+    x = state.getPositions(asNumpy=True)._value[None]
+    stored = run.unbiased_forces(x, state.getForces(asNumpy=True)._value[None], centre)
+    plain = openmm.Context(aldp.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    plain.setPositions(x[0])
+    _, g = generalized_forces(aldp, x, plain.getState(getForces=True).getForces(asNumpy=True)._value[None])
+    np.testing.assert_allclose(stored, -g, rtol=1e-6, atol=1e-6)
+    _, biased = generalized_forces(aldp, x, state.getForces(asNumpy=True)._value[None])
+    assert np.abs(biased - g).max() > 1.0  # the restraint was there, and is gone
 
 
 def test_basin_check_finds_minima_of_a_surface():

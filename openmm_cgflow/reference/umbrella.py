@@ -11,7 +11,10 @@ system's CG frame (:mod:`.vfep`). The all-atom Hamiltonian is the system's OpenM
 friction 1/ps on one pinned CPU-platform core.
 
 The run is organised in *passes*: one pass runs every window for ``steps_per_pass`` steps, continuing each
-window's own trajectory, and stores its samples of the IUPAC CG dihedrals in ``seed<S>/pass_<NNN>.npz``. Every pass ends with an
+window's own trajectory, and stores its samples of the IUPAC CG dihedrals (``dihedrals``) and, at the same frames,
+the unbiased generalized forces d(beta U - ln J)/d theta in kT/rad (``forces``, for the mean-force estimator of
+:mod:`.mean_force`: the system's forces, with the window's restraint, known analytically, taken out) in
+``seed<S>/pass_<NNN>.npz``. Every pass ends with an
 atomic checkpoint (positions and velocities of every window), so the run can stop anywhere and resume, and every
 estimate can be recomputed from the first P passes (the convergence curve). Independent seeds are the
 independent halves of the convergence check. Estimation: :mod:`.vfep`.
@@ -29,10 +32,11 @@ import openmm
 import openmm.unit as unit
 from tqdm.auto import tqdm
 
-from ..coordinates.geometry import frame_dihedrals
+from ..coordinates.geometry import frame_dihedrals, periodic_difference
 from ..energy.oracle import default_properties, resolve_platform
 from ..storage import atomic_write, write_json
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
+from .mean_force import generalized_forces
 
 @dataclass(frozen=True)
 class UmbrellaProtocol:
@@ -85,6 +89,7 @@ class UmbrellaRun:
         self.seed = seed
         self.protocol = protocol
         self.dihedrals = umbrella_dihedrals(cg_system)
+        self.cg_system = cg_system
         self.definition = cg_system.cg_definition
         self.n_atoms = cg_system.n_atoms
         self.temperature = cg_system.temperature
@@ -134,6 +139,15 @@ class UmbrellaRun:
         for parameter, value in zip(self.definition.target_parameters(), target):
             self.context.setParameter(parameter, float(value))
 
+    def unbiased_forces(self, frames: np.ndarray, forces: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        """Generalized forces d(beta U - ln J)/d theta (frames, d) in kT/rad on the IUPAC CG dihedrals, from the
+        biased System's positions and forces (nm, kJ/mol/nm): the restraint 0.5 k d(s - target)^2 contributes
+        k d(s - target) in the CG frame, taken out; d/d theta = sign d/ds."""
+        s, g = generalized_forces(self.cg_system, frames, forces)
+        target = self.definition.from_dihedrals(np.asarray(centre)[None])[0]
+        g = g - self.protocol.force_constant * periodic_difference(s, target)
+        return g * np.array([cv.sign for cv in self.definition.coordinates])
+
     def initialise(self) -> Dict[str, object]:
         """Minimise, then walk the windows in snake order, equilibrating each from its predecessor's end state."""
         p = self.protocol
@@ -162,6 +176,7 @@ class UmbrellaRun:
         centres = p.centres(len(self.dihedrals))
         n_frames = p.steps_per_pass // p.record_every
         samples = np.zeros((len(centres), n_frames, len(self.dihedrals)), dtype=np.float32)
+        generalized = np.zeros_like(samples)
         positions, velocities = state["positions"].copy(), state["velocities"].copy()
         start = time.perf_counter()
         for k in tqdm(range(len(centres)), disable=not progress, leave=False, desc=f"seed {self.seed} pass {state['passes_done'] + 1}"):
@@ -169,17 +184,22 @@ class UmbrellaRun:
             self.context.setPositions(positions[k])
             self.context.setVelocities(velocities[k])
             frames = np.zeros((n_frames, self.n_atoms, 3))
+            forces = np.zeros((n_frames, self.n_atoms, 3))
             for f in range(n_frames):
                 self.integrator.step(p.record_every)
-                frames[f] = self.context.getState(getPositions=True).getPositions(asNumpy=True)._value
+                snapshot = self.context.getState(getPositions=True, getForces=True)
+                frames[f] = snapshot.getPositions(asNumpy=True)._value
+                forces[f] = snapshot.getForces(asNumpy=True)._value
             if not np.isfinite(frames).all():
                 raise FloatingPointError(f"seed {self.seed}, window {k}: positions became NaN (integration blew up)")
             final = self.context.getState(getPositions=True, getVelocities=True)
             positions[k] = final.getPositions(asNumpy=True)._value
             velocities[k] = final.getVelocities(asNumpy=True)._value
             samples[k] = frame_dihedrals(frames, self.dihedrals)
+            generalized[k] = self.unbiased_forces(frames, forces, centres[k])
         index = state["passes_done"] + 1
-        atomic_write(self.out / f"pass_{index:03d}.npz", lambda handle: np.savez_compressed(handle, dihedrals=samples, centres=centres))
+        atomic_write(self.out / f"pass_{index:03d}.npz",
+                     lambda handle: np.savez_compressed(handle, dihedrals=samples, forces=generalized, centres=centres))
         new = {"positions": positions, "velocities": velocities, "passes_done": index,
                "wall_s": state["wall_s"] + time.perf_counter() - start, "md_steps": state["md_steps"] + len(centres) * p.steps_per_pass}
         self.save_state(new)
@@ -230,7 +250,8 @@ def _write_summary(out: Path, runs: List[UmbrellaRun], states: List[Dict[str, ob
 
 def load_run(out: Path, seed: int) -> Dict[str, object]:
     """The completed passes of one seed (as recorded in its checkpoint): ``samples`` (list over passes of
-    (windows, frames, d) IUPAC rad of the d CG dihedrals), ``centres`` (windows, d), the protocol, and its MD-step
+    (windows, frames, d) IUPAC rad of the d CG dihedrals), ``forces`` (the same shape, kT/rad; None for passes
+    written before forces were recorded), ``centres`` (windows, d), the protocol, and its MD-step
     and time accounting. Passes written before runs were generic name their samples ``phi_psi``."""
     state_path = Path(out) / f"seed{seed}" / "state.npz"
     if not state_path.is_file():
@@ -238,16 +259,18 @@ def load_run(out: Path, seed: int) -> Dict[str, object]:
     state = np.load(state_path, allow_pickle=False)
     protocol = dict(zip(state["protocol_keys"].tolist(), state["protocol_values"].tolist()))
     passes = int(state["passes_done"])
-    samples = []
+    samples, forces = [], []
     centres = None
     for index in range(1, passes + 1):
         data = np.load(Path(out) / f"seed{seed}" / f"pass_{index:03d}.npz")
         samples.append(data["dihedrals" if "dihedrals" in data.files else "phi_psi"].astype(np.float64))
+        forces.append(data["forces"].astype(np.float64) if "forces" in data.files else None)
         centres = data["centres"]
     dim = len(state["cg_atoms"]) if "cg_atoms" in state.files else 2  # runs written before the atoms were stored are 2-D
     n_windows = int(protocol["windows_per_dim"]) ** dim
     return {
         "samples": samples,
+        "forces": forces,
         "dim": dim,
         "centres": centres if centres is not None else UmbrellaProtocol(windows_per_dim=int(protocol["windows_per_dim"])).centres(dim),
         "protocol": protocol,

@@ -21,18 +21,14 @@ frame), with bin probabilities integrated over each bin (4 sub-points per dimens
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..coordinates.geometry import periodic_difference
-from ..storage import write_json
-from ..systems.base import CGSystem
 from ..systems.cg_definition import CGDefinition
-from .grid import default_bins, grid_edges, save_reference
+from .grid import default_bins, grid_edges
 from .kld import forward_kld
 
 QUADRATURE_POINTS = 180  # per dimension: spacing 2 deg, << restraint width (~9 deg)
@@ -73,6 +69,22 @@ def _tensor_product(factors: Sequence[np.ndarray]) -> np.ndarray:
     return (lead.T @ factors[-1]).reshape((factors[0].shape[1],) * len(factors))
 
 
+def basis_derivative(name: str, x) -> np.ndarray:
+    """d/dx of :func:`basis` at angles x (rad), (N, m), analytic."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if name.startswith("fourier"):
+        n = np.arange(1, int(name[7:]) + 1)[None, :]
+        return np.concatenate([np.zeros((len(x), 1)), -n * np.sin(n * x[:, None]), n * np.cos(n * x[:, None])], axis=1)
+    if name.startswith("bspline"):
+        m = int(name[7:])
+        u = (x + math.pi) * m / (2 * math.pi)
+        signed = np.mod(u[:, None] - np.arange(m)[None, :] + m / 2, m) - m / 2  # periodic offset from knot j
+        t = np.abs(signed)
+        dB_dt = np.where(t < 1, -2 * t + 1.5 * t**2, np.where(t < 2, -0.5 * (2 - t) ** 2, 0.0))
+        return dB_dt * np.sign(signed) * m / (2 * math.pi)
+    raise ValueError(f"unknown basis '{name}' (use bspline<m> or fourier<L>)")
+
+
 def sufficient_statistics(samples: np.ndarray, basis_name: str) -> Tuple[np.ndarray, np.ndarray]:
     """(S, N_k) of umbrella samples (windows, frames, d): S = sum_samples b(theta_1) x ... x b(theta_d) ((m,) * d;
     2-D: sum b(theta_1) b(theta_2)^T); N_k (windows,)."""
@@ -107,16 +119,9 @@ class VariationalPMF:
         self.biases = [torch.as_tensor(np.exp(-0.5 * force_constant_kT * periodic_difference(q[None, :], centres[:, i : i + 1]) ** 2))
                        for i in range(self.dim)]  # (K, Q) per dimension: the restraint factorises
 
-    def _on_grid(self, c: torch.Tensor, grids: Sequence[torch.Tensor]) -> torch.Tensor:
-        """F on the tensor grid of per-dimension basis values grids[i] (n_i, m)."""
-        F = c
-        for g in grids:  # one axis at a time (2-D: G c G^T): contract the leading basis axis, append the grid axis
-            F = torch.tensordot(F, g, dims=([0], [1]))
-        return F
-
     def log_partition(self, c: torch.Tensor) -> torch.Tensor:
         """ln Z_k (K,) of every window's biased distribution exp(-F - w_k)."""
-        F = self._on_grid(c, [self.G] * self.dim)
+        F = on_tensor_grid(c, [self.G] * self.dim)
         shift = F.min().detach()
         Z = torch.einsum("...r,kr->k...", torch.exp(-(F - shift)), self.biases[-1])  # contract one axis at a time:
         for bias in reversed(self.biases[:-1]):  # memory K Q^(d-1), never K Q^d
@@ -156,21 +161,45 @@ class VariationalPMF:
 
     def free_energy(self, c: torch.Tensor, *axes: np.ndarray) -> np.ndarray:
         """F (kT) on the tensor grid axes[0] x ... x axes[d-1] (IUPAC rad), minimum 0."""
-        F = self._on_grid(c, [torch.as_tensor(basis(self.basis_name, a)) for a in axes])
-        return (F - F.min()).numpy()
+        return tensor_free_energy(c, self.basis_name, *axes)
 
     def bin_probabilities(self, c: torch.Tensor, definition: CGDefinition, n_bins: Optional[int] = None, sub: int = 4) -> np.ndarray:
-        """Probabilities (n_bins,) * d of the bins of ``definition``'s CG frame over [-pi, pi)^d (default bins:
-        :func:`~openmm_cgflow.reference.grid.default_bins`), each the integral of exp(-F) over its bin on sub^d
-        points."""
-        n_bins = default_bins(self.dim) if n_bins is None else n_bins
-        edges = grid_edges(n_bins)
-        width = edges[1] - edges[0]
-        s = (edges[:-1, None] + (np.arange(sub)[None, :] + 0.5) * width / sub).ravel()  # CG-frame sub-points
-        iupac = definition.to_dihedrals(np.stack([s] * self.dim, axis=-1))
-        F = self.free_energy(c, *(iupac[:, i] for i in range(self.dim)))
-        p = np.exp(-F).reshape((n_bins, sub) * self.dim).sum(axis=tuple(range(1, 2 * self.dim, 2)))
-        return p / p.sum()
+        """Probabilities (n_bins,) * d of the bins of ``definition``'s CG frame (F is in IUPAC angles)."""
+        return tensor_bin_probabilities(c, self.basis_name, n_bins, sub, definition)
+
+
+def on_tensor_grid(c: torch.Tensor, grids: Sequence[torch.Tensor]) -> torch.Tensor:
+    """F = sum c b(x_1) x ... x b(x_d) on the tensor grid of per-dimension basis values grids[i] (n_i, m)."""
+    F = c
+    for g in grids:  # one axis at a time (2-D: G c G^T): contract the leading basis axis, append the grid axis
+        F = torch.tensordot(F, g, dims=([0], [1]))
+    return F
+
+
+def tensor_free_energy(c, basis_name: str, *axes: np.ndarray) -> np.ndarray:
+    """F (kT) of coefficients ``c`` (m,) * d in ``basis_name`` on the tensor grid axes[0] x ... x axes[d-1] (rad),
+    minimum 0."""
+    F = on_tensor_grid(torch.as_tensor(c), [torch.as_tensor(basis(basis_name, a)) for a in axes])
+    return (F - F.min()).numpy()
+
+
+def tensor_bin_probabilities(c, basis_name: str, n_bins: Optional[int] = None, sub: int = 4,
+                             definition: Optional[CGDefinition] = None) -> np.ndarray:
+    """Probabilities (n_bins,) * d of the bins over [-pi, pi)^d of a CG frame (default bins:
+    :func:`~openmm_cgflow.reference.grid.default_bins`), each the integral of exp(-F) over its bin on sub^d points.
+    ``definition``: F's angles are IUPAC and the bins are in its CG frame (s -> theta = to_dihedrals(s)); None: F
+    is already a function of the CG frame's s."""
+    dim = np.asarray(c).ndim
+    n_bins = default_bins(dim) if n_bins is None else n_bins
+    edges = grid_edges(n_bins)
+    width = edges[1] - edges[0]
+    s = (edges[:-1, None] + (np.arange(sub)[None, :] + 0.5) * width / sub).ravel()  # CG-frame sub-points
+    points = np.stack([s] * dim, axis=-1)
+    if definition is not None:
+        points = definition.to_dihedrals(points)
+    F = tensor_free_energy(c, basis_name, *(points[:, i] for i in range(dim)))
+    p = np.exp(-F).reshape((n_bins, sub) * dim).sum(axis=tuple(range(1, 2 * dim, 2)))
+    return p / p.sum()
 
 
 def kld_between(p: np.ndarray, q: np.ndarray) -> float:
@@ -216,127 +245,3 @@ CANDIDATE_BASES_3D = ("bspline8", "bspline12", "fourier4", "fourier6")
 def candidate_bases(dim: int) -> Tuple[str, ...]:
     """The bases cross-validation chooses from for ``dim`` CG dihedrals."""
     return CANDIDATE_BASES_3D if dim == 3 else CANDIDATE_BASES
-
-
-def build_reference(
-    out: Path, seeds: Sequence[int], output: Path, cg_system: CGSystem, command: str = "", bases: Optional[Sequence[str]] = None,
-    curve_points: int = 8,
-) -> Dict[str, object]:
-    """Choose the basis by cross-validation, fit each seed and all seeds together, and write the reference file of
-    ``cg_system`` (in its CG frame, on the grid of :func:`~openmm_cgflow.reference.grid.default_bins` per CG
-    dihedral), ``out/reference_report.json`` (with the convergence curve: KLD between the halves and against the
-    final estimate vs MD steps; in 2-D the local minima and, where the system names some, its literature basins)
-    and ``out/reference_convergence.png``. ``bases``: default :func:`candidate_bases`."""
-    from .umbrella import load_run
-
-    out = Path(out)
-    start = time.perf_counter()
-    runs = [load_run(out, seed) for seed in seeds]
-    if len(runs) < 2:
-        raise ValueError("the convergence check needs at least two independent seeds")
-    passes = min(len(r["samples"]) for r in runs)
-    if passes < 1:
-        raise ValueError(f"no complete umbrella pass in {out} yet")
-    centres, k_kT = runs[0]["centres"], runs[0]["force_constant_kT"]
-    dim = centres.shape[1]
-    if dim != cg_system.cg_dim:
-        raise ValueError(f"the umbrella runs in {out} have {dim} CG dihedral(s), {cg_system.name} has {cg_system.cg_dim}")
-    bases = tuple(bases or candidate_bases(dim))
-    cache: Dict[Tuple[int, str, int], Tuple[np.ndarray, np.ndarray]] = {}
-
-    def stats(i: int, name: str, n_passes: int):
-        for p in range(n_passes):
-            if (i, name, p) not in cache:
-                cache[(i, name, p)] = sufficient_statistics(runs[i]["samples"][p], name)
-        parts = [cache[(i, name, p)] for p in range(n_passes)]
-        return sum(s for s, _ in parts), sum(n for _, n in parts)
-
-    cv = {}
-    for name in bases:
-        model = VariationalPMF(centres, k_kT, name)
-        per_seed = [stats(i, name, passes) for i in range(len(runs))]
-        fits = [model.fit(*s) for s in per_seed]
-        cv[name] = float(np.mean([float(model.nll(fits[i], *per_seed[j])) for i in range(len(runs)) for j in range(len(runs)) if i != j]))
-    best = min(cv, key=cv.get)
-    model = VariationalPMF(centres, k_kT, best)
-    per_seed = [stats(i, best, passes) for i in range(len(runs))]
-    final_c = model.fit(sum(s for s, _ in per_seed), sum(n for _, n in per_seed))
-    definition = cg_system.cg_definition
-    p_final = model.bin_probabilities(final_c, definition)
-
-    curve = []
-    for n in np.unique(np.round(np.geomspace(1, passes, curve_points)).astype(int)).tolist():
-        halves = [model.bin_probabilities(model.fit(*stats(i, best, n)), definition) for i in range(len(runs))]
-        curve.append({
-            "passes": n,
-            "md_steps_all_seeds": int(sum(r["equilibration_md_steps"] + n * r["md_steps_per_pass"] for r in runs)),
-            "kld_between_halves": kld_between(halves[0], halves[1]),
-            "kld_final_vs_half": [kld_between(p_final, h) for h in halves],
-        })
-    between = curve[-1]["kld_between_halves"]
-    minima, basins = None, None
-    if dim == 2:
-        fine = -math.pi + (np.arange(360) + 0.5) * 2 * math.pi / 360
-        F_fine = model.free_energy(final_c, fine, fine)
-        minima = local_minima(F_fine, fine)[:8]
-        if "literature_basins_deg" in cg_system.metadata:
-            basins = basin_check(F_fine, fine, cg_system.metadata["literature_basins_deg"])
-    md_steps = int(sum(r["equilibration_md_steps"] + passes * r["md_steps_per_pass"] for r in runs))
-    provenance = {
-        "method": f"umbrella sampling on a periodic grid of harmonic restraints on the {dim} CG dihedral(s) + vFEP maximum-likelihood fit",
-        "system": cg_system.name,
-        "cg_coordinates": definition.to_dict(),
-        "hamiltonian": f"{cg_system.metadata.get('hamiltonian', 'the OpenMM System of ' + cg_system.name)}, {cg_system.temperature:g} K, "
-                       "LangevinMiddle 1 fs, friction 1/ps",
-        "protocol": runs[0]["protocol"],
-        "seeds": list(seeds),
-        "passes_per_seed": passes,
-        "md_steps": md_steps,
-        "md_wall_s": float(sum(r["wall_s"] for r in runs)),
-        "basis": best,
-        "cross_validation_nll_per_sample": cv,
-        "kld_between_halves": between,
-        "local_minima_iupac_deg": minima,
-        "basins": basins,
-        "bin_probabilities": f"integral of exp(-F) over each bin ({' x '.join(['4'] * dim)} sub-points), {definition.frame} frame",
-        "command": command,
-        "fit_wall_s": time.perf_counter() - start,
-    }
-    save_reference(output, p_final, provenance, frame=definition.frame)
-    report = {"path": str(output), "order": best, "kld_between_halves": between, "md_steps": md_steps, "curve": curve, "provenance": provenance}
-    write_json(out / "reference_report.json", report)
-    _plot(out / "reference_convergence.png", curve, p_final, definition)
-    return report
-
-
-def _plot(path: Path, curve: List[Dict[str, object]], p_final: np.ndarray, definition: CGDefinition) -> None:
-    """Convergence curve, and F: a profile in 1-D, a map in 2-D, the map of the first two dihedrals' marginal in 3-D."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.3))
-    steps = [c["md_steps_all_seeds"] for c in curve]
-    a.loglog(steps, [c["kld_between_halves"] for c in curve], "o-", label="half 1 vs half 2")
-    for i in range(len(curve[0]["kld_final_vs_half"])):
-        a.loglog(steps, [c["kld_final_vs_half"][i] for c in curve], "s--", label=f"final vs half {i + 1}")
-    a.axhline(2e-4, color="k", lw=0.8, ls=":", label="target 2e-4")
-    a.set_xlabel("MD steps (all seeds)")
-    a.set_ylabel("forward KLD")
-    a.legend()
-    p = p_final if p_final.ndim < 3 else p_final.sum(axis=2)
-    F = -np.log(p)
-    if p.ndim == 1:
-        centres = grid_edges(len(p))[:-1] + math.pi / len(p)
-        b.plot(centres, F - F.min())
-        b.set_xlabel(f"{definition.names[0]} ({definition.frame} frame, rad)")
-        b.set_ylabel("F (kT)")
-    else:
-        im = b.imshow(np.minimum(F - F.min(), 15).T, origin="lower", extent=[-math.pi, math.pi, -math.pi, math.pi], cmap="viridis")
-        b.set_xlabel(f"{definition.names[0]} ({definition.frame} frame, rad)")
-        b.set_ylabel(f"{definition.names[1]} ({definition.frame} frame, rad)")
-        fig.colorbar(im, ax=b, label="F (kT)" + (" of the marginal" if p_final.ndim == 3 else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
