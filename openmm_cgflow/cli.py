@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--resume", action="store_true")
     ref.add_argument("--fit-only", action="store_true", help="do not simulate; fit the passes already in --out")
     ref.add_argument("--bases", nargs="+", default=None, metavar="BASIS",
-                     help="candidate bases for the cross-validated fit, bspline<m> or fourier<L> (default: bspline18 ... bspline45, fourier8, fourier12; 3-D: bspline8, bspline12, fourier4, fourier6)")
+                     help="candidate bases for the cross-validated fit, bspline<m> or fourier<L> (default vfep: bspline18 ... bspline45, fourier8, fourier12; mean-force: bspline18, bspline24, fourier6 ... fourier12; 3-D: bspline8, bspline12, fourier4, fourier6)")
     ref.add_argument("--estimator", choices=["auto", "mean-force", "vfep"], default="auto",
                      help="mean-force: least squares on the unbiased generalized forces (default when the passes have them); vfep: "
                           "maximum likelihood of the sampled dihedrals")
@@ -324,10 +324,10 @@ def _reference(args) -> int:
         platform=args.platform,
     )
     from .reference.umbrella_reference import build_reference
-    from .reference.vfep import basis, candidate_bases
+    from .reference.vfep import basis
 
-    bases = tuple(args.bases or candidate_bases(cg_system.cg_dim))
-    for name in bases:
+    bases = tuple(args.bases) if args.bases else None  # None: the estimator's candidates (vfep.candidate_bases)
+    for name in bases or ():
         try:
             basis(name, [0.0])
         except ValueError:
@@ -342,7 +342,7 @@ def _reference(args) -> int:
     result = build_reference(args.out, args.seeds, output, cg_system, command=" ".join(["cgflow"] + sys.argv[1:]), bases=bases,
                              estimator=args.estimator)
     print(
-        f"reference written to {result['path']}: basis {result['order']}, KLD between halves {result['kld_between_halves']:.3e}, "
+        f"reference written to {result['path']}: {result['estimator']}, basis {result['order']}, KLD between halves {result['kld_between_halves']:.3e}, "
         f"{result['md_steps']} MD steps"
     )
     return 0

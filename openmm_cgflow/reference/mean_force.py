@@ -54,8 +54,10 @@ def force_statistics(s: np.ndarray, g: np.ndarray, basis_name: str, chunk: int =
     if s.shape != g.shape or s.ndim != 2:
         raise ValueError(f"s and g must both be (N, d); got {s.shape} and {g.shape}")
     AtA, Atg = 0.0, 0.0
+    size = _design(s[:1], basis_name).shape[-1]
+    chunk = max(100, min(chunk, 4_000_000 // size))  # design blocks of <= ~64 MB
     for start in range(0, len(s), chunk):
-        A = _design(s[start : start + chunk], basis_name).reshape(-1, _design(s[:1], basis_name).shape[-1])
+        A = _design(s[start : start + chunk], basis_name).reshape(-1, size)
         AtA = AtA + A.T @ A
         Atg = Atg + A.T @ g[start : start + chunk].reshape(-1)
     return AtA, Atg, len(s)

@@ -121,7 +121,7 @@ def build_reference(
     dim = centres.shape[1]
     if dim != cg_system.cg_dim:
         raise ValueError(f"the umbrella runs in {out} have {dim} CG dihedral(s), {cg_system.name} has {cg_system.cg_dim}")
-    bases = tuple(bases or candidate_bases(dim))
+    bases = tuple(bases or candidate_bases(dim, estimator))
     models = {name: kind(centres, k_kT, name) for name in bases}
     cache: Dict[Tuple[int, str, int], tuple] = {}
 

@@ -242,6 +242,12 @@ CANDIDATE_BASES = ("bspline18", "bspline24", "bspline30", "bspline36", "bspline4
 CANDIDATE_BASES_3D = ("bspline8", "bspline12", "fourier4", "fourier6")
 
 
-def candidate_bases(dim: int) -> Tuple[str, ...]:
-    """The bases cross-validation chooses from for ``dim`` CG dihedrals."""
-    return CANDIDATE_BASES_3D if dim == 3 else CANDIDATE_BASES
+#: the mean-force fit's normal equations are dense in m^d unknowns: bases up to 625 functions in 2-D
+CANDIDATE_BASES_MEAN_FORCE = ("bspline18", "bspline24", "fourier6", "fourier8", "fourier10", "fourier12")
+
+
+def candidate_bases(dim: int, estimator: str = "vfep") -> Tuple[str, ...]:
+    """The bases cross-validation chooses from for ``dim`` CG dihedrals and an estimator ("vfep" or "mean-force")."""
+    if dim == 3:
+        return CANDIDATE_BASES_3D
+    return CANDIDATE_BASES_MEAN_FORCE if estimator == "mean-force" else CANDIDATE_BASES
