@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..systems.base import CGSystem
-from .vfep import basis, basis_derivative
+from .vfep import basis, basis_derivative, rowwise_outer
 
 
 def _design(s: np.ndarray, basis_name: str) -> np.ndarray:
@@ -37,14 +37,7 @@ def _design(s: np.ndarray, basis_name: str) -> np.ndarray:
     dim = s.shape[1]
     values = [basis(basis_name, s[:, i]) for i in range(dim)]
     slopes = [basis_derivative(basis_name, s[:, i]) for i in range(dim)]
-    rows = []
-    for i in range(dim):
-        factors = [slopes[j] if j == i else values[j] for j in range(dim)]
-        row = factors[0]
-        for f in factors[1:]:
-            row = (row[:, :, None] * f[:, None, :]).reshape(len(s), -1)
-        rows.append(row)
-    return np.stack(rows, axis=1)
+    return np.stack([rowwise_outer([slopes[j] if j == i else values[j] for j in range(dim)]) for i in range(dim)], axis=1)
 
 
 def force_statistics(s: np.ndarray, g: np.ndarray, basis_name: str, chunk: int = 100_000) -> Tuple[np.ndarray, np.ndarray, int]:
@@ -54,7 +47,7 @@ def force_statistics(s: np.ndarray, g: np.ndarray, basis_name: str, chunk: int =
     if s.shape != g.shape or s.ndim != 2:
         raise ValueError(f"s and g must both be (N, d); got {s.shape} and {g.shape}")
     AtA, Atg = 0.0, 0.0
-    size = _design(s[:1], basis_name).shape[-1]
+    size = basis(basis_name, [0.0]).shape[1] ** s.shape[1]
     chunk = max(100, min(chunk, 4_000_000 // size))  # design blocks of <= ~64 MB
     for start in range(0, len(s), chunk):
         A = _design(s[start : start + chunk], basis_name).reshape(-1, size)

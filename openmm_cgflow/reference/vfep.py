@@ -58,15 +58,20 @@ def basis(name: str, x) -> np.ndarray:
     raise ValueError(f"unknown basis '{name}' (use bspline<m> or fourier<L>)")
 
 
+def rowwise_outer(factors: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-row Kronecker products of per-dimension basis values (N, m) -> (N, m^d) (row n: b(x_n1) x ... x b(x_nd))."""
+    out = factors[0]
+    for f in factors[1:]:
+        out = (out[:, :, None] * f[:, None, :]).reshape(len(f), -1)
+    return out
+
+
 def _tensor_product(factors: Sequence[np.ndarray]) -> np.ndarray:
     """sum_n prod_i factors[i][n, a_i] -> (m,) * d for per-dimension basis values (N, m) (2-D: B_1^T B_2, one BLAS
     call; 3-D: the row-wise outer product of the first two, then the same)."""
     if len(factors) == 1:
         return factors[0].sum(axis=0)
-    lead = factors[0]
-    for f in factors[1:-1]:
-        lead = (lead[:, :, None] * f[:, None, :]).reshape(len(f), -1)
-    return (lead.T @ factors[-1]).reshape((factors[0].shape[1],) * len(factors))
+    return (rowwise_outer(factors[:-1]).T @ factors[-1]).reshape((factors[0].shape[1],) * len(factors))
 
 
 def basis_derivative(name: str, x) -> np.ndarray:
