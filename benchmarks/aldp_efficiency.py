@@ -2,8 +2,8 @@
 runs against the MD baseline, all scored on the same reference (SPEC §9).
 
     python benchmarks/aldp_efficiency.py --run AL=runs/aldp [--run grid=runs/aldp-grid ...] \\
-        [--md benchmarks/results/md_baseline_aldp_seed0] [--metad benchmarks/results/metad_aldp_seed0 ...] [--reference openmm_cgflow/data/reference_aldp.npz] \\
-        [--out benchmarks/results/aldp_efficiency]
+        [--md benchmarks/results/md_baseline_aldp_seed0 --md ...] [--metad benchmarks/results/metad_aldp_seed0 ...] \\
+        [--reference openmm_cgflow/data/reference_aldp.npz] [--budget 1e6 --budget 5e6] [--out benchmarks/results/aldp_efficiency]
 
 A run directory is what `cgflow run aldp|aldp-fast|aldp-grid|aldp-small --out DIR` writes (metrics.json, and
 the checkpoint whose per-iteration PMFs are rescored; a directory with metrics.json alone, as kept under
@@ -11,8 +11,10 @@ benchmarks/results/aldp_runs/, uses the run's own scores against the packaged re
 is `cgflow md-baseline aldp --out DIR`. Every method's KLD is recomputed here against ``--reference`` (the runs'
 own scores used the reference they ran with). Speedup = (MD steps the baseline needs to reach the method's KLD,
 interpolated log-log between snapshots) / (the method's evaluations, starting MD included); "> max" when the
-MD baseline has not reached that KLD yet (the speedup is then a lower bound). Writes JSON and a figure, prints
-a table.
+MD baseline has not reached that KLD yet (the speedup is then a lower bound); with several ``--md`` runs, against
+each, the first being the headline. ``--budget N``: each run's KLD after N evaluations (log-log interpolation
+between iterations; None past its last one) and, over the runs given (seeds of one recipe), their mean and
+spread. Writes JSON and a figure, prints a table.
 """
 from __future__ import annotations
 
@@ -79,17 +81,39 @@ def method_curve(run_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float
     return rows
 
 
+def kld_at_budget(methods: Dict[str, Dict[str, object]], budget: float) -> Dict[str, object]:
+    """Each method's KLD after ``budget`` evaluations (log-log interpolation between its iterations; None outside
+    its range), and the mean, std (ddof 1) and range over those that reach it."""
+    per_run: Dict[str, Optional[float]] = {}
+    for label, m in methods.items():
+        curve = m["curve"]
+        value = None
+        for a, b in zip(curve, curve[1:]):
+            if a["energy_evaluations"] <= budget <= b["energy_evaluations"]:
+                t = (math.log(budget) - math.log(a["energy_evaluations"])) / (math.log(b["energy_evaluations"]) - math.log(a["energy_evaluations"]))
+                value = math.exp(math.log(a["forward_kld"]) + t * (math.log(b["forward_kld"]) - math.log(a["forward_kld"])))
+                break
+        per_run[label] = value
+    reached = np.array([v for v in per_run.values() if v is not None])
+    return {"per_run": per_run, "n": int(reached.size), "mean": float(reached.mean()) if reached.size else None,
+            "std": float(reached.std(ddof=1)) if reached.size > 1 else None,
+            "min": float(reached.min()) if reached.size else None, "max": float(reached.max()) if reached.size else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], metavar="LABEL=DIR", help="a finished or running cgflow run")
-    parser.add_argument("--md", type=Path, default=Path("benchmarks/results/md_baseline_aldp_seed0"))
+    parser.add_argument("--md", type=Path, action="append", default=[], help="an MD baseline directory (default: seed 0's; repeatable)")
     parser.add_argument("--metad", type=Path, action="append", default=[], help="a `cgflow baseline metad aldp` run directory")
     parser.add_argument("--reference", type=Path, default=packaged_reference_path())
+    parser.add_argument("--budget", type=float, action="append", default=[], help="report each run's KLD at this many evaluations")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/aldp_efficiency"))
     args = parser.parse_args()
     reference = load_reference(args.reference)
     p = reference.probabilities.ravel()
-    md = md_curve(args.md, reference.probabilities)
+    md_dirs = args.md or [Path("benchmarks/results/md_baseline_aldp_seed0")]
+    md_runs = {str(d): md_curve(d, reference.probabilities) for d in md_dirs}
+    md = md_runs[str(md_dirs[0])]
     metad = {str(d): metad_curve(d, p) for d in args.metad}
     methods = {}
     for item in args.run:
@@ -100,6 +124,12 @@ def main() -> None:
             row["md_steps_to_same_kld"] = steps
             row["speedup"] = steps / row["energy_evaluations"] if steps is not None else None
             row["speedup_lower_bound"] = None if steps is not None else md[-1]["md_steps"] / row["energy_evaluations"]
+            for name, curve in md_runs.items():
+                reached = md_steps_to_reach(curve, row["forward_kld"])
+                row.setdefault("md", {})[name] = {
+                    "steps_to_same_kld": reached, "speedup": reached / row["energy_evaluations"] if reached is not None else None,
+                    "speedup_lower_bound": None if reached is not None else curve[-1]["md_steps"] / row["energy_evaluations"],
+                }
             for name, curve in metad.items():  # the same against each metadynamics run (its steps to the same KLD)
                 reached = md_steps_to_reach(curve, row["forward_kld"])
                 row.setdefault("metad", {})[name] = {
@@ -109,7 +139,8 @@ def main() -> None:
         methods[label] = {"run_dir": directory, "config": json.loads((Path(directory) / "metrics.json").read_text())["config"], "curve": rows}
     result = {
         "reference": str(args.reference), "reference_kld_between_halves": reference.provenance.get("kld_between_halves"),
-        "md_baseline": {"dir": str(args.md), "curve": md}, "metadynamics": {name: {"curve": c} for name, c in metad.items()}, "methods": methods,
+        "md_baseline": {"dir": str(md_dirs[0]), "curve": md}, "md_baselines": {name: {"curve": c} for name, c in md_runs.items()},
+        "budgets": {f"{b:g}": kld_at_budget(methods, b) for b in args.budget}, "metadynamics": {name: {"curve": c} for name, c in metad.items()}, "methods": methods,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "aldp_efficiency.json").write_text(json.dumps(result, indent=2))
@@ -119,7 +150,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.loglog([r["md_steps"] for r in md], [r["forward_kld"] for r in md], "k.-", label="MD baseline")
+    for i, (name, curve) in enumerate(md_runs.items()):
+        ax.loglog([r["md_steps"] for r in curve], [r["forward_kld"] for r in curve], "k.-" if i == 0 else "k.:", label=f"MD ({Path(name).name})")
     for name, curve in metad.items():
         ax.loglog([r["md_steps"] for r in curve], [r["forward_kld"] for r in curve], ".--", label=f"metadynamics ({Path(name).name})")
     for label, m in methods.items():
@@ -133,7 +165,8 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.out / "aldp_efficiency.png", dpi=120)
     print(f"{'method':<12}{'iteration':>10}{'evaluations':>14}{'KLD':>11}{'MD steps same KLD':>20}{'speedup':>12}")
-    print(f"{'MD':<12}{'':>10}{md[-1]['md_steps']:>14}{md[-1]['forward_kld']:>11.3e}")
+    for name, curve in md_runs.items():
+        print(f"{'MD':<12}{'':>10}{curve[-1]['md_steps']:>14}{curve[-1]['forward_kld']:>11.3e}   ({name})")
     for name, curve in metad.items():
         print(f"{'metad':<12}{'':>10}{curve[-1]['md_steps']:>14}{curve[-1]['forward_kld']:>11.3e}   ({name})")
     for label, m in methods.items():
@@ -145,6 +178,12 @@ def main() -> None:
                 for v in r.get("metad", {}).values()
             )
             print(f"{label:<12}{r['iteration']:>10}{r['energy_evaluations']:>14}{r['forward_kld']:>11.3e}{steps:>20}{speed:>12}{versus_metad}")
+    for budget, summary in result["budgets"].items():
+        per_run = "  ".join(f"{k}: {v:.3e}" if v is not None else f"{k}: -" for k, v in summary["per_run"].items())
+        spread = "no run reached it" if not summary["n"] else (
+            f"{summary['mean']:.3e} +- {summary['std']:.1e} (n={summary['n']}, range {summary['min']:.2e}-{summary['max']:.2e})"
+            if summary["std"] is not None else f"{summary['mean']:.3e} (n=1)")
+        print(f"KLD at {budget} evaluations: {spread}   [{per_run}]")
 
 
 if __name__ == "__main__":
