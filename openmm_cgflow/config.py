@@ -28,6 +28,7 @@ _CHOICES = {
     "energy.platform": ("Reference", "CPU", "OpenCL", "CUDA"),
     "flow.kind": ("affine", "spline"),
     "flow.context": ("periodic", "raw"),
+    "flow.precision": ("float32", "float64"),
     "energy_training.schedule": ("per_iteration", "global_cosine", "per_iteration_cosine"),
     "energy_training.chirality_filter": ("none", "fab", "geometric"),
     "dataset.kind": ("active", "grid", "grid_then_active"),
@@ -189,6 +190,9 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
         fail(f"config key 'labels.clip_k' ({cfg['labels']['clip_k']}) must not exceed 'dataset.copies' ({cfg['dataset']['copies']})")
     if cfg["dataset"]["train_fraction"] == 0:
         fail("config key 'dataset.train_fraction' must be > 0 (no CG point would get a label)")
+    flow = cfg["flow"]
+    if flow["kind"] == "affine" and (flow["precision"] != "float64" or flow["compile"]):
+        fail("config keys 'flow.precision' and 'flow.compile' apply to flow.kind=spline; the affine flow is float64 and eager")
     et = cfg["energy_training"]
     if et["skip_top_k"] >= et["batch_size"]:
         fail(f"config key 'energy_training.skip_top_k' ({et['skip_top_k']}) must be < 'energy_training.batch_size' ({et['batch_size']})")
@@ -222,7 +226,7 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
 
 #: Keys added after runs were already stored, with the value that reproduces those runs (a stored config that
 #: lacks one ran with this value, whatever today's default is).
-LEGACY_VALUES = {"ensemble.precision": "float64", "ensemble.lbfgs_groups": 1}
+LEGACY_VALUES = {"ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "flow.precision": "float64", "flow.compile": False}
 
 
 def validate_config(config: Any) -> Dict[str, Any]:

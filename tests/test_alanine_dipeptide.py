@@ -1,5 +1,6 @@
 """Alanine dipeptide: system, internal coordinates (round trip, Jacobian, phi/psi), chirality, energy oracle."""
 
+import warnings
 import mdtraj
 import numpy as np
 import openmm
@@ -197,3 +198,57 @@ def test_starting_data_is_made_cached_and_counted(tmp_path):
     assert loaded["provenance"]["seed"] == 1 and "50,000" not in loaded["provenance"]["protocol"]
     # all frames are L-alanine in the starting (beta / C7eq) region: phi < 0
     assert (phi_psi(loaded["frames"])[:, 0] < 0).all()
+
+
+def _energy_trainers(aldp, oracle, compile):
+    """Two trainers whose float32 flows start from the same weights: an eager one and one with ``compile``."""
+    from openmm_cgflow.flows import ConditionalSplineFlow
+    from openmm_cgflow.flows.training import EnergyTrainer
+
+    trainers = []
+    for compiled in (False, compile):
+        torch.manual_seed(0)
+        flow = ConditionalSplineFlow(aldp.fg_dim, list(aldp.flow_circular_indices), 2, n_layers=2, n_bins=4, hidden=16).float()
+        optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
+        trainers.append(EnergyTrainer(flow, aldp, oracle, optimizer, skip_top_k=1, compile=compiled))
+    return trainers
+
+
+def test_compiled_energy_training_step_equals_the_eager_one(aldp):
+    """flow.compile=true: one reverse-KL step through torch.compile gives the eager step's importance weights, loss
+    and updated float32 weights, with the real OpenMM energies."""
+    s = torch.tensor([[0.1, 0.2], [-1.0, 2.5], [2.0, -0.5], [0.7, 0.7]], dtype=torch.float64)
+    with EnergyOracle(aldp, "Reference") as oracle:
+        eager, compiled = _energy_trainers(aldp, oracle, True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
+            results = [t.step(s, torch.Generator().manual_seed(5), 100.0) for t in (eager, compiled)]
+    assert not results[0].skipped
+    np.testing.assert_allclose(results[1].log_w, results[0].log_w, rtol=1e-5, atol=1e-4)
+    assert abs(results[1].loss - results[0].loss) < 1e-4 * abs(results[0].loss)
+    for a, b in zip(eager.flow.parameters(), compiled.flow.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_a_failing_compiled_step_is_redone_eagerly_with_a_warning(aldp, monkeypatch):
+    """Where torch.compile cannot run (no C++ compiler, a compiler bug), the step warns once and is redone eagerly:
+    the same samples and update as an eager trainer, and later steps stay eager."""
+    from openmm_cgflow.flows import training
+
+    def no_compiler(function):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(training.torch, "compile", no_compiler)
+    s = torch.tensor([[0.1, 0.2], [-1.0, 2.5], [2.0, -0.5]], dtype=torch.float64)
+    with EnergyOracle(aldp, "Reference") as oracle:
+        eager, fallback = _energy_trainers(aldp, oracle, True)
+        expected = eager.step(s, torch.Generator().manual_seed(5), 100.0)
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+            result = fallback.step(s, torch.Generator().manual_seed(5), 100.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            fallback.step(s, torch.Generator().manual_seed(6), 100.0)
+    np.testing.assert_array_equal(result.log_w, expected.log_w)
+    assert result.loss == expected.loss

@@ -26,7 +26,7 @@ from ..flows import ConditionalAffineFlow, ConditionalSplineFlow
 from ..flows.training import EnergyTrainer, train_by_example
 from ..pmf import PMFEnsemble, free_energy_labels
 from ..reference.kld import forward_kld
-from ..sampling import farthest_point_selection, run_langevin, spread_disc, spread_uniform_interval, uncertainty_search, uncertainty_weighted_search
+from ..sampling import farthest_point_selection, spread_disc, spread_uniform_interval, uncertainty_search, uncertainty_weighted_search
 from ..sampling.cg_dynamics_search import cg_dynamics_search
 from ..systems import CGSystem, system_from_config, system_label
 from ..storage import CheckpointError, load_checkpoint, save_checkpoint, write_json
@@ -214,11 +214,14 @@ class ActiveLearningRun:
                 self.cg_system.fg_dim, circular, self.cg_system.cg_dim, fc["n_layers"], fc["n_bins"], hidden[0],
                 fc["n_blocks"], context=fc["context"],
             )
+            if fc["precision"] == "float32":
+                self.flow.float()
         self.flow_norm = (s_mean, s_std)
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg["pretraining"]["lr"], fused=True)
         self.trainer = EnergyTrainer(
             self.flow, self.cg_system, self.oracle, self.optimizer, skip_top_k=cfg["energy_training"]["skip_top_k"],
             sample_filter=self._chirality_filter(cfg["energy_training"]["chirality_filter"]),
+            compile=fc["compile"] and fc["kind"] == "spline",
         )
 
     def _chirality_filter(self, kind: str):

@@ -15,7 +15,9 @@ q(x_fg | s) over the 58 fine-grained internal coordinates, 10 of them circular (
 * identity initialisation: every spline starts as the identity.
 
 Directions: ``forward(z, s)`` is the sampling direction (splines evaluated forwards), ``inverse(x, s)`` the
-density direction (which first wraps circular inputs into [-pi, pi)). float64 throughout.
+density direction (which first wraps circular inputs into [-pi, pi)). Built in float64; ``flow.float()`` makes it
+compute in float32 (``flow.precision``: ~1.4x faster per training step on a CPU core) while its inputs and outputs
+stay in the caller's dtype.
 """
 from __future__ import annotations
 
@@ -83,6 +85,10 @@ class SplineCoupling(nn.Module):
         self.register_buffer("t_bound", torch.where(circ[t_idx], math.pi, tail_bound).double())
         self.register_buffer("c_bound", torch.where(circ[c_idx], math.pi, tail_bound).double())
         self.register_buffer("c_circ_pos", torch.nonzero(circ[c_idx]).flatten())
+        # the sampling direction evaluates both halves' splines in one call: knots stacked as
+        # [transformed, conditioning] and put back into coordinate order by ``order``
+        order = torch.argsort(torch.cat([t_idx, c_idx]))
+        self.register_buffer("order", order)
         self.register_buffer("c_lin_pos", torch.nonzero(~circ[c_idx]).flatten())
         n_t, n_c = len(transformed), len(conditioning)
         n_features = len(self.c_lin_pos) + 2 * len(self.c_circ_pos)
@@ -112,16 +118,16 @@ class SplineCoupling(nn.Module):
         return self._knots(params, self.t_bound, self.t_circular, self.scale)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Sampling direction."""
-        x_c = x[:, self.c_idx]
-        xs, ys, ds = self._conditional_knots(x_c, context)
-        y_t, ld_t = rq_spline(x[:, self.t_idx], xs, ys, ds, False)
+        """Sampling direction. Both splines read only ``x`` here, so their knots are stacked (the context-free
+        ones computed once, not per sample) and one element-wise spline call transforms all coordinates."""
+        n = x.shape[0]
+        xs, ys, ds = self._conditional_knots(x[:, self.c_idx], context)
         uxs, uys, uds = self._knots(self.unconditional, self.c_bound, self.c_circular, 1.0)
-        y_c, ld_c = rq_spline(x_c, uxs.expand(x.shape[0], -1, -1), uys.expand(x.shape[0], -1, -1), uds.expand(x.shape[0], -1, -1), False)
-        y = x.clone()
-        y[:, self.t_idx] = y_t
-        y[:, self.c_idx] = y_c
-        return y, ld_t.sum(-1) + ld_c.sum(-1)
+        xs = torch.cat([xs, uxs.expand(n, -1, -1)], dim=1)[:, self.order]
+        ys = torch.cat([ys, uys.expand(n, -1, -1)], dim=1)[:, self.order]
+        ds = torch.cat([ds, uds.expand(n, -1, -1)], dim=1)[:, self.order]
+        y, ld = rq_spline(x, xs, ys, ds, False)
+        return y, ld.sum(-1)
 
     @torch.jit.export
     def inverse(self, y: torch.Tensor, context: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -173,6 +179,7 @@ class ConditionalSplineFlow(nn.Module):
             shifts.append((float(torch.rand(1, generator=generator)) + 0.5) * math.pi if (i % 2 == 1 and i < n_layers - 1) else 0.0)
         self.layers = nn.ModuleList(layers)
         self.register_buffer("shifts", torch.tensor(shifts, dtype=torch.float64))
+        self.shift_values: List[float] = shifts  # the same as Python floats: no tensor-to-float sync per layer
         self.register_buffer("circular", torch.tensor(circular, dtype=torch.bool))
         self.register_buffer("circ_idx", torch.nonzero(self.circular).flatten())
         self.register_buffer("lin_idx", torch.nonzero(~self.circular).flatten())
@@ -186,38 +193,42 @@ class ConditionalSplineFlow(nn.Module):
         return s
 
     def _shift(self, x: torch.Tensor, amount: float) -> torch.Tensor:
-        x = x.clone()
-        x[:, self.circ_idx] = _wrap(x[:, self.circ_idx] + amount)
-        return x
+        return torch.where(self.circular, _wrap(x + amount), x)
 
     def forward(self, z: torch.Tensor, s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Sampling direction: (z, s) -> (x_fg, ln|det dx/dz|)."""
-        context = self._context(s)
+        """Sampling direction: (z, s) -> (x_fg, ln|det dx/dz|), computed in the flow's dtype (float64 unless
+        converted, e.g. ``flow.float()``) and returned in z's."""
+        dtype = z.dtype
+        z = z.to(self.shifts.dtype)
+        context = self._context(s.to(self.shifts.dtype))
         x = z
         logdet = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for i, layer in enumerate(self.layers):
             x, ld = layer(x, context)
             logdet = logdet + ld
-            shift = float(self.shifts[i])
+            shift = self.shift_values[i]
             if shift != 0.0:
                 x = self._shift(x, shift)
-        return x, logdet
+        return x.to(dtype), logdet.to(dtype)
 
     @torch.jit.export
     def inverse(self, x: torch.Tensor, s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Density direction: (x_fg, s) -> (z, ln|det dz/dx|); circular inputs are wrapped into [-pi, pi) first."""
-        context = self._context(s)
+        """Density direction: (x_fg, s) -> (z, ln|det dz/dx|); circular inputs are wrapped into [-pi, pi) first.
+        Computed in the flow's dtype, returned in x's."""
+        dtype = x.dtype
+        x = x.to(self.shifts.dtype)
+        context = self._context(s.to(self.shifts.dtype))
         z = self._shift(x, 0.0)
         logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         n = len(self.layers)
         for j, layer in enumerate(self.layers[::-1]):
             i = n - 1 - j
-            shift = float(self.shifts[i])
+            shift = self.shift_values[i]
             if shift != 0.0:
                 z = self._shift(z, -shift)
             z, ld = layer.inverse(z, context)
             logdet = logdet + ld
-        return z, logdet
+        return z.to(dtype), logdet.to(dtype)
 
     @torch.jit.export
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
