@@ -1,6 +1,6 @@
 """Benchmark: where the wall time of an active-learning run goes, phase by phase.
 
-    python benchmarks/profile_iteration.py [--config muller-brown] [--set KEY=VALUE ...] [--out benchmarks/results]
+    python benchmarks/profile_iteration.py [--config muller-brown] [--set KEY=VALUE ...] [--out benchmarks/results] [--keep DIR]
 
 Runs ``cgflow run CONFIG`` in this process (pinned to one core as the CLI pins itself; OpenMM workers on the others) with timers
 wrapped around the loop's phases from the outside, so the package runs unchanged:
@@ -81,6 +81,8 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run in this directory (checkpoint, metrics; for rescoring) "
+                        "instead of a temporary one")
     args = parser.parse_args()
     pin_driver()  # as `cgflow run` does: this process on one core, OpenMM workers on the others
     config = load_config(args.config, args.overrides, args.seed)
@@ -114,7 +116,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
-        metrics = ActiveLearningRun(config, Path(workdir) / "run", progress=False).run()
+        metrics = ActiveLearningRun(config, args.keep or Path(workdir) / "run", progress=False).run()
         total = time.perf_counter() - start
     measured = sum(timer.seconds[p] for p in PHASES)
     phases = {p: {"seconds": round(timer.seconds[p], 3), "share": round(timer.seconds[p] / total, 4), "calls": timer.calls[p]} for p in PHASES}
