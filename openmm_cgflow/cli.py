@@ -324,9 +324,9 @@ def _reference(args) -> int:
         platform=args.platform,
     )
     from .reference.umbrella_reference import build_reference
-    from .reference.vfep import basis
+    from .reference.bases import basis
 
-    bases = tuple(args.bases) if args.bases else None  # None: the estimator's candidates (vfep.candidate_bases)
+    bases = tuple(args.bases) if args.bases else None  # None: the estimator's candidates (bases.candidate_bases)
     for name in bases or ():
         try:
             basis(name, [0.0])

@@ -10,7 +10,8 @@ import torch
 
 from openmm_cgflow.reference.grid import grid_centres
 from openmm_cgflow.reference.mean_force import fit_mean_force, force_statistics, generalized_forces
-from openmm_cgflow.reference.vfep import basis, basis_derivative, kld_between, tensor_bin_probabilities
+from openmm_cgflow.reference.bases import basis, basis_derivative, tensor_bin_probabilities
+from openmm_cgflow.reference.vfep import kld_between
 from openmm_cgflow.systems import create_system
 
 A = 15.0  # coupling of y to s_1: force noise ~A kT/rad, like alanine dipeptide's phi (17 kT/rad)

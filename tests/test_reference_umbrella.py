@@ -12,7 +12,8 @@ from openmm_cgflow.coordinates.geometry import periodic_difference
 from openmm_cgflow.reference.grid import grid_centres, load_reference
 from openmm_cgflow.reference.umbrella import UmbrellaProtocol, load_run, run_umbrella
 from openmm_cgflow.reference.umbrella_reference import build_reference
-from openmm_cgflow.reference.vfep import VariationalPMF, basin_check, bspline_basis, kld_between, sufficient_statistics
+from openmm_cgflow.reference.bases import bspline_basis
+from openmm_cgflow.reference.vfep import VariationalPMF, basin_check, kld_between, sufficient_statistics
 from openmm_cgflow.systems import create_system
 from openmm_cgflow.systems.alanine_dipeptide import LITERATURE_BASINS_DEG, from_paper_frame, phi_psi, to_paper_frame
 from openmm_cgflow.systems.cg_definition import CGDefinition, DihedralCV

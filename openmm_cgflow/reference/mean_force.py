@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..systems.base import CGSystem
-from .vfep import basis, basis_derivative, rowwise_outer
+from .bases import basis, basis_derivative, rowwise_outer
 
 
 def _design(s: np.ndarray, basis_name: str) -> np.ndarray:

@@ -27,8 +27,8 @@ from ..systems.base import CGSystem
 from ..systems.cg_definition import CGDefinition
 from .grid import grid_edges, save_reference
 from .mean_force import fit_mean_force, force_statistics
-from .vfep import (VariationalPMF, basin_check, candidate_bases, kld_between, local_minima, sufficient_statistics, tensor_bin_probabilities,
-                   tensor_free_energy)
+from .bases import candidate_bases, tensor_bin_probabilities, tensor_free_energy
+from .vfep import VariationalPMF, basin_check, kld_between, local_minima, sufficient_statistics
 
 ESTIMATORS = ("auto", "mean-force", "vfep")
 
@@ -97,7 +97,7 @@ def build_reference(
     ``cg_system`` (in its CG frame, on the grid of :func:`~openmm_cgflow.reference.grid.default_bins` per CG
     dihedral), ``out/reference_report.json`` (with the convergence curve: KLD between the halves and against the
     final estimate vs MD steps; in 2-D the local minima and, where the system names some, its literature basins)
-    and ``out/reference_convergence.png``. ``bases``: default :func:`~.vfep.candidate_bases`; ``estimator``: see
+    and ``out/reference_convergence.png``. ``bases``: default :func:`~.bases.candidate_bases`; ``estimator``: see
     the module docstring."""
     from .umbrella import load_run
 
