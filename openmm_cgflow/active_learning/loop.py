@@ -221,7 +221,7 @@ class ActiveLearningRun:
         self.trainer = EnergyTrainer(
             self.flow, self.cg_system, self.oracle, self.optimizer, skip_top_k=cfg["energy_training"]["skip_top_k"],
             sample_filter=self._chirality_filter(cfg["energy_training"]["chirality_filter"]),
-            compile=fc["compile"] and fc["kind"] == "spline",
+            compile=fc["compile"],  # the config allows it for spline flows only
         )
 
     def _chirality_filter(self, kind: str):

@@ -85,11 +85,11 @@ class SplineCoupling(nn.Module):
         self.register_buffer("t_bound", torch.where(circ[t_idx], math.pi, tail_bound).double())
         self.register_buffer("c_bound", torch.where(circ[c_idx], math.pi, tail_bound).double())
         self.register_buffer("c_circ_pos", torch.nonzero(circ[c_idx]).flatten())
-        # the sampling direction evaluates both halves' splines in one call: knots stacked as
-        # [transformed, conditioning] and put back into coordinate order by ``order``
-        order = torch.argsort(torch.cat([t_idx, c_idx]))
-        self.register_buffer("order", order)
         self.register_buffer("c_lin_pos", torch.nonzero(~circ[c_idx]).flatten())
+        # the sampling direction evaluates both halves' splines in one call: knots stacked as
+        # [transformed, conditioning] and put back into coordinate order by ``order`` (derived from the masks, so
+        # not in the state dict: checkpoints written before it existed still load)
+        self.register_buffer("order", torch.argsort(torch.cat([t_idx, c_idx])), persistent=False)
         n_t, n_c = len(transformed), len(conditioning)
         n_features = len(self.c_lin_pos) + 2 * len(self.c_circ_pos)
         bias = _identity_parameters(n_t, n_bins).flatten()
@@ -117,16 +117,17 @@ class SplineCoupling(nn.Module):
         params = self.conditioner(self._features(x_c), context).reshape(x_c.shape[0], self.t_idx.shape[0], 3 * self.n_bins + 1)
         return self._knots(params, self.t_bound, self.t_circular, self.scale)
 
+    def _stacked(self, conditional: torch.Tensor, unconditional: torch.Tensor, n: int) -> torch.Tensor:
+        """Per-sample knots (n, dim, K + 1) of all coordinates in coordinate order."""
+        return torch.cat([conditional, unconditional.expand(n, -1, -1)], dim=1)[:, self.order]
+
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction. Both splines read only ``x`` here, so their knots are stacked (the context-free
         ones computed once, not per sample) and one element-wise spline call transforms all coordinates."""
         n = x.shape[0]
         xs, ys, ds = self._conditional_knots(x[:, self.c_idx], context)
         uxs, uys, uds = self._knots(self.unconditional, self.c_bound, self.c_circular, 1.0)
-        xs = torch.cat([xs, uxs.expand(n, -1, -1)], dim=1)[:, self.order]
-        ys = torch.cat([ys, uys.expand(n, -1, -1)], dim=1)[:, self.order]
-        ds = torch.cat([ds, uds.expand(n, -1, -1)], dim=1)[:, self.order]
-        y, ld = rq_spline(x, xs, ys, ds, False)
+        y, ld = rq_spline(x, self._stacked(xs, uxs, n), self._stacked(ys, uys, n), self._stacked(ds, uds, n), False)
         return y, ld.sum(-1)
 
     @torch.jit.export
