@@ -1,14 +1,15 @@
 """Benchmark: CPU time of one training-by-energy step of a system's spline flow, per precision and compile setting.
 
     python benchmarks/flow_step.py [--system alanine-dipeptide] [--hidden 128] [--layers 8] [--batch 64] [--steps 60] \\
-        [--out benchmarks/results/flow_step.json]
+        [--device cpu] [--out benchmarks/results/flow_step.json]
 
 Times what ``EnergyTrainer.step`` does besides the OpenMM call (sampling, the flow's sampling direction, the Z-matrix
 map to Cartesians, the loss, backward, gradient clipping, Adam) for flow.precision float64/float32 x flow.compile
 false/true, in this process pinned to one core with one torch thread. The energy is a stand-in (a harmonic term on
 the positions, so the backward pass reaches the positions as the OpenMM forces do); the oracle's time is measured
-by benchmarks/oracle.py. CPU time (``time.process_time``), so another busy process on the machine matters less;
-compile time is reported separately. Writes JSON and prints a table.
+by benchmarks/oracle.py. On the CPU: CPU time (``time.process_time``), so another busy process on the machine
+matters less; on a GPU (``--device cuda``): wall time with the device synchronised. Compile time is reported
+separately. Writes JSON and prints a table.
 """
 from __future__ import annotations
 
@@ -24,37 +25,49 @@ from openmm_cgflow.flows import ConditionalSplineFlow
 from openmm_cgflow.systems import create_system
 
 
-def time_steps(cg_system, precision: str, compile: bool, hidden: int, layers: int, batch: int, steps: int) -> dict:
+def time_steps(cg_system, precision: str, compile: bool, hidden: int, layers: int, batch: int, steps: int,
+               device: str = "cpu") -> dict:
+    """One configuration: the training step's time per step and per sample (the flow on ``device``; the Z-matrix map
+    on the CPU, as :class:`~openmm_cgflow.flows.training.EnergyTrainer` runs it)."""
     torch.manual_seed(0)
     flow = ConditionalSplineFlow(cg_system.fg_dim, list(cg_system.flow_circular_indices), cg_system.cg_dim, layers, 8, hidden, 1)
     if precision == "float32":
         flow.float()
+    flow.to(device)
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4, fused=True)
     sample = torch.compile(flow) if compile else flow
     to_cartesian = torch.compile(cg_system.to_cartesian) if compile else cg_system.to_cartesian
     generator = torch.Generator().manual_seed(0)
     s = torch.rand(batch, cg_system.cg_dim, generator=generator, dtype=torch.float64) * 6.2 - 3.1
+    s_device = s.to(device)
+    on_cpu = torch.device(device).type == "cpu"
+
+    def clock() -> float:
+        if on_cpu:
+            return time.process_time()
+        torch.cuda.synchronize()
+        return time.perf_counter()
 
     def step():
-        z = flow.sample_base(batch, generator)
-        x, logdet = sample(z, s)
-        positions, log_jacobian = to_cartesian(s, x)
-        loss = (0.5 * (positions * positions.detach()).sum((1, 2)) - log_jacobian - logdet).mean()
+        z = flow.sample_base(batch, generator).to(device)
+        x, logdet = sample(z, s_device)
+        positions, log_jacobian = to_cartesian(s, x.cpu())
+        loss = (0.5 * (positions * positions.detach()).sum((1, 2)) - log_jacobian - logdet.cpu()).mean()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(flow.parameters(), 1000.0)
         optimizer.step()
 
-    start = time.process_time()
+    start = clock()
     for _ in range(3):
         step()
-    warmup = time.process_time() - start
-    start = time.process_time()
+    warmup = clock() - start
+    start = clock()
     for _ in range(steps):
         step()
-    per_step = (time.process_time() - start) / steps
-    return {"precision": precision, "compile": compile, "ms_per_step": round(1e3 * per_step, 2),
-            "us_per_sample": round(1e6 * per_step / batch, 1), "warmup_s": round(warmup, 1)}
+    per_step = (clock() - start) / steps
+    return {"device": device, "precision": precision, "compile": compile, "batch": batch, "ms_per_step": round(1e3 * per_step, 2),
+            "us_per_sample": round(1e6 * per_step / batch, 1), "samples_per_s": round(batch / per_step), "warmup_s": round(warmup, 1)}
 
 
 def main() -> None:
@@ -64,19 +77,21 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--device", default="cpu", help="where the flow runs: cpu, cuda (the Z-matrix map stays on the CPU)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "flow_step.json")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     torch.set_num_threads(1)
     cg_system = create_system(args.system)
-    rows = [time_steps(cg_system, precision, compile, args.hidden, args.layers, args.batch, args.steps)
+    rows = [time_steps(cg_system, precision, compile, args.hidden, args.layers, args.batch, args.steps, args.device)
             for precision in ("float64", "float32") for compile in (False, True)]
-    result = {"system": args.system, "flow": f"{args.layers} x {args.hidden}", "batch": args.batch, "steps": args.steps,
+    result = {"system": args.system, "device": args.device, "flow": f"{args.layers} x {args.hidden}", "batch": args.batch, "steps": args.steps,
               "torch": torch.__version__, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"{args.system}, flow {args.layers} x {args.hidden}, batch {args.batch}: CPU time per training step (one core)")
+    clock = "CPU time (one core)" if args.device == "cpu" else f"wall time, flow on {args.device}"
+    print(f"{args.system}, flow {args.layers} x {args.hidden}, batch {args.batch}: {clock} per training step")
     print(f"{'precision':<10}{'compile':>9}{'ms/step':>10}{'us/sample':>11}{'warm-up s':>11}")
     for r in rows:
         print(f"{r['precision']:<10}{str(r['compile']):>9}{r['ms_per_step']:>10.1f}{r['us_per_sample']:>11.0f}{r['warmup_s']:>11.1f}")

@@ -243,7 +243,8 @@ class ConditionalSplineFlow(nn.Module):
         return self.base_log_prob(z) + logdet
 
     def sample_base(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n base samples (n, fg_dim)."""
-        z = torch.randn(n, self.fg_dim, generator=generator, dtype=torch.float64)
-        u = torch.rand(n, self.fg_dim, generator=generator, dtype=torch.float64) * (2 * math.pi) - math.pi
-        return torch.where(self.circular, u, z)
+        """n base samples (n, fg_dim), float64 on the generator's device (the flow may live on another one, e.g.
+        CUDA with a CPU generator: the same draws on every device)."""
+        z = torch.randn(n, self.fg_dim, generator=generator, dtype=torch.float64, device=generator.device)
+        u = torch.rand(n, self.fg_dim, generator=generator, dtype=torch.float64, device=generator.device) * (2 * math.pi) - math.pi
+        return torch.where(self.circular.to(z.device), u, z)

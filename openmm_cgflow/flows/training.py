@@ -70,7 +70,9 @@ class EnergyTrainer:
     comes from :class:`EnergyOracle`. The ``skip_top_k`` largest losses are dropped before averaging. ``compile``:
     sample and map to Cartesians through ``torch.compile`` (see :meth:`step`).
     ``sample_filter(positions) -> bool mask`` (e.g. a chirality test) removes samples *before* energy
-    evaluation; they are neither evaluated nor part of the loss.
+    evaluation; they are neither evaluated nor part of the loss. The flow may live on another device than the CPU
+    (``flow.to("cuda")``): base samples are drawn on ``generator``'s device (the same draws everywhere), and its
+    outputs come back to the CPU, where the Z-matrix map, OpenMM and the loss run.
     """
 
     def __init__(
@@ -118,8 +120,11 @@ class EnergyTrainer:
     def _step(self, s: torch.Tensor, generator: torch.Generator, clip_norm: Optional[float], sample_direction: Callable,
               to_cartesian: Callable) -> EnergyStep:
         flow = self.flow
-        z = flow.sample_base(s.shape[0], generator)
-        x_fg, logdet = sample_direction(z, s)
+        device = next(flow.parameters()).device  # the flow's device (CPU, or e.g. CUDA)
+        z = flow.sample_base(s.shape[0], generator).to(device)
+        x_fg, logdet = sample_direction(z, s.to(device))
+        log_q = (flow.base_log_prob(z) - logdet).cpu()
+        x_fg = x_fg.cpu()  # the Z-matrix map, OpenMM and the loss stay on the CPU (a no-op for a CPU flow)
         positions, log_jacobian = to_cartesian(s, x_fg)
         before = self.oracle.n_evaluations
         if self.sample_filter is None:
@@ -131,9 +136,8 @@ class EnergyTrainer:
             if bool(keep.any()):
                 u = u.index_put((keep,), self.oracle(positions[keep]))
         log_p = -u + log_jacobian
-        log_q = flow.base_log_prob(z) - logdet
         log_w = (log_p - log_q).detach().numpy().copy()
-        per_sample = -log_p - logdet
+        per_sample = -log_p - logdet.cpu()
         losses = per_sample if self.sample_filter is None else per_sample[keep]
         if self.skip_top_k and losses.numel() > self.skip_top_k:
             losses = torch.sort(losses).values[: losses.numel() - self.skip_top_k]
