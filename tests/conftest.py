@@ -12,6 +12,14 @@ from openmm_cgflow.reference.grid import grid_centres, load_reference, packaged_
 from openmm_cgflow.systems import create_system
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``-n N``) every worker process gets its share of the cores for torch's threads, so N
+    workers do not each start a thread per core."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and hasattr(os, "sched_getaffinity"):
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+
+
 @pytest.fixture(autouse=True)
 def restore_cpu_affinity():
     """The command line pins its own process (pin_to_core, pin_driver); a test calling ``cli.main`` in-process
