@@ -1,6 +1,8 @@
 """Shared fixtures: a small PMF ensemble fitted to the packaged alanine-dipeptide reference; every test gets back
 the CPU affinity it started with."""
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,10 +16,19 @@ from openmm_cgflow.systems import create_system
 
 def pytest_configure(config):
     """Under pytest-xdist (``-n N``) every worker process gets its share of the cores for torch's threads, so N
-    workers do not each start a thread per core."""
+    workers do not each start a thread per core. torch.compile's on-disk cache (inductor) goes to a fresh folder
+    per test process, removed at the end: the tests neither reuse a user's compiled kernels nor leave theirs for
+    later runs (a stale entry in this machine's default cache once made every compile of the 8 x 128 flow fail
+    with C++ errors; a run then trains eagerly after its fallback warning, but a test must not depend on that)."""
+    config._cgflow_inductor_cache = tempfile.mkdtemp(prefix="cgflow-tests-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = config._cgflow_inductor_cache
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers and hasattr(os, "sched_getaffinity"):
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_cgflow_inductor_cache", ""), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
