@@ -162,3 +162,10 @@ def test_spline_flow_state_dict_holds_no_derived_buffers():
     s = conditions(flow)
     z = base(flow, s)
     torch.testing.assert_close(fresh(z, s)[0], flow(z, s)[0])
+    # ... and so do those written while ``order`` was persistent (it is derived: dropped, not refused)
+    with_order = dict(state, **{f"layers.{i}.order": layer.order.clone() for i, layer in enumerate(flow.layers)})
+    other = ConditionalSplineFlow(fg_dim=7, circular_indices=(1, 4, 5), cg_dim=2, n_layers=4, n_bins=5, hidden=16)
+    other.load_state_dict(with_order)
+    torch.testing.assert_close(other(z, s)[0], flow(z, s)[0])
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        other.load_state_dict(dict(state, **{"layers.0.not_a_buffer": torch.zeros(1)}))

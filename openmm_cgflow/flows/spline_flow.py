@@ -97,6 +97,12 @@ class SplineCoupling(nn.Module):
         self.unconditional = nn.Parameter(_identity_parameters(n_c, n_bins))
         self.scale = 1.0 / math.sqrt(hidden)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written while ``order`` was briefly a persistent buffer (one session, 2026-12-03) carry it;
+        # it is derived from the masks, so it is dropped rather than refused as an unexpected key
+        state_dict.pop(prefix + "order", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def reset_to_identity(self) -> None:
         """Make both splines exactly the identity in the current dtype (the float32 bias of an identity spline is
         off by ~1e-8 in the derivative)."""
