@@ -124,7 +124,7 @@ class EnergyTrainer:
         z = flow.sample_base(s.shape[0], generator).to(device)
         x_fg, logdet = sample_direction(z, s.to(device))
         log_q = (flow.base_log_prob(z) - logdet).cpu()
-        x_fg = x_fg.cpu()  # the Z-matrix map, OpenMM and the loss stay on the CPU (a no-op for a CPU flow)
+        x_fg, logdet = x_fg.cpu(), logdet.cpu()  # the Z-matrix map, OpenMM and the loss stay on the CPU (no-ops there)
         positions, log_jacobian = to_cartesian(s, x_fg)
         before = self.oracle.n_evaluations
         if self.sample_filter is None:
@@ -137,7 +137,7 @@ class EnergyTrainer:
                 u = u.index_put((keep,), self.oracle(positions[keep]))
         log_p = -u + log_jacobian
         log_w = (log_p - log_q).detach().numpy().copy()
-        per_sample = -log_p - logdet.cpu()
+        per_sample = -log_p - logdet
         losses = per_sample if self.sample_filter is None else per_sample[keep]
         if self.skip_top_k and losses.numel() > self.skip_top_k:
             losses = torch.sort(losses).values[: losses.numel() - self.skip_top_k]
