@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..processes import launch_worker, stop_workers
+from . import lbfgs
 
 #: Default member groups of an L-BFGS fit (``ensemble.lbfgs_groups``; fixed per config, so results do not depend on
 #: the cores a machine has).
@@ -48,30 +49,33 @@ def members_forward(params: Dict[str, torch.Tensor], X: torch.Tensor, n_layers: 
 
 def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor, n_layers: int,
                 iterations: int, lr: float) -> Tuple[Dict[str, torch.Tensor], List[float]]:
-    """Full-batch L-BFGS (strong-Wolfe line search, history 50, ``lr`` = initial step) of one member group on the sum
-    of its members' MSEs between their outputs plus ``offset`` and the targets Y (M, B) (kT): with one group, the
-    arithmetic of the joint fit before groups existed. Returns the trained parameters and the group's mean member
-    MSE (kT^2) per function evaluation."""
+    """Full-batch L-BFGS (:func:`.lbfgs.minimize`: strong-Wolfe line search, history 50, ``lr`` = initial step) of
+    one member group on the sum of its members' MSEs between their outputs plus ``offset`` and the targets Y (M, B)
+    (kT), on one flat parameter vector. Returns the trained parameters and the group's mean member MSE (kT^2) per
+    function evaluation."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        params = {key: value.detach().clone().requires_grad_(True) for key, value in params.items()}
-        optimizer = torch.optim.LBFGS(
-            list(params.values()), lr=lr, max_iter=iterations, history_size=50, line_search_fn="strong_wolfe",
-            tolerance_grad=1e-12, tolerance_change=1e-15,
-        )
+        keys = list(params)
+        shapes = [params[key].shape for key in keys]
+        sizes = [params[key].numel() for key in keys]
         history: List[float] = []
         n_members = Y.shape[0]
 
-        def closure():
-            optimizer.zero_grad(set_to_none=True)
-            loss = ((members_forward(params, X, n_layers) + offset - Y) ** 2).mean(1).sum()
-            loss.backward()
-            history.append(float(loss.detach()) / n_members)
-            return loss
+        def unflatten(flat: torch.Tensor) -> Dict[str, torch.Tensor]:
+            return {key: part.view(shape) for key, part, shape in zip(keys, torch.split(flat, sizes), shapes)}
 
-        optimizer.step(closure)
-        return {key: value.detach() for key, value in params.items()}, history
+        def objective(flat: torch.Tensor) -> Tuple[float, torch.Tensor]:
+            flat = flat.detach().requires_grad_(True)
+            loss = ((members_forward(unflatten(flat), X, n_layers) + offset - Y) ** 2).mean(1).sum()
+            (grad,) = torch.autograd.grad(loss, flat)
+            value = float(loss.detach())
+            history.append(value / n_members)
+            return value, grad
+
+        x0 = torch.cat([params[key].detach().reshape(-1) for key in keys])
+        trained = lbfgs.minimize(objective, x0, iterations, lr, history_size=50, tolerance_grad=1e-12, tolerance_change=1e-15)
+        return {key: value.clone() for key, value in unflatten(trained).items()}, history
     finally:
         torch.set_num_threads(threads)
 
