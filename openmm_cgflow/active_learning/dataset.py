@@ -108,17 +108,16 @@ class ActiveLearningDataset:
         if len(points) == 0:
             return
         order = np.argsort(points, kind="stable")
-        points, log_w = points[order], log_w[order]
-        unique, start = np.unique(points, return_index=True)
+        unique, start, counts = np.unique(points[order], return_index=True, return_counts=True)
+        # one row per point: its kept top-k, then its new samples (padded with -inf, which changes no sum)
+        new = np.full((len(unique), counts.max()), -np.inf)
+        new[np.repeat(np.arange(len(unique)), counts), np.arange(len(points)) - np.repeat(start, counts)] = log_w[order]
+        candidates = -np.sort(-np.concatenate([self.point_top_log_w[unique], new], axis=1), axis=1)  # descending
         k = self.top_k
-        for p, values in zip(unique, np.split(log_w, start[1:])):
-            candidates = np.sort(np.concatenate([self.point_top_log_w[p], values]))[::-1]
-            self.point_top_log_w[p] = candidates[:k]
-            rest = candidates[k:]
-            rest = rest[np.isfinite(rest)]
-            if len(rest):
-                self.point_rest_log_w[p] = np.logaddexp(self.point_rest_log_w[p], np.logaddexp.reduce(rest))
-            self.point_n_samples[p] += len(values)
+        self.point_top_log_w[unique] = candidates[:, :k]
+        # everything below the top k, largest first, into the log-sum-exp of the rest (-inf terms add exactly 0)
+        self.point_rest_log_w[unique] = np.logaddexp(self.point_rest_log_w[unique], np.logaddexp.reduce(candidates[:, k:], axis=1))
+        self.point_n_samples[unique] += counts
 
     # ------------------------------------------------------------------ labels
     def labelled_train_entries(self) -> np.ndarray:
