@@ -106,13 +106,18 @@ def test_log_det_matches_autograd(cg_system, frames):
 
 def test_oracle_matches_a_direct_openmm_evaluation(cg_system, frames):
     with EnergyOracle(cg_system, "Reference") as oracle:
-        u, forces = oracle.evaluate(frames)
+        u, _ = oracle.evaluate(frames)
+        energies_kj, forces_kj = oracle.evaluate_kj(frames)
     context = openmm.Context(cg_system.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     for k, x in enumerate(frames):
         context.setPositions(x)
         state = context.getState(getEnergy=True, getForces=True)
         energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
         assert u[k] == pytest.approx(energy / cg_system.kT, rel=1e-9, abs=1e-9)
+        # the oracle reads the State below its unit wrappers: the same numbers, bitwise, in OpenMM's atom order
+        assert energies_kj[k] == energy
+        np.testing.assert_array_equal(forces_kj[k], forces)
 
 
 def test_cg_coordinates_equal_mdtraj_dihedrals(cg_system, frames):

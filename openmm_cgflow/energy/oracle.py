@@ -105,10 +105,28 @@ class _ContextEvaluator:
         for i, x in enumerate(positions):
             self.context.setPositions(x)
             state = self.context.getState(getEnergy=True, getForces=True)
-            # OpenMM's native units are kJ/mol and kJ/mol/nm: read the raw values (unit conversion costs ~10%)
-            energies[i] = state.getPotentialEnergy()._value
-            forces[i] = state.getForces(asNumpy=True)._value
+            energies[i] = _raw_energy(state)
+            _read_forces(state, forces[i])
         return energies, forces
+
+
+# OpenMM's native units are kJ/mol and kJ/mol/nm. State.getPotentialEnergy/getForces wrap their values in unit
+# Quantities (and getForces probes its cache with dir()): ~11 us of a Müller-Brown evaluation's ~15 us, and
+# 10-30 us of an alanine dipeptide one's ~220 us on one core (benchmarks/oracle_state_read.py). The SWIG layer
+# below them fills our own arrays with the same numbers, bitwise; older/other OpenMM builds fall back to the
+# public calls.
+if hasattr(openmm.State, "_getVectorAsNumpy") and hasattr(openmm._openmm, "State_getPotentialEnergy"):
+    def _raw_energy(state) -> float:
+        return openmm._openmm.State_getPotentialEnergy(state)
+
+    def _read_forces(state, out: np.ndarray) -> None:
+        state._getVectorAsNumpy(openmm.State.Forces, out)
+else:  # pragma: no cover - the pinned OpenMM has the SWIG layer
+    def _raw_energy(state) -> float:
+        return state.getPotentialEnergy()._value
+
+    def _read_forces(state, out: np.ndarray) -> None:
+        out[...] = state.getForces(asNumpy=True)._value
 
 
 _LIVE_ORACLES: "weakref.WeakSet[EnergyOracle]" = weakref.WeakSet()
