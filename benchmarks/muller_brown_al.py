@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 VARIANTS = {
     "default": [],
@@ -34,10 +34,10 @@ VARIANTS = {
 }
 
 
-def run_one(variant: str, seed: int, workdir: Path, core: Optional[int]) -> dict:
+def run_one(variant: str, seed: int, workdir: Path, core: Optional[int], extra: Sequence[str] = ()) -> dict:
     out = workdir / f"{variant}-seed{seed}"
     command = [sys.executable, "-m", "openmm_cgflow.cli", "run", "muller-brown", "--out", str(out), "--quiet", "--seed", str(seed)]
-    for item in VARIANTS[variant]:
+    for item in [*VARIANTS[variant], *extra]:
         command += ["--set", item]
     start = time.perf_counter()
     pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
@@ -46,6 +46,7 @@ def run_one(variant: str, seed: int, workdir: Path, core: Optional[int]) -> dict
     metrics = json.loads((out / "metrics.json").read_text())
     return {
         "variant": variant,
+        "overrides": list(extra),
         "seed": seed,
         "process_wall_s": process_wall,
         "run_wall_s": metrics["totals"]["wall_s"],
@@ -65,13 +66,15 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--core", type=int, default=None, help="pin each run to this CPU core (default: unpinned, as a user runs it)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override added to every variant's runs (repeatable), as `cgflow run --set`")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
             for seed in args.seeds:
-                results.append(run_one(variant, seed, Path(tmp), args.core))
+                results.append(run_one(variant, seed, Path(tmp), args.core, args.overrides))
                 r = results[-1]
                 print(f"{variant:8s} seed {seed}: KLD {r['final_forward_kld']:.2e}  evals {r['energy_evaluations']}  "
                       f"{r['process_wall_s']:.1f} s ({r['iterations']} iterations; {r['stop_reason']})", flush=True)

@@ -226,7 +226,7 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
 
 #: Keys added after runs were already stored, with the value that reproduces those runs (a stored config that
 #: lacks one ran with this value, whatever today's default is).
-LEGACY_VALUES = {"ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "flow.precision": "float64", "flow.compile": False}
+LEGACY_VALUES = {"ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "flow.precision": "float64", "flow.compile": False}
 
 
 def validate_config(config: Any) -> Dict[str, Any]:

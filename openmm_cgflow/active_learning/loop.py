@@ -350,7 +350,7 @@ class ActiveLearningRun:
         s = self.dataset.point_s[groups]
         self.ensemble.fit(
             s, labels, ens["epochs"], ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], self.torch_gen, ens["optimizer"],
-            ens["precision"], ens["lbfgs_groups"],
+            ens["precision"], ens["lbfgs_groups"], warm_start=bool(ens["warm_start"]) and bool(self.state.history),
         )
         return groups, labels
 

@@ -2,7 +2,8 @@
 
 SPEC §6.2. Inputs are the CG coordinates s: standardised (non-periodic, Müller-Brown) or mapped to
 (cos s_k, sin s_k) (periodic, alanine dipeptide). Outputs are free energies in kT. All members are
-re-initialised and trained from scratch at every fit.
+re-initialised and trained from scratch at every fit, unless a fit is asked to continue from the members' current
+parameters (``warm_start``; ``ensemble.warm_start`` in a run's config).
 """
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ class PMFEnsemble(nn.Module):
         optimizer: str = "adam",
         precision: str = "float64",
         lbfgs_groups: int = member_groups.N_GROUPS,
+        warm_start: bool = False,
     ) -> List[float]:
         """Train all members from scratch on labels ``F`` (kT) at CG points ``s`` (n, cg_dim).
 
@@ -126,6 +128,10 @@ class PMFEnsemble(nn.Module):
         so both settings start from the same (rounded) point. Free energies of tens of kT keep ~1e-6 kT.
         ``lbfgs_groups``: L-BFGS runs on this many independent groups of members (:mod:`.member_groups`; 1 = one
         joint L-BFGS over all members, as runs recorded before the groups existed).
+        ``warm_start``: continue from the members' current parameters, input standardisation and output offset (those
+        of an earlier fit, or of a loaded state) instead of re-initialising them; only the members' data subsets are
+        drawn anew. Across active-learning iterations the optimisation then accumulates: a from-scratch L-BFGS fit of
+        ``epochs`` iterations stops far from its minimum once there are thousands of labels (benchmarks/aldp_ensemble_fit.py).
         Returns the mean training MSE (kT^2) per epoch (per function evaluation for L-BFGS).
         """
         if precision not in PRECISIONS:
@@ -138,12 +144,13 @@ class PMFEnsemble(nn.Module):
             raise ValueError(f"the PMF ensemble needs at least 2 labelled CG points, got {n}")
         if not torch.isfinite(F_t).all():
             raise ValueError("PMF labels must be finite")
-        with torch.no_grad():
-            if not self.periodic:
-                self.input_mean.copy_(s_t.mean(0))
-                self.input_std.copy_(s_t.std(0, unbiased=False).clamp_min(1e-8))
-            self.output_offset.copy_(F_t.median())
-        self.reset_parameters(init, generator)
+        if not warm_start:
+            with torch.no_grad():
+                if not self.periodic:
+                    self.input_mean.copy_(s_t.mean(0))
+                    self.input_std.copy_(s_t.std(0, unbiased=False).clamp_min(1e-8))
+                self.output_offset.copy_(F_t.median())
+            self.reset_parameters(init, generator)
         M = self.n_members
         if strategy == "bagging":
             common = torch.randperm(n, generator=generator)[: max(1, int(0.9 * n))]
