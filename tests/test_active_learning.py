@@ -158,3 +158,24 @@ def test_dataset_epoch_composition():
     newest = ds.point_iteration[ds.entry_point[chosen]] == 1
     assert newest.sum() >= 1560 - 8 and (~newest).sum() <= 468
     assert ds.point_train[ds.entry_point[chosen]].all()
+
+
+def test_warm_started_fits_after_the_first(tmp_path, monkeypatch):
+    """ensemble.warm_start: the run's first PMF fit starts from scratch with ``epochs`` iterations, every later one
+    continues from the previous members with ``epochs_warm``; a resumed run continues warm from its checkpoint."""
+    from openmm_cgflow.pmf import PMFEnsemble
+
+    calls = []
+    fit = PMFEnsemble.fit
+
+    def recording_fit(self, *args, **kwargs):
+        calls.append((args[2], kwargs["warm_start"]))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(PMFEnsemble, "fit", recording_fit)
+    overrides = SMALL + ["ensemble.warm_start=true", "ensemble.epochs_warm=40", "loop.max_iterations=2"]
+    ActiveLearningRun(load_config("muller-brown", overrides), tmp_path, progress=False).run()
+    assert calls == [(300, False), (40, True)]
+    overrides[-1] = "loop.max_iterations=3"
+    ActiveLearningRun(load_config("muller-brown", overrides), tmp_path, progress=False).run(resume=True)
+    assert calls[2:] == [(40, True)]

@@ -59,7 +59,7 @@ def finished_run(tmp_path_factory):
         ("dataset.copies=2.5", "'dataset.copies' must be of type int"),
         ("dataset.train_fraction=0", "'dataset.train_fraction' must be > 0"),
         ("labels.clip_k=31", "'labels.clip_k' (31) must not exceed 'dataset.copies' (30)"),
-        ("energy_training.skip_top_k=8", "'energy_training.skip_top_k' (8) must be < 'energy_training.batch_size' (8)"),
+        ("energy_training.skip_top_k=32", "'energy_training.skip_top_k' (32) must be < 'energy_training.batch_size' (32)"),
         ("search.n_new_points=60", "must not exceed 'search.n_chains' (50)"),
         ("metrics.n_bins=100000000", "'metrics.n_bins' = 100000000 gives"),
         ("energy.n_workers=100000", "'energy.n_workers' = 100000 is more than 4x"),

@@ -348,9 +348,11 @@ class ActiveLearningRun:
             groups, labels = free_energy_labels(self.dataset.entry_log_w[entries], self.dataset.entry_point[entries], lc["clip_k"])
         ens = self.config["ensemble"]
         s = self.dataset.point_s[groups]
+        warm = bool(ens["warm_start"]) and bool(self.state.history)  # the run's first fit starts from scratch
+        epochs = ens["epochs_warm"] if warm and ens["epochs_warm"] is not None else ens["epochs"]
         self.ensemble.fit(
-            s, labels, ens["epochs"], ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], self.torch_gen, ens["optimizer"],
-            ens["precision"], ens["lbfgs_groups"], warm_start=bool(ens["warm_start"]) and bool(self.state.history),
+            s, labels, epochs, ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], self.torch_gen, ens["optimizer"],
+            ens["precision"], ens["lbfgs_groups"], warm_start=warm,
         )
         return groups, labels
 
