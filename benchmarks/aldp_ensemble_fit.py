@@ -1,0 +1,119 @@
+"""Benchmark: is a run's PMF limited by its labels or by the ensemble fit? Refits a checkpoint's labels.
+
+    python benchmarks/aldp_ensemble_fit.py RUN_DIR/checkpoint.pt [--scratch 500 2000] [--groups 2] \\
+        [--warm-rounds 4] [--warm-iterations 250] [--out benchmarks/results/aldp_ensemble_fit.json]
+
+From the run's own labels (its config's ``labels`` settings) and against its own reference (``metrics.reference``):
+  labels       label minus reference free energy at each labelled CG point (nearest reference bin; the offset
+               removed with the reference's weights): rms by reference-free-energy band; a floor on any fit
+  checkpoint   the checkpoint's ensemble: forward KLD and rms of the fit to the labels
+  scratch N    a fresh ensemble (the run's ensemble settings, seed 0) fitted for N L-BFGS iterations
+  warm k       the checkpoint's ensemble continued for another ``--warm-iterations`` per round (ensemble.warm_start)
+CPU time per fit (this process; member groups on a spare core are not counted). Writes JSON and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from openmm_cgflow.active_learning.dataset import ActiveLearningDataset
+from openmm_cgflow.active_learning.loop import metric_grid_for, read_run_checkpoint
+from openmm_cgflow.pmf.ensemble import PMFEnsemble
+from openmm_cgflow.pmf.labels import free_energy_labels
+from openmm_cgflow.reference.kld import forward_kld
+
+
+def run_labels(dataset: ActiveLearningDataset, labels_cfg: dict):
+    """The labels the run's ``_fit_pmf`` fits: (CG points, labels in kT)."""
+    if labels_cfg["samples"] == "all":
+        points, labels, _ = dataset.accumulated_labels(labels_cfg["clip_k"])
+    else:
+        entries = dataset.labelled_train_entries()
+        points, labels = free_energy_labels(dataset.entry_log_w[entries], dataset.entry_point[entries], labels_cfg["clip_k"])
+    return dataset.point_s[points], labels
+
+
+def nearest_bin(s: np.ndarray, n: int, lo: float, hi: float) -> np.ndarray:
+    """Index into a row-major n x n grid over [lo, hi)^2 of the bin holding each 2-D point."""
+    index = np.clip(np.floor((s - lo) / (hi - lo) * n).astype(np.int64), 0, n - 1)
+    return index[:, 0] * n + index[:, 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--scratch", type=int, nargs="*", default=[500, 2000], help="L-BFGS iterations of fresh fits")
+    parser.add_argument("--groups", type=int, default=None, help="member groups (default: the run's ensemble.lbfgs_groups)")
+    parser.add_argument("--warm-rounds", type=int, default=4)
+    parser.add_argument("--warm-iterations", type=int, default=250)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "aldp_ensemble_fit.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    checkpoint = read_run_checkpoint(args.checkpoint)
+    config, ens = checkpoint["config"], checkpoint["config"]["ensemble"]
+    groups = ens["lbfgs_groups"] if args.groups is None else args.groups
+    dataset = ActiveLearningDataset.from_state_dict(checkpoint["dataset"])
+    grid = metric_grid_for(config)
+    if grid is None or grid.centres.shape[1] != 2:
+        raise SystemExit("this benchmark needs a run scored against a 2-D reference grid")
+    s, labels = run_labels(dataset, config["labels"])
+    p = grid.p_reference
+    f_ref = -np.log(np.maximum(p, 1e-300))
+    f_ref -= f_ref.min()
+    n = int(round(np.sqrt(len(p))))
+    lo, hi = config["metrics"]["domain"]
+    if not np.array_equal(nearest_bin(grid.centres, n, lo, hi), np.arange(len(p))):
+        raise SystemExit("unexpected reference grid layout")
+    b = nearest_bin(s, n, lo, hi)
+    residual = labels - f_ref[b]
+    residual -= np.sum(p[b] * residual) / np.sum(p[b])
+    bands = {}
+    for a, z in ((0, 2), (2, 4), (4, 8), (8, 12)):
+        inside = (f_ref[b] >= a) & (f_ref[b] < z)
+        if inside.any():
+            bands[f"{a}-{z} kT"] = {"n": int(inside.sum()), "mean": float(residual[inside].mean()),
+                                    "rms": float(np.sqrt(np.mean(residual[inside] ** 2)))}
+    rows = []
+
+    def score(tag: str, ensemble: PMFEnsemble, cpu_s: float) -> None:
+        mean, _ = ensemble.predict(grid.centres)
+        fit, _ = ensemble.predict(s)
+        rows.append({"fit": tag, "forward_kld": forward_kld(p, mean), "fit_rms_kT": float(np.sqrt(np.mean((fit - labels) ** 2))),
+                     "cpu_s": cpu_s})
+        print(f"  {tag:28s} KLD {rows[-1]['forward_kld']:.3e}  fit rms {rows[-1]['fit_rms_kT']:.3f} kT  cpu {cpu_s:.0f} s", flush=True)
+
+    def fresh() -> PMFEnsemble:
+        return PMFEnsemble(s.shape[1], ens["n_members"], ens["hidden"], periodic=True)
+
+    def fit(ensemble: PMFEnsemble, iterations: int, generator: torch.Generator, warm: bool) -> float:
+        start = time.process_time()
+        ensemble.fit(s, labels, iterations, ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], generator, "lbfgs",
+                     ens["precision"], groups, warm_start=warm)
+        return time.process_time() - start
+
+    print(f"{len(labels)} labels from {args.checkpoint} (iteration {checkpoint['state']['iteration']}); {groups} member group(s)")
+    for band, r in bands.items():
+        print(f"  labels - reference, F_ref {band:8s}: n {r['n']:6d}  mean {r['mean']:+.3f}  rms {r['rms']:.3f} kT")
+    ensemble = fresh()
+    ensemble.load_state_dict(checkpoint["ensemble"])
+    score("checkpoint", ensemble, 0.0)
+    for iterations in args.scratch:
+        scratch = fresh()
+        score(f"scratch {iterations}", scratch, fit(scratch, iterations, torch.Generator().manual_seed(0), False))
+    generator = torch.Generator().manual_seed(0)
+    for k in range(args.warm_rounds):
+        score(f"warm +{(k + 1) * args.warm_iterations}", ensemble, fit(ensemble, args.warm_iterations, generator, True))
+    record = {"benchmark": "aldp_ensemble_fit", "checkpoint": str(args.checkpoint), "iteration": checkpoint["state"]["iteration"],
+              "n_labels": int(len(labels)), "groups": groups, "label_residual_by_band": bands, "fits": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
