@@ -24,18 +24,7 @@ import torch
 from openmm_cgflow.active_learning.dataset import ActiveLearningDataset
 from openmm_cgflow.active_learning.loop import metric_grid_for, read_run_checkpoint
 from openmm_cgflow.pmf.ensemble import PMFEnsemble
-from openmm_cgflow.pmf.labels import free_energy_labels
 from openmm_cgflow.reference.kld import forward_kld
-
-
-def run_labels(dataset: ActiveLearningDataset, labels_cfg: dict):
-    """The labels the run's ``_fit_pmf`` fits: (CG points, labels in kT)."""
-    if labels_cfg["samples"] == "all":
-        points, labels, _ = dataset.accumulated_labels(labels_cfg["clip_k"])
-    else:
-        entries = dataset.labelled_train_entries()
-        points, labels = free_energy_labels(dataset.entry_log_w[entries], dataset.entry_point[entries], labels_cfg["clip_k"])
-    return dataset.point_s[points], labels
 
 
 def nearest_bin(s: np.ndarray, n: int, lo: float, hi: float) -> np.ndarray:
@@ -61,7 +50,8 @@ def main() -> None:
     grid = metric_grid_for(config)
     if grid is None or grid.centres.shape[1] != 2:
         raise SystemExit("this benchmark needs a run scored against a 2-D reference grid")
-    s, labels = run_labels(dataset, config["labels"])
+    points, labels = dataset.labels(config["labels"]["samples"], config["labels"]["clip_k"])  # what the run fits
+    s = dataset.point_s[points]
     p = grid.p_reference
     f_ref = -np.log(np.maximum(p, 1e-300))
     f_ref -= f_ref.min()

@@ -16,6 +16,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from ..pmf import free_energy_labels
+
 
 class ActiveLearningDataset:
     """CG points x copies, with iteration tags and per-entry stored log weights.
@@ -124,6 +126,16 @@ class ActiveLearningDataset:
         """Indices of training entries that hold a finite log weight."""
         train_entry = self.point_train[self.entry_point]
         return np.flatnonzero(train_entry & np.isfinite(self.entry_log_w))
+
+    def labels(self, samples: str, clip_k: int = 0):
+        """The PMF's training labels as config ``labels`` asks: ``samples`` "all" (:meth:`accumulated_labels`) or
+        "last" (each training entry's latest sample, :func:`~openmm_cgflow.pmf.free_energy_labels`), with the
+        ``clip_k`` largest weights of a point clipped. Returns (point ids, labels in kT)."""
+        if samples == "all":
+            points, labels, _ = self.accumulated_labels(clip_k)
+            return points, labels
+        entries = self.labelled_train_entries()
+        return free_energy_labels(self.entry_log_w[entries], self.entry_point[entries], clip_k)
 
     def accumulated_labels(self, clip_k: int = 0):
         """Labels F = -ln mean exp(log_w) (kT) over every sample each training point has received, with the

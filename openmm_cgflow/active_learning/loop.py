@@ -24,7 +24,7 @@ from ..energy import EnergyOracle
 from ..export import cg_system_metadata, save_model
 from ..flows import ConditionalAffineFlow, ConditionalSplineFlow
 from ..flows.training import EnergyTrainer, train_by_example
-from ..pmf import PMFEnsemble, free_energy_labels
+from ..pmf import PMFEnsemble
 from ..reference.kld import forward_kld
 from ..sampling import farthest_point_selection, spread_disc, spread_uniform_interval, uncertainty_search, uncertainty_weighted_search
 from ..sampling.cg_dynamics_search import cg_dynamics_search
@@ -341,11 +341,7 @@ class ActiveLearningRun:
 
     def _fit_pmf(self):
         lc = self.config["labels"]
-        if lc["samples"] == "all":
-            groups, labels, _ = self.dataset.accumulated_labels(lc["clip_k"])
-        else:
-            entries = self.dataset.labelled_train_entries()
-            groups, labels = free_energy_labels(self.dataset.entry_log_w[entries], self.dataset.entry_point[entries], lc["clip_k"])
+        groups, labels = self.dataset.labels(lc["samples"], lc["clip_k"])
         ens = self.config["ensemble"]
         s = self.dataset.point_s[groups]
         warm = bool(ens["warm_start"]) and bool(self.state.history)  # the run's first fit starts from scratch
