@@ -65,6 +65,8 @@ def test_smoke_run_grid_then_active_with_accumulated_labels(tmp_path):
     # every visit of epochs 0 and 1 (2 x 4 copies per grid point) is left out of the accumulated samples, every
     # later one (epoch 2, and replay in iteration 2) is in: without the filter every sample is evaluated
     np.testing.assert_array_equal(dataset["point_n_samples"][:64], visits - 8)
+    # the effective samples behind a label: Kish's ESS of its accumulated samples, between 1 and their number
+    assert all(1.0 <= row["label_effective_samples_median"] <= dataset["point_n_samples"].max() for row in rows)
     assert np.allclose(np.sort(np.unique(dataset["point_s"][:64, 0])), -math.pi + 2 * math.pi * (np.arange(8) + 0.5) / 8)
 
 

@@ -69,3 +69,20 @@ def test_accumulated_labels_equal_labels_of_all_samples():
         np.testing.assert_allclose(restored.accumulated_labels(clip_k)[1], labels, atol=0)
         restored.record(np.arange(10), np.full(10, 50.0), accumulate=False)  # stored per entry, not accumulated
         np.testing.assert_allclose(restored.accumulated_labels(clip_k)[1], labels, atol=0)
+        # Kish's ESS of the accumulated (clipped) weights equals that of the concatenated samples, clipped alike
+        ess_points, ess = dataset.accumulated_effective_samples(clip_k)
+        np.testing.assert_array_equal(ess_points, expected_groups)
+        for point, value in zip(ess_points, ess):
+            w = np.sort(values[train & (points == point) & np.isfinite(values)])[::-1]
+            if clip_k > 1 and len(w) >= clip_k:
+                w[:clip_k] = w[clip_k - 1]
+            w = np.exp(w - w[0])
+            np.testing.assert_allclose(value, w.sum() ** 2 / (w**2).sum(), rtol=1e-12)
+        assert np.all((ess >= 1 - 1e-12) & (ess <= counts + 1e-9))
+        np.testing.assert_allclose(restored.accumulated_effective_samples(clip_k)[1], ess, rtol=0)
+        # a checkpoint from before squared weights were kept: its points' ESS is unknown (NaN), labels unchanged
+        old = dataset.state_dict()
+        del old["point_rest_log_w2"]
+        legacy = ActiveLearningDataset.from_state_dict(old)
+        assert np.isnan(legacy.accumulated_effective_samples(clip_k)[1]).all()
+        np.testing.assert_allclose(legacy.accumulated_labels(clip_k)[1], labels, atol=0)

@@ -40,6 +40,7 @@ class ActiveLearningDataset:
         self.point_n_samples = np.zeros(0, dtype=np.int64)
         self.point_top_log_w = np.zeros((0, self.top_k))
         self.point_rest_log_w = np.zeros(0)
+        self.point_rest_log_w2 = np.zeros(0)  # ln sum of w^2 below the top k (the labels' effective sample sizes)
 
     # ------------------------------------------------------------------ building
     def add_points(
@@ -62,6 +63,7 @@ class ActiveLearningDataset:
         self.point_n_samples = np.concatenate([self.point_n_samples, np.zeros(len(s), dtype=np.int64)])
         self.point_top_log_w = np.concatenate([self.point_top_log_w, np.full((len(s), self.top_k), -np.inf)])
         self.point_rest_log_w = np.concatenate([self.point_rest_log_w, np.full(len(s), -np.inf)])
+        self.point_rest_log_w2 = np.concatenate([self.point_rest_log_w2, np.full(len(s), -np.inf)])
 
     @property
     def n_entries(self) -> int:
@@ -104,7 +106,7 @@ class ActiveLearningDataset:
             self._accumulate(self.entry_point[entries], np.asarray(log_w, dtype=np.float64))
 
     def _accumulate(self, points: np.ndarray, log_w: np.ndarray) -> None:
-        """Merge finite samples into their points' running (count, top-k, log-sum-exp of the rest)."""
+        """Merge finite samples into their points' running (count, top-k, log-sum-exp of the rest and of its squares)."""
         finite = np.isfinite(log_w)
         points, log_w = points[finite], log_w[finite]
         if len(points) == 0:
@@ -119,6 +121,7 @@ class ActiveLearningDataset:
         self.point_top_log_w[unique] = candidates[:, :k]
         # everything below the top k, largest first, into the log-sum-exp of the rest (-inf terms add exactly 0)
         self.point_rest_log_w[unique] = np.logaddexp(self.point_rest_log_w[unique], np.logaddexp.reduce(candidates[:, k:], axis=1))
+        self.point_rest_log_w2[unique] = np.logaddexp(self.point_rest_log_w2[unique], np.logaddexp.reduce(2 * candidates[:, k:], axis=1))
         self.point_n_samples[unique] += counts
 
     # ------------------------------------------------------------------ labels
@@ -141,6 +144,22 @@ class ActiveLearningDataset:
         """Labels F = -ln mean exp(log_w) (kT) over every sample each training point has received, with the
         ``clip_k`` largest weights of a point set to its ``clip_k``-th largest (as :func:`free_energy_labels`).
         Returns (point ids, labels, samples per point)."""
+        points, top, n = self._clipped_top(clip_k)
+        log_sum = np.logaddexp(np.logaddexp.reduce(top, axis=1), self.point_rest_log_w[points])
+        return points, -(log_sum - np.log(n)), n
+
+    def accumulated_effective_samples(self, clip_k: int = 0):
+        """Kish's effective sample size (sum w)^2 / sum w^2 of every training point's accumulated samples, with the
+        clipping of :meth:`accumulated_labels`: how many samples a label is really worth (between 1 and the point's
+        sample count; the label's variance is roughly 1 / ESS kT^2 when the weights are not heavy-tailed). NaN for
+        points accumulated before the dataset kept squared weights (older checkpoints). Returns (point ids, ESS)."""
+        points, top, _ = self._clipped_top(clip_k)
+        log_sum = np.logaddexp(np.logaddexp.reduce(top, axis=1), self.point_rest_log_w[points])
+        log_sum2 = np.logaddexp(np.logaddexp.reduce(2 * top, axis=1), self.point_rest_log_w2[points])
+        return points, np.exp(2 * log_sum - log_sum2)
+
+    def _clipped_top(self, clip_k: int):
+        """(training points with samples, their top-k log weights with the ``clip_k`` largest clipped, sample counts)."""
         if clip_k > self.top_k:
             raise ValueError(f"clip_k={clip_k} needs the dataset to keep the top {clip_k} weights, it keeps {self.top_k}")
         points = np.flatnonzero(self.point_train & (self.point_n_samples > 0))
@@ -150,8 +169,7 @@ class ActiveLearningDataset:
             kth = top[:, clip_k - 1 : clip_k]
             clipped = n >= clip_k
             top[clipped, :clip_k] = np.minimum(top[clipped, :clip_k], kth[clipped])
-        log_sum = np.logaddexp(np.logaddexp.reduce(top, axis=1), self.point_rest_log_w[points])
-        return points, -(log_sum - np.log(n)), n
+        return points, top, n
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> Dict[str, np.ndarray]:
@@ -167,6 +185,7 @@ class ActiveLearningDataset:
             "point_n_samples": self.point_n_samples,
             "point_top_log_w": self.point_top_log_w,
             "point_rest_log_w": self.point_rest_log_w,
+            "point_rest_log_w2": self.point_rest_log_w2,
         }
 
     @classmethod
@@ -182,4 +201,7 @@ class ActiveLearningDataset:
             dataset.point_n_samples = np.zeros(n, dtype=np.int64)
             dataset.point_top_log_w = np.full((n, dataset.top_k), -np.inf)
             dataset.point_rest_log_w = np.full(n, -np.inf)
+        # squared weights were not kept before; NaN (unknown) where a point already has samples
+        dataset.point_rest_log_w2 = (np.asarray(state["point_rest_log_w2"]).copy() if "point_rest_log_w2" in state
+                                     else np.where(dataset.point_n_samples > 0, np.nan, -np.inf))
         return dataset

@@ -419,18 +419,25 @@ class ActiveLearningRun:
 
     def _convergence_signals(self, groups: np.ndarray, label_mean: np.ndarray, previous: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """What a run without a reference can trust: the ensemble std over the labelled (visited) CG points, the
-        labels' effective sample size per CG point (as a fraction of its entries), and the RMS change of the PMF
+        effective sample size of each CG point's latest entry samples (as a fraction of its entries), the effective
+        number of samples behind each label (Kish's ESS of every sample the label uses: ``labels.samples`` all, or
+        the latest ones; with ~2 % ESS per sample a label of 200 samples is worth ~4), and the RMS change of the PMF
         since the previous iteration at the CG points both iterations labelled (offset removed: a PMF is defined
         up to a constant)."""
         points = self.dataset.point_s[groups]
         _, std = self.ensemble.predict(points)
         entries = self.dataset.labelled_train_entries()
         entry_point = self.dataset.entry_point[entries]
-        ess = []
+        ess, ess_count = [], []
         for point in np.unique(entry_point):
             log_w = self.dataset.entry_log_w[entries[entry_point == point]]
             w = np.exp(log_w - log_w.max())
-            ess.append(w.sum() ** 2 / (w**2).sum() / len(w))
+            ess_count.append(w.sum() ** 2 / (w**2).sum())
+            ess.append(ess_count[-1] / len(w))
+        lc = self.config["labels"]
+        if lc["samples"] == "all":
+            ess_count = self.dataset.accumulated_effective_samples(lc["clip_k"])[1]
+            ess_count = ess_count[np.isfinite(ess_count)]  # NaN: points accumulated by an older version
         change_rms = None
         if previous is not None and previous.get("label_mean") is not None:
             before = {tuple(p): m for p, m in zip(previous["label_points"], previous["label_mean"])}
@@ -442,6 +449,7 @@ class ActiveLearningRun:
             "std_visited_mean": float(std.mean()) if len(std) else None,
             "std_visited_max": float(std.max()) if len(std) else None,
             "label_ess_fraction_median": float(np.median(ess)) if ess else None,
+            "label_effective_samples_median": float(np.median(ess_count)) if len(ess_count) else None,
             "pmf_change_rms": change_rms,
         }
 
@@ -563,7 +571,7 @@ class ActiveLearningRun:
 
     # ------------------------------------------------------------------ outputs
     _PER_ITERATION = ("iteration", "energy_evaluations", "energy_evaluations_computed", "forward_kld", "std_visited_mean", "std_visited_max",
-                      "label_ess_fraction_median", "pmf_change_rms", "wall_s", "n_cg_points", "n_labels", "skipped_batches", "mc_steps")
+                      "label_ess_fraction_median", "label_effective_samples_median", "pmf_change_rms", "wall_s", "n_cg_points", "n_labels", "skipped_batches", "mc_steps")
 
     def metrics(self) -> Dict[str, Any]:
         st = self.state
