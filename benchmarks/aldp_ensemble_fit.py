@@ -1,7 +1,7 @@
 """Benchmark: is a run's PMF limited by its labels or by the ensemble fit? Refits a checkpoint's labels.
 
     python benchmarks/aldp_ensemble_fit.py RUN_DIR/checkpoint.pt [--scratch 500 2000] [--groups 2] \\
-        [--warm-rounds 4] [--warm-iterations 250] [--out benchmarks/results/aldp_ensemble_fit.json]
+        [--clip-k K] [--warm-rounds 4] [--warm-iterations 250] [--out benchmarks/results/aldp_ensemble_fit.json]
 
 From the run's own labels (its config's ``labels`` settings) and against its own reference (``metrics.reference``):
   labels       label minus reference free energy at each labelled CG point (nearest reference bin; the offset
@@ -33,25 +33,11 @@ def nearest_bin(s: np.ndarray, n: int, lo: float, hi: float) -> np.ndarray:
     return index[:, 0] * n + index[:, 1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--scratch", type=int, nargs="*", default=[500, 2000], help="L-BFGS iterations of fresh fits")
-    parser.add_argument("--groups", type=int, default=None, help="member groups (default: the run's ensemble.lbfgs_groups)")
-    parser.add_argument("--warm-rounds", type=int, default=4)
-    parser.add_argument("--warm-iterations", type=int, default=250)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "aldp_ensemble_fit.json")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    checkpoint = read_run_checkpoint(args.checkpoint)
-    config, ens = checkpoint["config"], checkpoint["config"]["ensemble"]
-    groups = ens["lbfgs_groups"] if args.groups is None else args.groups
-    dataset = ActiveLearningDataset.from_state_dict(checkpoint["dataset"])
-    grid = metric_grid_for(config)
+def label_residuals(grid, config, s: np.ndarray, labels: np.ndarray):
+    """Labels (kT) at 2-D CG points ``s`` against the run's reference ``grid`` (nearest bin): (F_ref at the points,
+    label - F_ref with the offset removed with the reference's weights, {band: n, mean, rms} by F_ref band)."""
     if grid is None or grid.centres.shape[1] != 2:
         raise SystemExit("this benchmark needs a run scored against a 2-D reference grid")
-    points, labels = dataset.labels(config["labels"]["samples"], config["labels"]["clip_k"])  # what the run fits
-    s = dataset.point_s[points]
     p = grid.p_reference
     f_ref = -np.log(np.maximum(p, 1e-300))
     f_ref -= f_ref.min()
@@ -68,6 +54,31 @@ def main() -> None:
         if inside.any():
             bands[f"{a}-{z} kT"] = {"n": int(inside.sum()), "mean": float(residual[inside].mean()),
                                     "rms": float(np.sqrt(np.mean(residual[inside] ** 2)))}
+    return f_ref[b], residual, bands
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--scratch", type=int, nargs="*", default=[500, 2000], help="L-BFGS iterations of fresh fits")
+    parser.add_argument("--groups", type=int, default=None, help="member groups (default: the run's ensemble.lbfgs_groups)")
+    parser.add_argument("--clip-k", type=int, default=None,
+                        help="label weight clipping (default: the run's labels.clip_k; 0 = none) for the labels and fits")
+    parser.add_argument("--warm-rounds", type=int, default=4)
+    parser.add_argument("--warm-iterations", type=int, default=250)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "aldp_ensemble_fit.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    checkpoint = read_run_checkpoint(args.checkpoint)
+    config, ens = checkpoint["config"], checkpoint["config"]["ensemble"]
+    groups = ens["lbfgs_groups"] if args.groups is None else args.groups
+    dataset = ActiveLearningDataset.from_state_dict(checkpoint["dataset"])
+    grid = metric_grid_for(config)
+    clip_k = config["labels"]["clip_k"] if args.clip_k is None else args.clip_k
+    points, labels = dataset.labels(config["labels"]["samples"], clip_k)  # what the run fits (with clip_k)
+    s = dataset.point_s[points]
+    f_ref, residual, bands = label_residuals(grid, config, s, labels)
+    p = grid.p_reference
     rows = []
 
     def score(tag: str, ensemble: PMFEnsemble, cpu_s: float) -> None:
@@ -86,7 +97,8 @@ def main() -> None:
                      ens["precision"], groups, warm_start=warm)
         return time.process_time() - start
 
-    print(f"{len(labels)} labels from {args.checkpoint} (iteration {checkpoint['state']['iteration']}); {groups} member group(s)")
+    print(f"{len(labels)} labels from {args.checkpoint} (iteration {checkpoint['state']['iteration']}, clip_k {clip_k}); "
+          f"{groups} member group(s)")
     for band, r in bands.items():
         print(f"  labels - reference, F_ref {band:8s}: n {r['n']:6d}  mean {r['mean']:+.3f}  rms {r['rms']:.3f} kT")
     ensemble = fresh()
@@ -99,7 +111,7 @@ def main() -> None:
     for k in range(args.warm_rounds):
         score(f"warm +{(k + 1) * args.warm_iterations}", ensemble, fit(ensemble, args.warm_iterations, generator, True))
     record = {"benchmark": "aldp_ensemble_fit", "checkpoint": str(args.checkpoint), "iteration": checkpoint["state"]["iteration"],
-              "n_labels": int(len(labels)), "groups": groups, "label_residual_by_band": bands, "fits": rows}
+              "n_labels": int(len(labels)), "clip_k": clip_k, "groups": groups, "label_residual_by_band": bands, "fits": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
     print(f"written to {args.out}")
