@@ -5,7 +5,8 @@
 
 From a run's checkpoint (it is copied first, so a running run can be inspected) and its own reference:
   labels     label minus reference free energy at every labelled point (as benchmarks/aldp_ensemble_fit.py), by
-             reference-free-energy band and on an 8 x 8 map of the CG domain (mean residual per cell)
+             reference-free-energy band and on an 8 x 8 map of the CG domain (mean residual per cell of the points
+             with F_ref 4-12 kT), and the forward KLD that this map alone would cost (added to the reference's bins)
   fresh IS   at ``--per-band`` random labelled points per band and ``--per-cell`` points in each of the map's
              ``--worst-cells`` most biased cells, ``--samples`` new samples from the checkpoint's flow
              (the exported model through :class:`openmm_cgflow.Backmapper`, no chirality filter: it removes < 1 % of
@@ -30,6 +31,7 @@ from aldp_ensemble_fit import label_residuals
 from openmm_cgflow.active_learning.dataset import ActiveLearningDataset
 from openmm_cgflow.active_learning.loop import ActiveLearningRun, metric_grid_for, read_run_checkpoint
 from openmm_cgflow.backmapping import Backmapper
+from openmm_cgflow.reference.kld import forward_kld
 
 BANDS = ((0, 2), (2, 4), (4, 8), (8, 12))
 
@@ -70,6 +72,17 @@ def main() -> None:
             cell_map.append({"s0_cell": i, "s1_cell": j, "n": int(inside.sum()), "mean": mean})
             row.append(f"{mean:+6.2f}" if mean is not None else "     .")
         print(f"  s0 {lo + (hi - lo) * i / 8:+.2f} " + " ".join(row))
+    # what that bias alone costs: the reference with each cell's mean residual added to its 4-12 kT bins
+    p_ref = grid.p_reference
+    f_grid = -np.log(np.maximum(p_ref, 1e-300))
+    f_grid -= f_grid.min()
+    grid_cells = np.clip(np.floor((grid.centres - lo) / (hi - lo) * 8).astype(int), 0, 7)
+    biased = f_grid.copy()
+    for c in cell_map:
+        if c["mean"] is not None:
+            biased[(grid_cells[:, 0] == c["s0_cell"]) & (grid_cells[:, 1] == c["s1_cell"]) & (f_grid >= 4) & (f_grid < 12)] += c["mean"]
+    bias_kld = forward_kld(p_ref, biased)
+    print(f"forward KLD of the reference with that 4-12 kT bias map added: {bias_kld:.2e}")
 
     rng = np.random.default_rng(args.seed)
     chosen, groups = [], []
@@ -84,7 +97,19 @@ def main() -> None:
         picked = rng.choice(inside, min(args.per_cell, len(inside)), replace=False).tolist()
         chosen += picked
         groups += [f"cell ({c['s0_cell']}, {c['s1_cell']})"] * len(picked)
-    chosen = np.array(chosen)
+    chosen = np.array(chosen, dtype=np.int64)
+    record = {"benchmark": "aldp_label_quality", "checkpoint": str(args.checkpoint), "iteration": checkpoint["state"]["iteration"],
+              "n_labels": int(len(labels)), "clip_k": clip_k, "samples": args.samples, "label_residual_by_band": bands,
+              "label_residual_map_4_12kT": cell_map, "kld_of_reference_plus_bias_map": bias_kld}
+    if len(chosen):
+        record.update(fresh_importance_sampling(args, config, s, f_ref, residual, chosen, groups))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+    print(f"written to {args.out}")
+
+
+def fresh_importance_sampling(args, config, s, f_ref, residual, chosen, groups) -> dict:
+    """``args.samples`` new flow samples at each chosen labelled point: fresh labels and ESS fractions, by group."""
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copy(args.checkpoint, Path(scratch) / "checkpoint.pt")
         run = ActiveLearningRun(config, Path(scratch), progress=False)
@@ -121,12 +146,7 @@ def main() -> None:
             q = summary[group]
             print(f"  {group:12s}: label {q['label_residual_mean']:+.2f}, fresh {q['fresh_residual_mean']:+.2f} (max "
                   f"{q['fresh_residual_max']:+.2f}), ESS median {q['ess_fraction_median']:.4f} min {q['ess_fraction_min']:.4f}")
-    record = {"benchmark": "aldp_label_quality", "checkpoint": str(args.checkpoint), "iteration": checkpoint["state"]["iteration"],
-              "n_labels": int(len(labels)), "clip_k": clip_k, "samples": args.samples, "label_residual_by_band": bands,
-              "label_residual_map_4_12kT": cell_map, "fresh_points": rows, "fresh_by_group": summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    print(f"written to {args.out}")
+    return {"fresh_points": rows, "fresh_by_group": summary}
 
 
 if __name__ == "__main__":
