@@ -49,8 +49,10 @@ def aldp_starting_data(cg_system, seed: int = 0, platform: str = "CPU", path: Op
         "wall_s": time.perf_counter() - start,
         "command": f"cgflow data start aldp --seed {seed} --platform {platform}",
     }
-    atomic_write(path, lambda handle: np.savez_compressed(handle, frames=md.frames.astype(np.float32), md_steps=md.n_steps, provenance=json.dumps(provenance)))
-    return {"frames": md.frames, "md_steps": md.n_steps, "provenance": provenance, "path": path}
+    stored = md.frames.astype(np.float32)  # the cache's precision (~1e-7 nm), returned as the cache will return it:
+    # a run must not depend on whether it made the cache or read it (the same seed gave different runs before)
+    atomic_write(path, lambda handle: np.savez_compressed(handle, frames=stored, md_steps=md.n_steps, provenance=json.dumps(provenance)))
+    return {"frames": stored.astype(np.float64), "md_steps": md.n_steps, "provenance": provenance, "path": path}
 
 
 def starting_data_key(cg_system, n_frames: int, save_every: int, equilibration_steps: int, timestep_fs: float,
