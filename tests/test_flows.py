@@ -1,5 +1,7 @@
 """Contract test for every conditional flow: invertibility, log-det vs the autograd Jacobian,
 TorchScript save/load, and log_prob consistent with sampling."""
+import math
+
 import pytest
 import torch
 
@@ -29,7 +31,8 @@ def make_spline(context="periodic"):
     return _perturbed(flow, 0.2)
 
 
-FLOWS = {"affine": make_affine, "spline-periodic": make_spline, "spline-raw": lambda: make_spline("raw")}
+FLOWS = {"affine": make_affine, "spline-periodic": make_spline, "spline-periodic3": lambda: make_spline("periodic3"),
+         "spline-raw": lambda: make_spline("raw")}
 
 
 @pytest.fixture(params=sorted(FLOWS))
@@ -122,6 +125,23 @@ def test_spline_flow_starts_as_the_identity_and_is_periodic_in_circular_inputs()
     shifted = x.clone()
     shifted[:, [1, 4, 5]] += 2 * 3.141592653589793
     torch.testing.assert_close(trained.log_prob(shifted, conditions(trained)), trained.log_prob(x, conditions(trained)), rtol=1e-9, atol=1e-9)
+
+
+def test_periodic_contexts_are_periodic_in_s_and_periodic3_feeds_the_harmonics():
+    for context in ("periodic", "periodic3"):
+        flow = make_spline(context)
+        s = conditions(flow)
+        z = base(flow, s)
+        x, logdet = flow(z, s)
+        x_shifted, logdet_shifted = flow(z, s + 2 * math.pi * torch.tensor([1.0, -2.0], dtype=s.dtype))
+        torch.testing.assert_close(x_shifted, x, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(logdet_shifted, logdet, rtol=1e-9, atol=1e-9)
+    flow = make_spline("periodic3")
+    s = conditions(flow)
+    context = flow._context(s)
+    assert context.shape == (len(s), 12)
+    torch.testing.assert_close(context[:, 8:10], torch.cos(3 * s), rtol=0, atol=1e-15)  # k = 3: cos then sin
+    torch.testing.assert_close(context[:, 10:12], torch.sin(3 * s), rtol=0, atol=1e-15)
 
 
 def test_aldp_spline_flow_has_the_paper_size():

@@ -9,8 +9,9 @@ q(x_fg | s) over the 58 fine-grained internal coordinates, 10 of them circular (
   (circular inputs as (sin, cos)) and the context; the other half gets a context-free element-wise spline
   (normflows' ``apply_unconditional_transform``). Masks: random halves (seeded by the layer index) for even
   layers, the complement for odd layers;
-* the context is [cos s_phi, sin s_phi, cos s_psi, sin s_psi] ("periodic", default) or the raw s ("raw", the
-  grid experiment of SPEC §8); it feeds the conditioner's first layer and the gate of every residual block;
+* the context is [cos s_phi, sin s_phi, cos s_psi, sin s_psi] ("periodic", default), the same with the harmonics
+  k s for k = 1, 2, 3 ("periodic3": sharper dependence on s for the same width), or the raw s ("raw", the grid
+  experiment of SPEC §8); it feeds the conditioner's first layer and the gate of every residual block;
 * a volume-preserving circular shift of all circular coordinates by (u_i + 1/2) pi after layers 1, 3, 5, 7, 9;
 * identity initialisation: every spline starts as the identity.
 
@@ -155,6 +156,10 @@ def random_half_mask(dim: int, seed: int) -> List[int]:
     return sorted(torch.randperm(dim, generator=generator)[: (dim + 1) // 2].tolist())
 
 
+#: flow contexts and the harmonics of s each feeds the conditioners (0: the raw s)
+CONTEXTS = {"periodic": 1, "periodic3": 3, "raw": 0}
+
+
 class ConditionalSplineFlow(nn.Module):
     """q(x_fg | s); the flow contract of :mod:`.base`. Shapes: x, z (B, fg_dim); s (B, cg_dim)."""
 
@@ -162,15 +167,16 @@ class ConditionalSplineFlow(nn.Module):
                  n_bins: int = 8, hidden: int = 256, n_blocks: int = 1, tail_bound: float = 5.0, context: str = "periodic",
                  shift_seed: int = 0):
         super().__init__()
-        if context not in ("periodic", "raw"):
-            raise ValueError(f"context must be 'periodic' or 'raw', got '{context}'")
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be one of {', '.join(repr(c) for c in CONTEXTS)}, got '{context}'")
         if any(not 0 <= i < fg_dim for i in circular_indices):
             raise ValueError(f"circular indices {list(circular_indices)} out of range for fg_dim {fg_dim}")
         self.fg_dim = fg_dim
         self.cg_dim = cg_dim
-        self.periodic_context = context == "periodic"
+        self.periodic_context = context != "raw"
+        self.harmonics = CONTEXTS[context]  # harmonics of s in the context (0: the raw s)
         circular = [i in set(circular_indices) for i in range(fg_dim)]
-        n_context = 2 * cg_dim if self.periodic_context else cg_dim
+        n_context = 2 * self.harmonics * cg_dim if self.periodic_context else cg_dim
         layers = []
         shifts: List[float] = []
         mask: List[int] = []
@@ -195,9 +201,15 @@ class ConditionalSplineFlow(nn.Module):
             layer.reset_to_identity()
 
     def _context(self, s: torch.Tensor) -> torch.Tensor:
-        if self.periodic_context:
+        if not self.periodic_context:
+            return s
+        if self.harmonics == 1:
             return torch.cat([torch.cos(s), torch.sin(s)], dim=-1)
-        return s
+        features: List[torch.Tensor] = []
+        for k in range(1, self.harmonics + 1):
+            features.append(torch.cos(k * s))
+            features.append(torch.sin(k * s))
+        return torch.cat(features, dim=-1)
 
     def _shift(self, x: torch.Tensor, amount: float) -> torch.Tensor:
         return torch.where(self.circular, _wrap(x + amount), x)
