@@ -155,7 +155,8 @@ class ActiveLearningDataset:
         points accumulated before the dataset kept squared weights (older checkpoints). Returns (point ids, ESS)."""
         points, top, _ = self._clipped_top(clip_k)
         log_sum = np.logaddexp(np.logaddexp.reduce(top, axis=1), self.point_rest_log_w[points])
-        log_sum2 = np.logaddexp(np.logaddexp.reduce(2 * top, axis=1), self.point_rest_log_w2[points])
+        with np.errstate(invalid="ignore"):  # NaN (unknown) sums of squares stay NaN without a warning
+            log_sum2 = np.logaddexp(np.logaddexp.reduce(2 * top, axis=1), self.point_rest_log_w2[points])
         return points, np.exp(2 * log_sum - log_sum2)
 
     def _clipped_top(self, clip_k: int):
