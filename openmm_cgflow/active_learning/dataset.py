@@ -121,7 +121,8 @@ class ActiveLearningDataset:
         self.point_top_log_w[unique] = candidates[:, :k]
         # everything below the top k, largest first, into the log-sum-exp of the rest (-inf terms add exactly 0)
         self.point_rest_log_w[unique] = np.logaddexp(self.point_rest_log_w[unique], np.logaddexp.reduce(candidates[:, k:], axis=1))
-        self.point_rest_log_w2[unique] = np.logaddexp(self.point_rest_log_w2[unique], np.logaddexp.reduce(2 * candidates[:, k:], axis=1))
+        with np.errstate(invalid="ignore"):  # NaN (unknown, older checkpoints) stays NaN
+            self.point_rest_log_w2[unique] = np.logaddexp(self.point_rest_log_w2[unique], np.logaddexp.reduce(2 * candidates[:, k:], axis=1))
         self.point_n_samples[unique] += counts
 
     # ------------------------------------------------------------------ labels
