@@ -61,13 +61,18 @@ def main() -> None:
         print(f"  labels - reference, F_ref {band:8s}: n {r['n']:6d}  mean {r['mean']:+.3f}  rms {r['rms']:.3f} kT")
 
     lo, hi = config["metrics"]["domain"]
-    cells = np.clip(np.floor((s - lo) / (hi - lo) * 8).astype(int), 0, 7)
-    cell_map = []
+
+    def cell_of(x: np.ndarray) -> np.ndarray:  # (row, column) of each 2-D point on the 8 x 8 map
+        return np.clip(np.floor((x - lo) / (hi - lo) * 8).astype(int), 0, 7)
+
+    cells = cell_of(s)
+    cell_map, cell_points = [], {}
     print("mean label residual (kT) of points with F_ref 4-12 kT on an 8 x 8 map (rows: s0 from the domain's low end; '.' < 5 points)")
     for i in range(8):
         row = []
         for j in range(8):
             inside = (cells[:, 0] == i) & (cells[:, 1] == j) & (f_ref >= 4) & (f_ref < 12)
+            cell_points[i, j] = np.flatnonzero(inside)
             mean = float(residual[inside].mean()) if inside.sum() >= 5 else None
             cell_map.append({"s0_cell": i, "s1_cell": j, "n": int(inside.sum()), "mean": mean})
             row.append(f"{mean:+6.2f}" if mean is not None else "     .")
@@ -76,7 +81,7 @@ def main() -> None:
     p_ref = grid.p_reference
     f_grid = -np.log(np.maximum(p_ref, 1e-300))
     f_grid -= f_grid.min()
-    grid_cells = np.clip(np.floor((grid.centres - lo) / (hi - lo) * 8).astype(int), 0, 7)
+    grid_cells = cell_of(grid.centres)
     biased = f_grid.copy()
     for c in cell_map:
         if c["mean"] is not None:
@@ -93,7 +98,7 @@ def main() -> None:
         groups += [f"{a}-{z} kT"] * len(picked)
     worst = sorted((c for c in cell_map if c["mean"] is not None), key=lambda c: -abs(c["mean"]))[: args.worst_cells]
     for c in worst:  # the map's most biased cells: is it the flow there, or the samples the labels accumulated?
-        inside = np.flatnonzero((cells[:, 0] == c["s0_cell"]) & (cells[:, 1] == c["s1_cell"]) & (f_ref >= 4) & (f_ref < 12))
+        inside = cell_points[c["s0_cell"], c["s1_cell"]]
         picked = rng.choice(inside, min(args.per_cell, len(inside)), replace=False).tolist()
         chosen += picked
         groups += [f"cell ({c['s0_cell']}, {c['s1_cell']})"] * len(picked)

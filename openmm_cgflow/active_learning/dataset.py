@@ -145,8 +145,7 @@ class ActiveLearningDataset:
         """Labels F = -ln mean exp(log_w) (kT) over every sample each training point has received, with the
         ``clip_k`` largest weights of a point set to its ``clip_k``-th largest (as :func:`free_energy_labels`).
         Returns (point ids, labels, samples per point)."""
-        points, top, n = self._clipped_top(clip_k)
-        log_sum = np.logaddexp(np.logaddexp.reduce(top, axis=1), self.point_rest_log_w[points])
+        points, top, log_sum, n = self._clipped_sums(clip_k)
         return points, -(log_sum - np.log(n)), n
 
     def accumulated_effective_samples(self, clip_k: int = 0):
@@ -154,14 +153,14 @@ class ActiveLearningDataset:
         clipping of :meth:`accumulated_labels`: how many samples a label is really worth (between 1 and the point's
         sample count; the label's variance is roughly 1 / ESS kT^2 when the weights are not heavy-tailed). NaN for
         points accumulated before the dataset kept squared weights (older checkpoints). Returns (point ids, ESS)."""
-        points, top, _ = self._clipped_top(clip_k)
-        log_sum = np.logaddexp(np.logaddexp.reduce(top, axis=1), self.point_rest_log_w[points])
+        points, top, log_sum, _ = self._clipped_sums(clip_k)
         with np.errstate(invalid="ignore"):  # NaN (unknown) sums of squares stay NaN without a warning
             log_sum2 = np.logaddexp(np.logaddexp.reduce(2 * top, axis=1), self.point_rest_log_w2[points])
         return points, np.exp(2 * log_sum - log_sum2)
 
-    def _clipped_top(self, clip_k: int):
-        """(training points with samples, their top-k log weights with the ``clip_k`` largest clipped, sample counts)."""
+    def _clipped_sums(self, clip_k: int):
+        """(training points with samples, their top-k log weights with the ``clip_k`` largest clipped, ln sum w of
+        all their (clipped) samples, sample counts)."""
         if clip_k > self.top_k:
             raise ValueError(f"clip_k={clip_k} needs the dataset to keep the top {clip_k} weights, it keeps {self.top_k}")
         points = np.flatnonzero(self.point_train & (self.point_n_samples > 0))
@@ -171,7 +170,8 @@ class ActiveLearningDataset:
             kth = top[:, clip_k - 1 : clip_k]
             clipped = n >= clip_k
             top[clipped, :clip_k] = np.minimum(top[clipped, :clip_k], kth[clipped])
-        return points, top, n
+        log_sum = np.logaddexp(np.logaddexp.reduce(top, axis=1), self.point_rest_log_w[points])
+        return points, top, log_sum, n
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> Dict[str, np.ndarray]:
