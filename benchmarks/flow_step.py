@@ -2,6 +2,7 @@
 
     python benchmarks/flow_step.py [--system alanine-dipeptide] [--hidden 128] [--layers 8] [--batch 64] [--steps 60] \\
         [--device cpu] [--out benchmarks/results/flow_step.json]
+    python benchmarks/flow_step.py --scaling [--batches 64 256] [--threads 1 2]
 
 Times what ``EnergyTrainer.step`` does besides the OpenMM call (sampling, the flow's sampling direction, the Z-matrix
 map to Cartesians, the loss, backward, gradient clipping, Adam) for flow.precision float64/float32 x flow.compile
@@ -26,9 +27,10 @@ from openmm_cgflow.systems import create_system
 
 
 def time_steps(cg_system, precision: str, compile: bool, hidden: int, layers: int, batch: int, steps: int,
-               device: str = "cpu") -> dict:
+               device: str = "cpu", wall: bool = False) -> dict:
     """One configuration: the training step's time per step and per sample (the flow on ``device``; the Z-matrix map
-    on the CPU, as :class:`~openmm_cgflow.flows.training.EnergyTrainer` runs it)."""
+    on the CPU, as :class:`~openmm_cgflow.flows.training.EnergyTrainer` runs it). ``wall``: wall time on the CPU too
+    (for more than one torch thread, where CPU time adds the threads up)."""
     torch.manual_seed(0)
     flow = ConditionalSplineFlow(cg_system.fg_dim, list(cg_system.flow_circular_indices), cg_system.cg_dim, layers, 8, hidden, 1)
     if precision == "float32":
@@ -43,8 +45,10 @@ def time_steps(cg_system, precision: str, compile: bool, hidden: int, layers: in
     on_cpu = torch.device(device).type == "cpu"
 
     def clock() -> float:
-        if on_cpu:
+        if on_cpu and not wall:
             return time.process_time()
+        if on_cpu:
+            return time.perf_counter()
         torch.cuda.synchronize()
         return time.perf_counter()
 
@@ -79,7 +83,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--device", default="cpu", help="where the flow runs: cpu, cuda (the Z-matrix map stays on the CPU)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "flow_step.json")
+    parser.add_argument("--scaling", action="store_true",
+                        help="float32 compiled only, for every --batches x --threads, wall time (writes flow_step_scaling.json)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
+    if args.scaling:
+        scaling(args)
+        return
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     torch.set_num_threads(1)
@@ -96,6 +107,30 @@ def main() -> None:
     for r in rows:
         print(f"{r['precision']:<10}{str(r['compile']):>9}{r['ms_per_step']:>10.1f}{r['us_per_sample']:>11.0f}{r['warmup_s']:>11.1f}")
     print(f"written to {args.out}")
+
+
+def scaling(args) -> None:
+    """Samples per second of the float32 compiled step against batch size and torch threads (wall time; one
+    thread: pinned to one core). Whether larger batches or a second core make the flow's step cheaper per sample."""
+    cg_system = create_system(args.system)
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    rows = []
+    for threads in args.threads:
+        if allowed:
+            os.sched_setaffinity(0, set(allowed[-threads:]))
+        torch.set_num_threads(threads)
+        for batch in args.batches:
+            row = time_steps(cg_system, "float32", True, args.hidden, args.layers, batch, args.steps, args.device, wall=True)
+            rows.append({"threads": threads, **row})
+    out = args.out.with_name("flow_step_scaling.json") if args.out.name == "flow_step.json" else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"system": args.system, "flow": f"{args.layers} x {args.hidden}", "steps": args.steps,
+                               "torch": torch.__version__, "clock": "wall", "rows": rows}, indent=2))
+    print(f"{args.system}, flow {args.layers} x {args.hidden}, float32 compiled: wall time per training step")
+    print(f"{'threads':>8}{'batch':>7}{'ms/step':>10}{'us/sample':>11}{'samples/s':>11}")
+    for r in rows:
+        print(f"{r['threads']:>8}{r['batch']:>7}{r['ms_per_step']:>10.1f}{r['us_per_sample']:>11.0f}{r['samples_per_s']:>11}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
