@@ -31,7 +31,6 @@ _CHOICES = {
     "flow.precision": ("float32", "float64"),
     "energy_training.schedule": ("per_iteration", "global_cosine", "per_iteration_cosine"),
     "energy_training.chirality_filter": ("none", "fab", "geometric"),
-    "energy_training.replay": ("uniform", "low_ess"),
     "dataset.kind": ("active", "grid", "grid_then_active"),
     "ensemble.strategy": ("bagging", "fraction"),
     "ensemble.init": ("gaussian_uniform", "xavier"),
@@ -43,7 +42,7 @@ _CHOICES = {
     "search.acquisition": ("stop_at_uncertainty", "uncertainty_weighted"),
 }
 _FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
-_NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.replay_max_free_energy", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "labels.accumulate_from_epoch", "search.min_steps", "starting_data.equilibration_steps", "seed")
+_NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "labels.accumulate_from_epoch", "search.min_steps", "starting_data.equilibration_steps", "seed")
 
 
 class ConfigError(ValueError):

@@ -160,36 +160,6 @@ def test_dataset_epoch_composition():
     assert ds.point_train[ds.entry_point[chosen]].all()
 
 
-def test_low_ess_replay_favours_poorly_served_points():
-    """energy_training.replay: low_ess. A point whose samples carry equal weights (ESS = n) gets weight 1, one whose
-    label rests on one sample gets ~n, one more than replay_max_free_energy kT above the lowest label 0; the replayed
-    entries follow those weights, and weights that do not fit the dataset are refused."""
-    rng = np.random.default_rng(0)
-    ds = ActiveLearningDataset(1, top_k=3)
-    ds.add_points(np.arange(3.0)[:, None], 0, rng, 1.0, 20)
-    log_w = {0: np.zeros(20), 1: np.r_[0.0, np.full(19, -30.0)], 2: np.full(20, -20.0)}
-    for point, values in log_w.items():
-        ds.record(np.flatnonzero(ds.entry_point == point), values)
-    weights = ds.low_ess_replay_weights(clip_k=0, max_free_energy=12.0)
-    np.testing.assert_allclose(weights[[0, 2]], [1.0, 0.0], atol=1e-12)
-    assert 19.9 < weights[1] <= 20.0  # one sample of weight 1 among 19 of e^-30
-    ds.add_points(np.full((10, 1), 5.0), 1, rng, 1.0, 20)  # 200 newest entries; 60 older
-    weights = ds.low_ess_replay_weights()
-    np.testing.assert_allclose(weights[3:], 1.0)  # points without samples: the median weight (of 1, ~20, 1)
-    counts = np.zeros(3)
-    for _ in range(20):
-        chosen = np.concatenate(ds.epoch_batches(rng, 10, 0.05, weights))  # 10 of the 40 eligible
-        older = ds.entry_point[chosen][ds.entry_point[chosen] < 3]
-        counts += np.bincount(older, minlength=3)
-    assert counts[2] == 0 and counts[1] > 5 * counts[0] > 0
-    uniform = np.concatenate([np.concatenate(ds.epoch_batches(rng, 10, 0.2)) for _ in range(5)])
-    assert set(ds.entry_point[uniform][ds.entry_point[uniform] < 3]) == {0, 1, 2}  # the default replays all alike
-    with pytest.raises(ValueError, match="one per CG point"):
-        ds.epoch_batches(rng, 10, 0.2, weights[:2])
-    with pytest.raises(ValueError, match="non-negative"):
-        ds.epoch_batches(rng, 10, 0.2, np.r_[weights[:-1], -1.0])
-
-
 def test_warm_started_fits_after_the_first(tmp_path, monkeypatch):
     """ensemble.warm_start: the run's first PMF fit starts from scratch with ``epochs`` iterations, every later one
     continues from the previous members with ``epochs_warm``; a resumed run continues warm from its checkpoint."""

@@ -12,7 +12,7 @@ energy evaluation paid for instead of the last 1/epochs of them.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
@@ -78,53 +78,22 @@ class ActiveLearningDataset:
         return self.point_s[self.entry_point[entries]]
 
     # ------------------------------------------------------------------ training schedule
-    def epoch_batches(self, rng: np.random.Generator, batch_size: int, replay_fraction: float,
-                      replay_point_weights: Optional[np.ndarray] = None) -> List[np.ndarray]:
+    def epoch_batches(self, rng: np.random.Generator, batch_size: int, replay_fraction: float) -> List[np.ndarray]:
         """Entry indices for one epoch of training by energy, cut into full batches.
 
-        All training entries of the newest iteration, plus a subset of older training entries of size
-        ``replay_fraction`` x (number of newest entries), capped at what exists (and at the entries of nonzero
-        weight); shuffled; the last partial batch is dropped. The older entries are drawn uniformly, or, given
-        ``replay_point_weights`` (one non-negative weight per CG point, e.g. :meth:`low_ess_replay_weights`),
-        with probability proportional to their point's weight, without replacement.
+        All training entries of the newest iteration, plus a random subset of older training entries of
+        size ``replay_fraction`` x (number of newest entries), capped at what exists; shuffled; the last
+        partial batch is dropped.
         """
         train_entry = self.point_train[self.entry_point]
         entry_iteration = self.point_iteration[self.entry_point]
         latest = np.flatnonzero(train_entry & (entry_iteration == self.latest_iteration))
         older = np.flatnonzero(train_entry & (entry_iteration < self.latest_iteration))
-        p = None
-        if replay_point_weights is not None and len(older):
-            weights = np.asarray(replay_point_weights, dtype=np.float64)
-            if weights.shape != (len(self.point_s),) or not (np.isfinite(weights) & (weights >= 0)).all():
-                raise ValueError(f"replay_point_weights must be {len(self.point_s)} finite non-negative numbers (one per CG point)")
-            entry_weights = weights[self.entry_point[older]]
-            older = older[entry_weights > 0]
-            p = entry_weights[entry_weights > 0] / entry_weights.sum() if len(older) else None
         n_replay = min(int(replay_fraction * len(latest)), len(older))
-        replay = rng.choice(older, size=n_replay, replace=False, p=p) if n_replay else np.zeros(0, dtype=np.int64)
+        replay = rng.choice(older, size=n_replay, replace=False) if n_replay else np.zeros(0, dtype=np.int64)
         chosen = rng.permutation(np.concatenate([latest, replay]))
         n_batches = len(chosen) // batch_size
         return [chosen[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
-
-    def low_ess_replay_weights(self, clip_k: int = 0, max_free_energy: float = 12.0) -> np.ndarray:
-        """Replay weights (one per CG point) that favour the points whose labels the flow serves worst: the inverse
-        effective-sample fraction n / ESS of a point's accumulated samples (1 when the flow's weights are all equal,
-        n when one sample carries the label; :meth:`accumulated_effective_samples`). Points whose label lies more
-        than ``max_free_energy`` kT above the lowest label get 0 (they do not matter to the PMF's Boltzmann
-        weight); points without samples, or with an unknown ESS (older checkpoints), get the median weight."""
-        weights = np.zeros(len(self.point_s))
-        points, labels, n = self.accumulated_labels(clip_k)
-        if len(points) == 0:
-            weights[:] = 1.0
-            return weights
-        _, ess = self.accumulated_effective_samples(clip_k)
-        inverse_fraction = n / ess
-        known = np.isfinite(inverse_fraction)
-        fill = float(np.median(inverse_fraction[known])) if known.any() else 1.0
-        weights[:] = fill
-        weights[points] = np.where(known, inverse_fraction, fill)
-        weights[points[labels - labels.min() > max_free_energy]] = 0.0
-        return weights
 
     def record(self, entries: np.ndarray, log_w: np.ndarray, accumulate: bool = True) -> None:
         """Store the log weights of freshly sampled entries (NaN where the sample was not evaluated) and, if

@@ -322,9 +322,6 @@ class ActiveLearningRun:
         et, st = self.config["energy_training"], self.state
         total_epochs = et["epochs_first_iteration"] + (self.config["loop"]["max_iterations"] - 1) * et["epochs"]
         bar = tqdm(range(epochs), desc=f"iteration {st.iteration + 1}: training by energy", leave=False, disable=not self.progress)
-        replay_weights = None
-        if et["replay"] == "low_ess":  # from the labels as they stand before this iteration's training
-            replay_weights = self.dataset.low_ess_replay_weights(self.config["labels"]["clip_k"], et["replay_max_free_energy"])
         for epoch in bar:
             lr = et["lr"] * learning_rate_factor(et, st.iteration + 1, epoch, st.epochs_done, total_epochs)
             for group in self.optimizer.param_groups:
@@ -332,7 +329,7 @@ class ActiveLearningRun:
             clip = clip_norm_for(et, epoch, st.epochs_done)
             accumulate = st.epochs_done >= self.config["labels"]["accumulate_from_epoch"]
             st.epochs_done += 1
-            for entries in self.dataset.epoch_batches(self.rng, et["batch_size"], et["replay_fraction"], replay_weights):
+            for entries in self.dataset.epoch_batches(self.rng, et["batch_size"], et["replay_fraction"]):
                 s = torch.as_tensor(self.dataset.entry_s(entries))
                 result = self.trainer.step(s, self.torch_gen, clip)
                 self.dataset.record(entries, result.log_w, accumulate)
