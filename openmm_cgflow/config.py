@@ -27,7 +27,7 @@ _SYSTEM_FILE_KEYS = ("prmtop", "inpcrd")
 _CHOICES = {
     "energy.platform": ("Reference", "CPU", "OpenCL", "CUDA"),
     "flow.kind": ("affine", "spline"),
-    "flow.context": ("periodic", "periodic3", "raw"),
+    "flow.context": ("periodic", "periodic2", "periodic3", "raw"),
     "flow.precision": ("float32", "float64"),
     "energy_training.schedule": ("per_iteration", "global_cosine", "per_iteration_cosine"),
     "energy_training.chirality_filter": ("none", "fab", "geometric"),

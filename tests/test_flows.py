@@ -128,7 +128,7 @@ def test_spline_flow_starts_as_the_identity_and_is_periodic_in_circular_inputs()
 
 
 def test_periodic_contexts_are_periodic_in_s_and_periodic3_feeds_the_harmonics():
-    for context in ("periodic", "periodic3"):
+    for context in ("periodic", "periodic2", "periodic3"):
         flow = make_spline(context)
         s = conditions(flow)
         z = base(flow, s)
@@ -142,6 +142,10 @@ def test_periodic_contexts_are_periodic_in_s_and_periodic3_feeds_the_harmonics()
     assert context.shape == (len(s), 12)
     torch.testing.assert_close(context[:, 8:10], torch.cos(3 * s), rtol=0, atol=1e-15)  # k = 3: cos then sin
     torch.testing.assert_close(context[:, 10:12], torch.sin(3 * s), rtol=0, atol=1e-15)
+    flow = make_spline("periodic2")
+    context = flow._context(s)
+    assert context.shape == (len(s), 8)
+    torch.testing.assert_close(context[:, 4:6], torch.cos(2 * s), rtol=0, atol=1e-15)  # k = 2: cos then sin
 
 
 def test_aldp_spline_flow_has_the_paper_size():

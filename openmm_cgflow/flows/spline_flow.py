@@ -10,7 +10,7 @@ q(x_fg | s) over the 58 fine-grained internal coordinates, 10 of them circular (
   (normflows' ``apply_unconditional_transform``). Masks: random halves (seeded by the layer index) for even
   layers, the complement for odd layers;
 * the context is [cos s_phi, sin s_phi, cos s_psi, sin s_psi] ("periodic", default), the same with the harmonics
-  k s for k = 1, 2, 3 ("periodic3": sharper dependence on s for the same width), or the raw s ("raw", the grid
+  k s for k = 1, 2 ("periodic2") or k = 1, 2, 3 ("periodic3": sharper dependence on s for the same width), or the raw s ("raw", the grid
   experiment of SPEC §8); it feeds the conditioner's first layer and the gate of every residual block;
 * a volume-preserving circular shift of all circular coordinates by (u_i + 1/2) pi after layers 1, 3, 5, 7, 9;
 * identity initialisation: every spline starts as the identity.
@@ -157,7 +157,7 @@ def random_half_mask(dim: int, seed: int) -> List[int]:
 
 
 #: flow contexts and the harmonics of s each feeds the conditioners (0: the raw s)
-CONTEXTS = {"periodic": 1, "periodic3": 3, "raw": 0}
+CONTEXTS = {"periodic": 1, "periodic2": 2, "periodic3": 3, "raw": 0}
 
 
 class ConditionalSplineFlow(nn.Module):
