@@ -127,7 +127,7 @@ def test_spline_flow_starts_as_the_identity_and_is_periodic_in_circular_inputs()
     torch.testing.assert_close(trained.log_prob(shifted, conditions(trained)), trained.log_prob(x, conditions(trained)), rtol=1e-9, atol=1e-9)
 
 
-def test_periodic_contexts_are_periodic_in_s_and_periodic3_feeds_the_harmonics():
+def test_periodic_contexts_are_periodic_in_s_and_feed_their_harmonics():
     for context in ("periodic", "periodic2", "periodic3"):
         flow = make_spline(context)
         s = conditions(flow)
@@ -146,6 +146,7 @@ def test_periodic_contexts_are_periodic_in_s_and_periodic3_feeds_the_harmonics()
     context = flow._context(s)
     assert context.shape == (len(s), 8)
     torch.testing.assert_close(context[:, 4:6], torch.cos(2 * s), rtol=0, atol=1e-15)  # k = 2: cos then sin
+    torch.testing.assert_close(context[:, 6:8], torch.sin(2 * s), rtol=0, atol=1e-15)
 
 
 def test_aldp_spline_flow_has_the_paper_size():

@@ -10,8 +10,9 @@ q(x_fg | s) over the 58 fine-grained internal coordinates, 10 of them circular (
   (normflows' ``apply_unconditional_transform``). Masks: random halves (seeded by the layer index) for even
   layers, the complement for odd layers;
 * the context is [cos s_phi, sin s_phi, cos s_psi, sin s_psi] ("periodic", default), the same with the harmonics
-  k s for k = 1, 2 ("periodic2") or k = 1, 2, 3 ("periodic3": sharper dependence on s for the same width), or the raw s ("raw", the grid
-  experiment of SPEC §8); it feeds the conditioner's first layer and the gate of every residual block;
+  k s for k = 1, 2 ("periodic2") or k = 1, 2, 3 ("periodic3"): a sharper dependence on s for the same width; or the
+  raw s ("raw", the grid experiment of SPEC §8); it feeds the conditioner's first layer and the gate of every
+  residual block;
 * a volume-preserving circular shift of all circular coordinates by (u_i + 1/2) pi after layers 1, 3, 5, 7, 9;
 * identity initialisation: every spline starts as the identity.
 
