@@ -45,10 +45,8 @@ def time_steps(cg_system, precision: str, compile: bool, hidden: int, layers: in
     on_cpu = torch.device(device).type == "cpu"
 
     def clock() -> float:
-        if on_cpu and not wall:
-            return time.process_time()
         if on_cpu:
-            return time.perf_counter()
+            return time.perf_counter() if wall else time.process_time()
         torch.cuda.synchronize()
         return time.perf_counter()
 

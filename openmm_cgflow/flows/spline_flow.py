@@ -174,10 +174,9 @@ class ConditionalSplineFlow(nn.Module):
             raise ValueError(f"circular indices {list(circular_indices)} out of range for fg_dim {fg_dim}")
         self.fg_dim = fg_dim
         self.cg_dim = cg_dim
-        self.periodic_context = context != "raw"
         self.harmonics = CONTEXTS[context]  # harmonics of s in the context (0: the raw s)
         circular = [i in set(circular_indices) for i in range(fg_dim)]
-        n_context = 2 * self.harmonics * cg_dim if self.periodic_context else cg_dim
+        n_context = 2 * self.harmonics * cg_dim if self.harmonics else cg_dim
         layers = []
         shifts: List[float] = []
         mask: List[int] = []
@@ -202,10 +201,8 @@ class ConditionalSplineFlow(nn.Module):
             layer.reset_to_identity()
 
     def _context(self, s: torch.Tensor) -> torch.Tensor:
-        if not self.periodic_context:
+        if self.harmonics == 0:
             return s
-        if self.harmonics == 1:
-            return torch.cat([torch.cos(s), torch.sin(s)], dim=-1)
         features: List[torch.Tensor] = []
         for k in range(1, self.harmonics + 1):
             features.append(torch.cos(k * s))
