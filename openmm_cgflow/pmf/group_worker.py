@@ -1,7 +1,7 @@
 """A PMF-ensemble worker process: ``python -m openmm_cgflow.pmf.group_worker FD CORE``.
 
-Serves ("fit", job) requests, job being the arguments of :func:`~openmm_cgflow.pmf.member_groups.lbfgs_group`
-with numpy arrays for tensors, and answers ("ok", (parameters, history)) or ("error", message), until
+Serves ("fit", jobs) requests, each job being the arguments of :func:`~openmm_cgflow.pmf.member_groups.lbfgs_group`
+with numpy arrays for tensors, run in order, and answers ("ok", [(parameters, history), ...]) or ("error", message), until
 ("stop", None) or until the parent goes away (EOF).
 """
 import sys
@@ -19,7 +19,7 @@ def main(fd: int, core: int) -> None:
         os.sched_setaffinity(0, {core})
     torch.set_num_threads(1)
     conn = worker_connection(fd)
-    serve(conn, lambda job: lbfgs_group_numpy(*job))
+    serve(conn, lambda jobs: [lbfgs_group_numpy(*job) for job in jobs])
 
 
 if __name__ == "__main__":

@@ -90,31 +90,35 @@ def lbfgs_group_numpy(params: Dict[str, np.ndarray], X: np.ndarray, Y: np.ndarra
 
 def run_groups(jobs: Sequence[Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, int, int, float]]
                ) -> List[Tuple[Dict[str, torch.Tensor], List[float]]]:
-    """Run :func:`lbfgs_group` on every job; the first goes to the spare-core worker when there is one (the others
-    run here meanwhile). A job whose worker fails or dies runs here instead (the worker is then retired)."""
+    """Run :func:`lbfgs_group` on every job, in order; the first half of the jobs (rounded up) goes to the spare-core
+    worker when there is one, as one request, while the others run here. If the worker fails or dies, its jobs run
+    here instead (the worker is then retired)."""
     worker = _spare_core_worker() if len(jobs) > 1 else None
-    sent = False
+    n_remote = 0
     if worker is not None:
-        params, X, Y, offset, n_layers, iterations, lr = jobs[0]
+        n_remote = (len(jobs) + 1) // 2
+        request = [
+            ({k: v.numpy() for k, v in params.items()}, X.numpy(), Y.numpy(), offset.numpy(), n_layers, iterations, lr)
+            for params, X, Y, offset, n_layers, iterations, lr in jobs[:n_remote]
+        ]
         try:
-            worker[1].send(("fit", ({k: v.numpy() for k, v in params.items()}, X.numpy(), Y.numpy(), offset.numpy(), n_layers, iterations, lr)))
-            sent = True
+            worker[1].send(("fit", request))
         except (OSError, ValueError):
             _retire_worker()
-    local = [lbfgs_group(*job) for job in (jobs[1:] if sent else jobs)]
-    if not sent:
+            n_remote = 0
+    local = [lbfgs_group(*job) for job in jobs[n_remote:]]
+    if n_remote == 0:
         return local
     answer = _receive(worker)
     if answer is None:
-        first = lbfgs_group(*jobs[0])
+        remote = [lbfgs_group(*job) for job in jobs[:n_remote]]
     else:
-        trained, history = answer
-        first = ({k: torch.from_numpy(v) for k, v in trained.items()}, history)
-    return [first] + local
+        remote = [({k: torch.from_numpy(v) for k, v in trained.items()}, history) for trained, history in answer]
+    return remote + local
 
 
-def _receive(worker) -> Optional[Tuple[Dict[str, np.ndarray], List[float]]]:
-    """The worker's answer, or None (worker retired) if it failed, died or lost its connection."""
+def _receive(worker) -> Optional[List[Tuple[Dict[str, np.ndarray], List[float]]]]:
+    """The worker's answers, or None (worker retired) if it failed, died or lost its connection."""
     process, conn = worker
     try:
         while not conn.poll(0.05):
