@@ -77,7 +77,6 @@ def test_member_groups_on_a_spare_core_equal_groups_run_here(monkeypatch, groups
     sent = []
     monkeypatch.setattr(member_groups, "_spare_core", lambda: 0)
     worker = member_groups._spare_core_worker()
-    send = worker[1].send
     monkeypatch.setattr(member_groups, "_spare_core_worker", lambda: (worker[0], _Recording(worker[1], sent)))
     worker_fit, _ = _fit_lbfgs("float64", groups=groups)
     assert [len(jobs) for _, jobs in sent] == [(groups + 1) // 2]  # the first half really went to the worker
