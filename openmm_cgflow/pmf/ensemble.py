@@ -199,7 +199,7 @@ class PMFEnsemble(nn.Module):
 
     def _fit_lbfgs(self, X: torch.Tensor, Y: torch.Tensor, iterations: int, lr: float, n_groups: int) -> List[float]:
         """Full-batch L-BFGS on the members' MSEs, in ``n_groups`` independent groups of members (members never
-        interact; a second group runs on a spare core where the run has one). Returns the mean
+        interact; the first half of the groups runs on a spare core where the run has one). Returns the mean
         member MSE per function evaluation of the group that made the most evaluations, the others padded with
         their last value."""
         n_layers = len(self.layers)
