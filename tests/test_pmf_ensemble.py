@@ -45,9 +45,14 @@ def test_rejects_bad_labels():
         ens.fit(np.zeros((5, 1)), np.arange(5.0), 1, 2, 1e-3, "boost", "xavier", torch.Generator())
 
 
-def _fit_lbfgs(precision, members=6, seed=0, groups=2):
+def _known_function_data():
+    """150 CG points s (150, 1) on [-2, 1] and F(s) = 3 sin 2s + s^2 + 7 (kT) at them."""
     s = np.linspace(-2.0, 1.0, 150)[:, None]
-    F = 3 * np.sin(2 * s[:, 0]) + s[:, 0] ** 2 + 7.0
+    return s, 3 * np.sin(2 * s[:, 0]) + s[:, 0] ** 2 + 7.0
+
+
+def _fit_lbfgs(precision, members=6, seed=0, groups=2):
+    s, F = _known_function_data()
     ens = PMFEnsemble(1, n_members=members, hidden=(32, 32)).double()
     history = ens.fit(s, F, 150, 5, 1.0, "bagging", "gaussian_uniform", torch.Generator().manual_seed(seed), "lbfgs", precision,
                       groups)
@@ -105,8 +110,7 @@ def test_one_lbfgs_per_member_fits_better_than_one_joint_lbfgs():
     the same iterations, one L-BFGS per member (groups = members) reaches a lower loss for every member."""
     joint, _ = _fit_lbfgs("float64", groups=1)
     separate, _ = _fit_lbfgs("float64", groups=6)
-    s = torch.linspace(-2.0, 1.0, 150, dtype=torch.float64)[:, None]
-    F = 3 * torch.sin(2 * s[:, 0]) + s[:, 0] ** 2 + 7.0
+    s, F = (torch.from_numpy(a) for a in _known_function_data())
     with torch.no_grad():
         mse_joint = ((joint(s) - F[None]) ** 2).mean(1)
         mse_separate = ((separate(s) - F[None]) ** 2).mean(1)
