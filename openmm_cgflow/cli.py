@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--friction", type=_positive_float, default=1.0, help="Langevin friction in 1/ps")
     base.add_argument("--resume", action="store_true")
     base.add_argument("--quiet", action="store_true")
-    ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + variational (vFEP) fit, for any system with 1-3 CG dihedrals")
+    ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + a mean-force (or vFEP) fit, for any system with 1-3 CG dihedrals")
     ref.add_argument("system", help="a registered system (alanine-dipeptide; aldp for short), a built-in config or a YAML config describing a molecule")
     ref.add_argument("--out", type=Path, required=True, help="run directory (per-seed passes and checkpoints)")
     ref.add_argument("--passes", type=_count(1), required=True, help="passes over all windows per seed")
@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--refine", choices=["minimize"], default=None, help="minimise each structure with its CG coordinates restrained")
     bm.add_argument("--platform", default="CPU")
     bm.add_argument("--overwrite", action="store_true", help="replace an existing --out trajectory (and its weights file)")
+    ex = sub.add_parser("export", help="write the TorchScript models of a run's latest checkpoint (an interrupted or running run)")
+    ex.add_argument("run_dir", type=Path, help="the run's --out directory (holding checkpoint.pt)")
+    ex.add_argument("--out", type=Path, default=None, help="models directory to write (default: RUN_DIR/models, where a finished run writes them)")
     sub.add_parser("configs", help="list the built-in configs")
     show = sub.add_parser("show-config", help="print a resolved config")
     show.add_argument("config")
@@ -154,6 +157,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _baseline(args)
         if args.command == "backmap":
             return _backmap(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "configs":
             print("\n".join(builtin_configs()))
             return 0
@@ -221,6 +226,20 @@ def _backmap(args) -> int:
                         ess=result.ess, reduced_energies=result.reduced_energies)
     print(f"{result.trajectory.n_frames} structures for {len(result.ess)} CG frames in {args.out}; ESS per frame: "
           f"median {np.median(result.ess):.2f} of {args.n_per_frame}; weights in {args.out}.weights.npz")
+    return 0
+
+
+def _export(args) -> int:
+    """``cgflow export RUN_DIR``: the models of the run's latest checkpoint, written as a finished run writes them."""
+    from .active_learning.loop import CHECKPOINT_NAME, export_checkpoint_models
+
+    checkpoint = args.run_dir / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no run checkpoint in {args.run_dir} (expected {checkpoint})")
+    info = export_checkpoint_models(checkpoint, args.out if args.out is not None else args.run_dir / "models")
+    quality = f"forward KLD {info['forward_kld']:.3e}" if info["forward_kld"] is not None else "no reference"
+    print(f"models of iteration {info['iteration']} ({info['energy_evaluations']} energy evaluations, {quality}): "
+          + ", ".join(str(p) for p in info["paths"]))
     return 0
 
 

@@ -81,6 +81,24 @@ def test_exported_models_reproduce_the_run(main_job):
     assert torch.isfinite(x).all() and torch.isfinite(logdet).all()
 
 
+def test_export_writes_the_models_of_the_latest_checkpoint(main_job, tmp_path, capsys):
+    """``cgflow export RUN_DIR --out DIR`` rebuilds the run's models from its checkpoint, bitwise those the finished
+    run wrote itself (the affine flow here; the spline flow in test_aldp_active_learning.py)."""
+    from openmm_cgflow.cli import main
+
+    out, metrics = main_job
+    assert main(["export", str(out), "--out", str(tmp_path / "models")]) == 0
+    assert f"models of iteration {metrics['totals']['iterations']}" in capsys.readouterr().out
+    for name, kind in (("flow.pt", "conditional_flow"), ("pmf_ensemble.pt", "pmf_ensemble")):
+        exported, meta = load_model(tmp_path / "models" / name, expected_kind=kind, expected_system="muller-brown")
+        written, written_meta = load_model(out / "models" / name)
+        assert meta == written_meta
+        for (key, a), (_, b) in zip(exported.state_dict().items(), written.state_dict().items()):
+            assert a.dtype == b.dtype and torch.equal(a, b), key
+    assert main(["export", str(tmp_path / "no-run")]) == 2
+    assert "no run checkpoint" in capsys.readouterr().err
+
+
 def test_refuses_to_overwrite_an_existing_run(main_job):
     out, _ = main_job
     config = load_config("muller-brown")

@@ -47,6 +47,22 @@ def test_smoke_run_counts_and_outputs(smoke_run):
     assert x.shape == (3, 58) and torch.isfinite(x).all()
 
 
+def test_export_from_the_checkpoint_equals_the_run_s_own_models(smoke_run, tmp_path):
+    """The spline flow and the ensemble rebuilt from the checkpoint (export_checkpoint_models, what ``cgflow export``
+    runs) are bitwise the models the finished run wrote, in the same precision."""
+    from openmm_cgflow.active_learning.loop import export_checkpoint_models
+
+    out, metrics = smoke_run
+    info = export_checkpoint_models(out / "checkpoint.pt", tmp_path)
+    assert info["iteration"] == 2 and info["forward_kld"] == metrics["totals"]["final_forward_kld"]
+    for name in ("flow.pt", "pmf_ensemble.pt"):
+        exported, meta = load_model(tmp_path / name)
+        written, written_meta = load_model(out / "models" / name)
+        assert meta == written_meta
+        for (key, a), (_, b) in zip(exported.state_dict().items(), written.state_dict().items()):
+            assert a.dtype == b.dtype and torch.equal(a, b), key
+
+
 def test_smoke_run_grid_then_active_with_accumulated_labels(tmp_path):
     """The other recipe through the whole loop: a coarse periodic grid of cell centres first, labels from every
     accumulated sample after the first epoch, uncertainty-weighted acquisition."""

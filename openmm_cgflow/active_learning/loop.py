@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -47,6 +48,69 @@ def read_run_checkpoint(path: Path) -> Dict[str, Any]:
     except ConfigError as error:
         raise CheckpointError(f"{path} holds an invalid config: {error}") from None
     return checkpoint
+
+
+def build_flow(config: Dict[str, Any], cg_system: CGSystem, s_mean: float, s_std: float) -> torch.nn.Module:
+    """A run's untrained conditional flow, as its config ``flow`` section defines it, for ``cg_system``; ``s_mean`` and
+    ``s_std`` standardise the CG context of an affine flow. Initialised from the config's seed, built in float64
+    (as a run builds it, whatever torch's default dtype) and cast to float32 if ``flow.precision`` says so."""
+    fc = config["flow"]
+    torch.manual_seed(config["seed"])  # nn.Linear's default initialisation draws from the global generator
+    hidden = fc["hidden"] if fc["hidden"] is not None else scaled_flow_hidden(fc["kind"], cg_system.fg_dim)
+    with default_dtype(torch.float64):
+        if fc["kind"] == "affine":
+            return ConditionalAffineFlow(cg_system.cg_dim, cg_system.fg_dim, hidden, s_mean, s_std)
+        flow = ConditionalSplineFlow(
+            cg_system.fg_dim, list(cg_system.flow_circular_indices), cg_system.cg_dim, fc["n_layers"], fc["n_bins"], hidden[0],
+            fc["n_blocks"], context=fc["context"],
+        )
+    return flow.float() if fc["precision"] == "float32" else flow
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype):
+    """torch's default dtype set to ``dtype`` inside the block, restored after it."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def export_models(flow: torch.nn.Module, ensemble: PMFEnsemble, cg_system: CGSystem, models_dir: Path) -> List[Path]:
+    """Write a run's models as TorchScript with their metadata (:func:`~openmm_cgflow.export.save_model`):
+    ``models_dir/flow.pt`` (the conditional flow, with the system's atoms) and ``models_dir/pmf_ensemble.pt``."""
+    models_dir = Path(models_dir)
+    return [
+        save_model(flow, models_dir / "flow.pt", kind="conditional_flow", **cg_system_metadata(cg_system, include_system=True)),
+        save_model(ensemble, models_dir / "pmf_ensemble.pt", kind="pmf_ensemble", **cg_system_metadata(cg_system)),
+    ]
+
+
+def export_checkpoint_models(checkpoint_path: Path, models_dir: Path) -> Dict[str, Any]:
+    """Write the models of a run's checkpoint (the state after its latest finished iteration) to ``models_dir``, as
+    a finished run writes its own: for a run that was interrupted, or one still running. Needs no OpenMM Context.
+    Returns ``{"paths", "iteration", "energy_evaluations", "forward_kld"}`` of that iteration."""
+    checkpoint = read_run_checkpoint(Path(checkpoint_path))
+    config = checkpoint["config"]
+    cg_system = system_from_config(config["system"])
+    try:
+        flow = build_flow(config, cg_system, *checkpoint["flow_norm"])
+        flow.load_state_dict(checkpoint["flow"])
+        with default_dtype(torch.float64):  # as a run builds it
+            ensemble = PMFEnsemble(cg_system.cg_dim, config["ensemble"]["n_members"], config["ensemble"]["hidden"], periodic=cg_system.cg_periodic)
+        ensemble.load_state_dict(checkpoint["ensemble"])
+        history = checkpoint["state"]["history"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise CheckpointError(f"{checkpoint_path} does not match its own config or is damaged ({type(error).__name__}: {reason})") from None
+    if not history:
+        raise CheckpointError(f"{checkpoint_path} holds no finished iteration yet: nothing to export")
+    paths = export_models(flow, ensemble, cg_system, models_dir)
+    last = history[-1]
+    return {"paths": paths, "iteration": last["iteration"], "energy_evaluations": last["energy_evaluations"],
+            "forward_kld": last.get("forward_kld")}
 
 
 @dataclass
@@ -203,25 +267,14 @@ class ActiveLearningRun:
             raise ConfigError(f"config key 'spreading.kind' = interval needs one CG coordinate; {self.cg_system.name} has {dim} (use disc)")
 
     def _build_flow(self, s_mean: float, s_std: float) -> None:
-        cfg, fc = self.config, self.config["flow"]
-        torch.manual_seed(cfg["seed"])  # nn.Linear's default initialisation draws from the global generator
-        hidden = fc["hidden"] if fc["hidden"] is not None else scaled_flow_hidden(fc["kind"], self.cg_system.fg_dim)
-        if fc["kind"] == "affine":
-            self.flow = ConditionalAffineFlow(self.cg_system.cg_dim, self.cg_system.fg_dim, hidden, s_mean, s_std)
-        else:
-            circular = list(self.cg_system.flow_circular_indices)
-            self.flow = ConditionalSplineFlow(
-                self.cg_system.fg_dim, circular, self.cg_system.cg_dim, fc["n_layers"], fc["n_bins"], hidden[0],
-                fc["n_blocks"], context=fc["context"],
-            )
-            if fc["precision"] == "float32":
-                self.flow.float()
+        cfg = self.config
+        self.flow = build_flow(cfg, self.cg_system, s_mean, s_std)
         self.flow_norm = (s_mean, s_std)
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg["pretraining"]["lr"], fused=True)
         self.trainer = EnergyTrainer(
             self.flow, self.cg_system, self.oracle, self.optimizer, skip_top_k=cfg["energy_training"]["skip_top_k"],
             sample_filter=self._chirality_filter(cfg["energy_training"]["chirality_filter"]),
-            compile=fc["compile"],  # the config allows it for spline flows only
+            compile=cfg["flow"]["compile"],  # the config allows it for spline flows only
         )
 
     def _chirality_filter(self, kind: str):
@@ -599,9 +652,7 @@ class ActiveLearningRun:
         write_json(self.out_dir / "metrics.json", self.metrics())
 
     def _export_models(self) -> None:
-        models = self.out_dir / "models"
-        save_model(self.flow, models / "flow.pt", kind="conditional_flow", **cg_system_metadata(self.cg_system, include_system=True))
-        save_model(self.ensemble, models / "pmf_ensemble.pt", kind="pmf_ensemble", **self._model_metadata())
+        export_models(self.flow, self.ensemble, self.cg_system, self.out_dir / "models")
 
     def _plot(self) -> None:
         from ..plotting import plot_kld, plot_pmf_1d, plot_pmf_iterations
