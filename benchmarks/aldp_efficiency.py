@@ -3,7 +3,7 @@ runs against the MD baseline, all scored on the same reference (SPEC §9).
 
     python benchmarks/aldp_efficiency.py --run AL=runs/aldp [--run grid=runs/aldp-grid ...] \\
         [--md benchmarks/results/md_baseline_aldp_seed0 --md ...] [--metad benchmarks/results/metad_aldp_seed0 ...] \\
-        [--reference openmm_cgflow/data/reference_aldp.npz] [--budget 1e6 --budget 5e6] [--out benchmarks/results/aldp_efficiency]
+        [--reference openmm_cgflow/data/reference_aldp.npz] [--budget 1e6 --budget 5e6] [--target 1e-3] [--out benchmarks/results/aldp_efficiency]
 
 A run directory is what `cgflow run aldp|aldp-fast|aldp-grid|aldp-small --out DIR` writes (metrics.json, and
 the checkpoint whose per-iteration PMFs are rescored; a directory with metrics.json alone, as kept under
@@ -14,7 +14,8 @@ interpolated log-log between snapshots) / (the method's evaluations, starting MD
 MD baseline has not reached that KLD yet (the speedup is then a lower bound); with several ``--md`` runs, against
 each, the first being the headline. ``--budget N``: each run's KLD after N evaluations (log-log interpolation
 between iterations; None past its last one) and, over the runs given (seeds of one recipe), their mean and
-spread. Writes JSON and a figure, prints a table.
+spread. ``--target KLD``: the evaluations each run needs to first reach that KLD and the speedups against every
+baseline there. Writes JSON and a figure, prints a table.
 """
 from __future__ import annotations
 
@@ -41,15 +42,37 @@ def metad_curve(metad_dir: Path, p_reference: np.ndarray) -> List[Dict[str, floa
     return [{"md_steps": int(s), "forward_kld": forward_kld(p_reference, F.astype(np.float64))} for s, F in zip(data["steps"], data["free_energy_kT"])]
 
 
-def md_steps_to_reach(curve: List[Dict[str, float]], kld: float) -> Optional[float]:
-    """MD steps at which the baseline first reaches ``kld`` (log-log interpolation); None if it never does."""
+def md_steps_to_reach(curve: List[Dict[str, float]], kld: float, key: str = "md_steps") -> Optional[float]:
+    """MD steps (or another cost, ``key``) at which a curve first reaches ``kld`` (log-log interpolation between the
+    last point above it and the first at or below it); None if it never does."""
     for a, b in zip(curve, curve[1:]):
         if a["forward_kld"] <= kld:
-            return float(a["md_steps"])
+            return float(a[key])
         if b["forward_kld"] <= kld:
             t = (math.log(kld) - math.log(a["forward_kld"])) / (math.log(b["forward_kld"]) - math.log(a["forward_kld"]))
-            return float(math.exp(math.log(a["md_steps"]) + t * (math.log(b["md_steps"]) - math.log(a["md_steps"]))))
-    return float(curve[0]["md_steps"]) if curve and curve[0]["forward_kld"] <= kld else None
+            return float(math.exp(math.log(a[key]) + t * (math.log(b[key]) - math.log(a[key]))))
+    return float(curve[0][key]) if curve and curve[0]["forward_kld"] <= kld else None
+
+
+def cost_to_target(methods: Dict[str, Dict[str, object]], md_runs: Dict[str, list], metad: Dict[str, list], target: float) -> Dict[str, object]:
+    """The evaluations each run needs to first reach KLD ``target`` (interpolated; one iteration at or below it
+    counts, so single iterations' scatter matters), the steps each MD and metadynamics run needs for it, and the
+    speedups (a lower bound, ``> x``, where a baseline has not reached the target)."""
+    baselines = {**{f"MD {Path(k).name}": v for k, v in md_runs.items()}, **{f"metad {Path(k).name}": v for k, v in metad.items()}}
+    steps = {name: md_steps_to_reach(curve, target) for name, curve in baselines.items()}
+    per_run = {}
+    for label, m in methods.items():
+        evaluations = md_steps_to_reach(m["curve"], target, key="energy_evaluations")
+        speedups = {}
+        for name, curve in baselines.items():
+            if evaluations is None:
+                speedups[name] = None
+            elif steps[name] is not None:
+                speedups[name] = {"speedup": steps[name] / evaluations, "lower_bound": False}
+            else:
+                speedups[name] = {"speedup": curve[-1]["md_steps"] / evaluations, "lower_bound": True}
+        per_run[label] = {"evaluations": evaluations, "speedups": speedups}
+    return {"baseline_steps": steps, "per_run": per_run}
 
 
 def metrics_curve(run_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
@@ -107,6 +130,8 @@ def main() -> None:
     parser.add_argument("--metad", type=Path, action="append", default=[], help="a `cgflow baseline metad aldp` run directory")
     parser.add_argument("--reference", type=Path, default=packaged_reference_path())
     parser.add_argument("--budget", type=float, action="append", default=[], help="report each run's KLD at this many evaluations")
+    parser.add_argument("--target", type=float, action="append", default=[],
+                        help="report the evaluations each run needs to first reach this KLD, and the speedups there")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/aldp_efficiency"))
     args = parser.parse_args()
     reference = load_reference(args.reference)
@@ -140,7 +165,8 @@ def main() -> None:
     result = {
         "reference": str(args.reference), "reference_kld_between_halves": reference.provenance.get("kld_between_halves"),
         "md_baseline": {"dir": str(md_dirs[0]), "curve": md}, "md_baselines": {name: {"curve": c} for name, c in md_runs.items()},
-        "budgets": {f"{b:g}": kld_at_budget(methods, b) for b in args.budget}, "metadynamics": {name: {"curve": c} for name, c in metad.items()}, "methods": methods,
+        "budgets": {f"{b:g}": kld_at_budget(methods, b) for b in args.budget},
+        "targets": {f"{t:g}": cost_to_target(methods, md_runs, metad, t) for t in args.target}, "metadynamics": {name: {"curve": c} for name, c in metad.items()}, "methods": methods,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "aldp_efficiency.json").write_text(json.dumps(result, indent=2))
@@ -184,6 +210,15 @@ def main() -> None:
             f"{summary['mean']:.3e} +- {summary['std']:.1e} (n={summary['n']}, range {summary['min']:.2e}-{summary['max']:.2e})"
             if summary["std"] is not None else f"{summary['mean']:.3e} (n=1)")
         print(f"KLD at {budget} evaluations: {spread}   [{per_run}]")
+    for target, summary in result["targets"].items():
+        steps = ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} not reached" for k, v in summary["baseline_steps"].items())
+        print(f"KLD {target} first reached (baseline steps: {steps}):")
+        for label, r in summary["per_run"].items():
+            if r["evaluations"] is None:
+                print(f"  {label:<12} not reached")
+                continue
+            speed = ", ".join(f"{k} {'> ' if v['lower_bound'] else ''}{v['speedup']:.1f}x" for k, v in r["speedups"].items())
+            print(f"  {label:<12} {r['evaluations']:.4g} evaluations   {speed}")
 
 
 if __name__ == "__main__":
