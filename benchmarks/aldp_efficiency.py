@@ -42,9 +42,9 @@ def metad_curve(metad_dir: Path, p_reference: np.ndarray) -> List[Dict[str, floa
     return [{"md_steps": int(s), "forward_kld": forward_kld(p_reference, F.astype(np.float64))} for s, F in zip(data["steps"], data["free_energy_kT"])]
 
 
-def md_steps_to_reach(curve: List[Dict[str, float]], kld: float, key: str = "md_steps") -> Optional[float]:
-    """MD steps (or another cost, ``key``) at which a curve first reaches ``kld`` (log-log interpolation between the
-    last point above it and the first at or below it); None if it never does."""
+def steps_to_reach(curve: List[Dict[str, float]], kld: float, key: str = "md_steps") -> Optional[float]:
+    """MD steps (or another cost, ``key``: a run's ``energy_evaluations``) at which a curve first reaches ``kld``
+    (log-log interpolation between the last point above it and the first at or below it); None if it never does."""
     for a, b in zip(curve, curve[1:]):
         if a["forward_kld"] <= kld:
             return float(a[key])
@@ -54,25 +54,23 @@ def md_steps_to_reach(curve: List[Dict[str, float]], kld: float, key: str = "md_
     return float(curve[0][key]) if curve and curve[0]["forward_kld"] <= kld else None
 
 
-def cost_to_target(methods: Dict[str, Dict[str, object]], md_runs: Dict[str, list], metad: Dict[str, list], target: float) -> Dict[str, object]:
+def versus_baseline(curve: List[Dict[str, float]], kld: float, evaluations: float) -> Dict[str, Optional[float]]:
+    """A method's ``evaluations`` for ``kld`` against a baseline ``curve``: the baseline's steps to the same KLD, the
+    speedup, or (baseline not there yet) a lower bound from its last step count."""
+    reached = steps_to_reach(curve, kld)
+    return {"steps_to_same_kld": reached, "speedup": reached / evaluations if reached is not None else None,
+            "speedup_lower_bound": None if reached is not None else curve[-1]["md_steps"] / evaluations}
+
+
+def cost_to_target(methods: Dict[str, Dict[str, object]], baselines: Dict[str, list], target: float) -> Dict[str, object]:
     """The evaluations each run needs to first reach KLD ``target`` (interpolated; one iteration at or below it
-    counts, so single iterations' scatter matters), the steps each MD and metadynamics run needs for it, and the
-    speedups (a lower bound, ``> x``, where a baseline has not reached the target)."""
-    baselines = {**{f"MD {Path(k).name}": v for k, v in md_runs.items()}, **{f"metad {Path(k).name}": v for k, v in metad.items()}}
-    steps = {name: md_steps_to_reach(curve, target) for name, curve in baselines.items()}
+    counts, so single iterations' scatter matters) and :func:`versus_baseline` there for every baseline curve."""
     per_run = {}
     for label, m in methods.items():
-        evaluations = md_steps_to_reach(m["curve"], target, key="energy_evaluations")
-        speedups = {}
-        for name, curve in baselines.items():
-            if evaluations is None:
-                speedups[name] = None
-            elif steps[name] is not None:
-                speedups[name] = {"speedup": steps[name] / evaluations, "lower_bound": False}
-            else:
-                speedups[name] = {"speedup": curve[-1]["md_steps"] / evaluations, "lower_bound": True}
-        per_run[label] = {"evaluations": evaluations, "speedups": speedups}
-    return {"baseline_steps": steps, "per_run": per_run}
+        evaluations = steps_to_reach(m["curve"], target, key="energy_evaluations")
+        per_run[label] = {"evaluations": evaluations, "versus": None if evaluations is None else
+                          {name: versus_baseline(curve, target, evaluations) for name, curve in baselines.items()}}
+    return {"baseline_steps": {name: steps_to_reach(curve, target) for name, curve in baselines.items()}, "per_run": per_run}
 
 
 def metrics_curve(run_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
@@ -145,28 +143,19 @@ def main() -> None:
         label, _, directory = item.partition("=")
         rows = method_curve(Path(directory), p)
         for row in rows:
-            steps = md_steps_to_reach(md, row["forward_kld"])
-            row["md_steps_to_same_kld"] = steps
-            row["speedup"] = steps / row["energy_evaluations"] if steps is not None else None
-            row["speedup_lower_bound"] = None if steps is not None else md[-1]["md_steps"] / row["energy_evaluations"]
-            for name, curve in md_runs.items():
-                reached = md_steps_to_reach(curve, row["forward_kld"])
-                row.setdefault("md", {})[name] = {
-                    "steps_to_same_kld": reached, "speedup": reached / row["energy_evaluations"] if reached is not None else None,
-                    "speedup_lower_bound": None if reached is not None else curve[-1]["md_steps"] / row["energy_evaluations"],
-                }
-            for name, curve in metad.items():  # the same against each metadynamics run (its steps to the same KLD)
-                reached = md_steps_to_reach(curve, row["forward_kld"])
-                row.setdefault("metad", {})[name] = {
-                    "steps_to_same_kld": reached, "speedup": reached / row["energy_evaluations"] if reached is not None else None,
-                    "speedup_lower_bound": None if reached is not None else curve[-1]["md_steps"] / row["energy_evaluations"],
-                }
+            headline = versus_baseline(md, row["forward_kld"], row["energy_evaluations"])
+            row["md_steps_to_same_kld"] = headline["steps_to_same_kld"]
+            row["speedup"], row["speedup_lower_bound"] = headline["speedup"], headline["speedup_lower_bound"]
+            row["md"] = {name: versus_baseline(curve, row["forward_kld"], row["energy_evaluations"]) for name, curve in md_runs.items()}
+            # the same against each metadynamics run (its steps to the same KLD)
+            row["metad"] = {name: versus_baseline(curve, row["forward_kld"], row["energy_evaluations"]) for name, curve in metad.items()}
         methods[label] = {"run_dir": directory, "config": json.loads((Path(directory) / "metrics.json").read_text())["config"], "curve": rows}
     result = {
         "reference": str(args.reference), "reference_kld_between_halves": reference.provenance.get("kld_between_halves"),
         "md_baseline": {"dir": str(md_dirs[0]), "curve": md}, "md_baselines": {name: {"curve": c} for name, c in md_runs.items()},
         "budgets": {f"{b:g}": kld_at_budget(methods, b) for b in args.budget},
-        "targets": {f"{t:g}": cost_to_target(methods, md_runs, metad, t) for t in args.target}, "metadynamics": {name: {"curve": c} for name, c in metad.items()}, "methods": methods,
+        "targets": {f"{t:g}": cost_to_target(methods, {**{f"MD {Path(k).name}": v for k, v in md_runs.items()},
+                                                       **{f"metad {Path(k).name}": v for k, v in metad.items()}}, t) for t in args.target}, "metadynamics": {name: {"curve": c} for name, c in metad.items()}, "methods": methods,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "aldp_efficiency.json").write_text(json.dumps(result, indent=2))
@@ -217,7 +206,8 @@ def main() -> None:
             if r["evaluations"] is None:
                 print(f"  {label:<12} not reached")
                 continue
-            speed = ", ".join(f"{k} {'> ' if v['lower_bound'] else ''}{v['speedup']:.1f}x" for k, v in r["speedups"].items())
+            speed = ", ".join(f"{k} {v['speedup']:.1f}x" if v["speedup"] is not None else f"{k} > {v['speedup_lower_bound']:.1f}x"
+                              for k, v in r["versus"].items())
             print(f"  {label:<12} {r['evaluations']:.4g} evaluations   {speed}")
 
 
