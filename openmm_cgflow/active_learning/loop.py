@@ -67,6 +67,19 @@ def build_flow(config: Dict[str, Any], cg_system: CGSystem, s_mean: float, s_std
     return flow.float() if fc["precision"] == "float32" else flow
 
 
+def build_ensemble(config: Dict[str, Any], cg_system: CGSystem) -> PMFEnsemble:
+    """A run's untrained PMF ensemble (config ``ensemble`` section), in float64 as a run keeps it (its fits compute in
+    ``ensemble.precision``)."""
+    with default_dtype(torch.float64):
+        return PMFEnsemble(cg_system.cg_dim, config["ensemble"]["n_members"], config["ensemble"]["hidden"], periodic=cg_system.cg_periodic)
+
+
+def damaged_checkpoint(path: Path, error: BaseException) -> CheckpointError:
+    """The one-line error for a checkpoint whose tensors or state do not fit its own config."""
+    reason = " ".join(str(error).split())[:200]
+    return CheckpointError(f"{path} does not match its own config or is damaged ({type(error).__name__}: {reason})")
+
+
 @contextmanager
 def default_dtype(dtype: torch.dtype):
     """torch's default dtype set to ``dtype`` inside the block, restored after it."""
@@ -98,13 +111,11 @@ def export_checkpoint_models(checkpoint_path: Path, models_dir: Path) -> Dict[st
     try:
         flow = build_flow(config, cg_system, *checkpoint["flow_norm"])
         flow.load_state_dict(checkpoint["flow"])
-        with default_dtype(torch.float64):  # as a run builds it
-            ensemble = PMFEnsemble(cg_system.cg_dim, config["ensemble"]["n_members"], config["ensemble"]["hidden"], periodic=cg_system.cg_periodic)
+        ensemble = build_ensemble(config, cg_system)
         ensemble.load_state_dict(checkpoint["ensemble"])
         history = checkpoint["state"]["history"]
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        reason = " ".join(str(error).split())[:200]
-        raise CheckpointError(f"{checkpoint_path} does not match its own config or is damaged ({type(error).__name__}: {reason})") from None
+        raise damaged_checkpoint(checkpoint_path, error) from None
     if not history:
         raise CheckpointError(f"{checkpoint_path} holds no finished iteration yet: nothing to export")
     paths = export_models(flow, ensemble, cg_system, models_dir)
@@ -247,9 +258,7 @@ class ActiveLearningRun:
         self.grid = metric_grid_for(cfg, self.cg_system)
         self.torch_gen = torch.Generator().manual_seed(cfg["seed"])
         self.rng = np.random.default_rng(cfg["seed"])
-        self.ensemble = PMFEnsemble(
-            self.cg_system.cg_dim, cfg["ensemble"]["n_members"], cfg["ensemble"]["hidden"], periodic=self.cg_system.cg_periodic
-        )
+        self.ensemble = build_ensemble(cfg, self.cg_system)
 
     def _check_dimensions(self) -> None:
         """Config entries that must match the system's number of CG coordinates."""
@@ -354,8 +363,7 @@ class ActiveLearningRun:
             self.torch_gen.set_state(checkpoint["torch_generator"])
             self.rng.bit_generator.state = checkpoint["numpy_generator"]
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-            reason = " ".join(str(error).split())[:200]
-            raise CheckpointError(f"{self.checkpoint_path} does not match its own config or is damaged ({type(error).__name__}: {reason})") from None
+            raise damaged_checkpoint(self.checkpoint_path, error) from None
         if differences:
             self._reopen_if_extended()
 
