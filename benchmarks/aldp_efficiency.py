@@ -17,8 +17,8 @@ between iterations; None past its last one) and, over the runs given (seeds of o
 spread. ``--target KLD``: the evaluations each run needs to first reach that KLD and the speedups against every
 baseline there; where a baseline has not reached it, also the speedup by that baseline's own convergence law
 (KLD = a * steps^-b, least squares in log-log over its snapshots from ``--law-from`` steps on, default 5e6, if they
-span at least a decade): an extrapolation, reported next to the measured lower bound, never instead of it. Writes JSON and a figure, prints a
-table.
+span at least a decade): an extrapolation, reported next to the measured lower bound, never instead of it.
+Writes JSON and a figure, prints a table.
 """
 from __future__ import annotations
 
@@ -95,9 +95,9 @@ def cost_to_target(methods: Dict[str, Dict[str, object]], baselines: Dict[str, l
     counts, so single iterations' scatter matters) and :func:`versus_baseline` there for every baseline curve; for a
     baseline that has not reached ``target``, also ``speedup_by_law``: the steps its :func:`convergence_law` (fitted
     from ``law_from`` steps on) needs, over the run's evaluations (an extrapolation)."""
+    reached = {name: steps_to_reach(curve, target) for name, curve in baselines.items()}
     laws = {name: convergence_law(curve, law_from) for name, curve in baselines.items()}
-    extrapolated = {name: law_steps(laws[name], target) if steps_to_reach(curve, target) is None else None
-                    for name, curve in baselines.items()}
+    extrapolated = {name: law_steps(laws[name], target) if reached[name] is None else None for name in baselines}
     per_run = {}
     for label, m in methods.items():
         evaluations = steps_to_reach(m["curve"], target, key="energy_evaluations")
@@ -107,8 +107,7 @@ def cost_to_target(methods: Dict[str, Dict[str, object]], baselines: Dict[str, l
             for name, row in versus.items():
                 row["speedup_by_law"] = extrapolated[name] / evaluations if extrapolated[name] is not None else None
         per_run[label] = {"evaluations": evaluations, "versus": versus}
-    return {"baseline_steps": {name: steps_to_reach(curve, target) for name, curve in baselines.items()},
-            "baseline_steps_by_law": extrapolated, "laws": laws, "per_run": per_run}
+    return {"baseline_steps": reached, "baseline_steps_by_law": extrapolated, "laws": laws, "per_run": per_run}
 
 
 def metrics_curve(run_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
@@ -190,12 +189,13 @@ def main() -> None:
             # the same against each metadynamics run (its steps to the same KLD)
             row["metad"] = {name: versus_baseline(curve, row["forward_kld"], row["energy_evaluations"]) for name, curve in metad.items()}
         methods[label] = {"run_dir": directory, "config": json.loads((Path(directory) / "metrics.json").read_text())["config"], "curve": rows}
+    baselines = {**{f"MD {Path(k).name}": v for k, v in md_runs.items()}, **{f"metad {Path(k).name}": v for k, v in metad.items()}}
     result = {
         "reference": str(args.reference), "reference_kld_between_halves": reference.provenance.get("kld_between_halves"),
         "md_baseline": {"dir": str(md_dirs[0]), "curve": md}, "md_baselines": {name: {"curve": c} for name, c in md_runs.items()},
         "budgets": {f"{b:g}": kld_at_budget(methods, b) for b in args.budget},
-        "targets": {f"{t:g}": cost_to_target(methods, {**{f"MD {Path(k).name}": v for k, v in md_runs.items()},
-                                                       **{f"metad {Path(k).name}": v for k, v in metad.items()}}, t, args.law_from) for t in args.target}, "metadynamics": {name: {"curve": c} for name, c in metad.items()}, "methods": methods,
+        "targets": {f"{t:g}": cost_to_target(methods, baselines, t, args.law_from) for t in args.target},
+        "metadynamics": {name: {"curve": c} for name, c in metad.items()}, "methods": methods,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "aldp_efficiency.json").write_text(json.dumps(result, indent=2))
