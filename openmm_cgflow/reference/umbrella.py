@@ -21,7 +21,6 @@ independent halves of the convergence check. Estimation: :mod:`.vfep`.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..coordinates.geometry import frame_dihedrals, periodic_difference
 from ..energy.oracle import default_properties, resolve_platform
 from ..storage import atomic_write, write_json
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
+from .grid import grid_centres
 from .mean_force import generalized_forces
 
 @dataclass(frozen=True)
@@ -52,10 +52,9 @@ class UmbrellaProtocol:
     platform: str = "CPU"
 
     def centres(self, dim: int = 2) -> np.ndarray:
-        """Window centres (n^dim, dim), IUPAC dihedrals in rad, first-dihedral-major, at -pi + (i + 1/2) 2 pi / n."""
-        c = -math.pi + (np.arange(self.windows_per_dim) + 0.5) * 2 * math.pi / self.windows_per_dim
-        axes = np.meshgrid(*([c] * dim), indexing="ij")
-        return np.stack([a.ravel() for a in axes], axis=-1)
+        """Window centres (n^dim, dim), IUPAC dihedrals in rad, first-dihedral-major: the centres of n equal bins
+        over [-pi, pi] per dihedral, -pi + (i + 1/2) 2 pi / n (the scoring grid's layout, at n bins)."""
+        return grid_centres(self.windows_per_dim, dim)
 
     def snake_order(self, dim: int = 2) -> List[int]:
         """Window order in which each window starts from its neighbour's structure: a boustrophedon through the
