@@ -147,18 +147,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .energy import pin_to_core
 
             pin_to_core()
-        if args.command == "data":
-            return _data(args)
-        if args.command == "md-baseline":
-            return _md_baseline(args)
-        if args.command == "reference":
-            return _reference(args)
-        if args.command == "baseline":
-            return _baseline(args)
-        if args.command == "backmap":
-            return _backmap(args)
-        if args.command == "export":
-            return _export(args)
+        handlers = {"data": _data, "md-baseline": _md_baseline, "reference": _reference, "baseline": _baseline,
+                    "backmap": _backmap, "export": _export}
+        if args.command in handlers:
+            return handlers[args.command](args)
         if args.command == "configs":
             print("\n".join(builtin_configs()))
             return 0
