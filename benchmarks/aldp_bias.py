@@ -32,9 +32,10 @@ import openmm
 import openmm.unit as unit
 
 from openmm_cgflow import create_system
-from openmm_cgflow.energy import default_properties, pin_to_core
+from openmm_cgflow.platforms import default_properties, pin_to_core
 from openmm_cgflow.forces import create_pmf_force
-from openmm_cgflow.reference.grid import histogram_counts, kld_of_histogram, load_reference, packaged_reference_path
+from openmm_cgflow.scoring.grid import histogram_counts, kld_of_histogram, load_reference
+from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path
 from openmm_cgflow.storage import write_json
 from openmm_cgflow.systems.alanine_dipeptide import phi_psi, to_paper_frame
 

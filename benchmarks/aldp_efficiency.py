@@ -30,8 +30,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from openmm_cgflow.reference.grid import kld_of_histogram, load_reference, packaged_reference_path
-from openmm_cgflow.reference.kld import forward_kld
+from openmm_cgflow.scoring.grid import kld_of_histogram, load_reference
+from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path
+from openmm_cgflow.scoring.kld import forward_kld
 
 
 def md_curve(md_dir: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from openmm_cgflow.active_learning.dataset import ActiveLearningDataset
-from openmm_cgflow.active_learning.loop import metric_grid_for, read_run_checkpoint
+from openmm_cgflow.active_learning.checkpoint import read_run_checkpoint
+from openmm_cgflow.active_learning.scoring import metric_grid_for_config
 from openmm_cgflow.pmf.ensemble import PMFEnsemble
-from openmm_cgflow.reference.kld import forward_kld
+from openmm_cgflow.scoring.kld import forward_kld
 
 
 def nearest_bin(s: np.ndarray, n: int, lo: float, hi: float) -> np.ndarray:
@@ -73,7 +74,7 @@ def main() -> None:
     config, ens = checkpoint["config"], checkpoint["config"]["ensemble"]
     groups = ens["lbfgs_groups"] if args.groups is None else args.groups
     dataset = ActiveLearningDataset.from_state_dict(checkpoint["dataset"])
-    grid = metric_grid_for(config)
+    grid = metric_grid_for_config(config)
     clip_k = config["labels"]["clip_k"] if args.clip_k is None else args.clip_k
     points, labels = dataset.labels(config["labels"]["samples"], clip_k)  # what the run fits (with clip_k)
     s = dataset.point_s[points]

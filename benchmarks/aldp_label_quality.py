@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,9 +28,11 @@ import torch
 
 from aldp_ensemble_fit import label_residuals
 from openmm_cgflow.active_learning.dataset import ActiveLearningDataset
-from openmm_cgflow.active_learning.loop import ActiveLearningRun, metric_grid_for, read_run_checkpoint
+from openmm_cgflow.active_learning.checkpoint import read_run_checkpoint
+from openmm_cgflow.active_learning.outputs import export_checkpoint_models
+from openmm_cgflow.active_learning.scoring import metric_grid_for_config
 from openmm_cgflow.backmapping import Backmapper
-from openmm_cgflow.reference.kld import forward_kld
+from openmm_cgflow.scoring.kld import forward_kld
 
 BANDS = ((0, 2), (2, 4), (4, 8), (8, 12))
 
@@ -54,7 +55,7 @@ def main() -> None:
     dataset = ActiveLearningDataset.from_state_dict(checkpoint["dataset"])
     points, labels = dataset.labels(config["labels"]["samples"], clip_k)
     s = dataset.point_s[points]
-    grid = metric_grid_for(config)
+    grid = metric_grid_for_config(config)
     f_ref, residual, bands = label_residuals(grid, config, s, labels)
     print(f"{len(labels)} labels from {args.checkpoint} (iteration {checkpoint['state']['iteration']}, clip_k {clip_k})")
     for band, r in bands.items():
@@ -116,10 +117,7 @@ def main() -> None:
 def fresh_importance_sampling(args, config, s, f_ref, residual, chosen, groups) -> dict:
     """``args.samples`` new flow samples at each chosen labelled point: fresh labels and ESS fractions, by group."""
     with tempfile.TemporaryDirectory() as scratch:
-        shutil.copy(args.checkpoint, Path(scratch) / "checkpoint.pt")
-        run = ActiveLearningRun(config, Path(scratch), progress=False)
-        run._load()
-        run._export_models()
+        export_checkpoint_models(args.checkpoint, Path(scratch) / "models")
         result = Backmapper(Path(scratch) / "models" / "flow.pt", config["energy"]["platform"]).backmap(
             s[chosen], n_per_frame=args.samples, seed=args.seed)
     log_w = result.log_weights.reshape(len(chosen), args.samples)

@@ -38,7 +38,8 @@ from openmm_cgflow.flows import ConditionalSplineFlow  # noqa: E402
 from openmm_cgflow.flows.training import EnergyTrainer  # noqa: E402
 from openmm_cgflow.forces.cg_dynamics import cg_dynamics_system, replica_positions, run_langevin_frames  # noqa: E402
 from openmm_cgflow.pmf import PMFEnsemble  # noqa: E402
-from openmm_cgflow.reference.grid import grid_centres, load_reference, packaged_reference_path  # noqa: E402
+from openmm_cgflow.scoring.grid import grid_centres, load_reference  # noqa: E402
+from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path  # noqa: E402
 
 
 def flow_rows(aldp, device: str, quick: bool) -> list:
@@ -93,7 +94,7 @@ def pmf_model(aldp, folder: Path) -> Path:
     ensemble.fit(grid_centres(100)[pick], np.minimum(F[pick], 20.0), 200, 64, 1.0, "fraction", "xavier",
                  torch.Generator().manual_seed(0), "lbfgs")
     return save_model(ensemble, folder / "aldp_pmf.pt", kind="pmf_ensemble", system="alanine-dipeptide",
-                      temperature_K=aldp.temperature, cg_dim=2, cg_metadata=aldp.metadata)
+                      temperature_K=aldp.temperature, cg_dim=2, cg_metadata=aldp.description.to_dict())
 
 
 def cg_dynamics_rows(aldp, platform: str, quick: bool) -> list:

@@ -28,8 +28,7 @@ def md_cg_values(system_name: str, steps: int, seed: int, record_every: int = 10
     import openmm
     import openmm.unit as unit
 
-    from openmm_cgflow.energy import pin_to_core
-    from openmm_cgflow.energy.oracle import default_properties, openmm_random_seed, resolve_platform
+    from openmm_cgflow.platforms import default_properties, openmm_random_seed, pin_to_core, resolve_platform
     from openmm_cgflow.systems import create_system
 
     pin_to_core()
@@ -87,13 +86,13 @@ def model_marginals(run: Path, bins: int):
     from openmm_cgflow.export import load_model
 
     pmf, metadata = load_model(run / "models" / "pmf_ensemble.pt", expected_kind="pmf_ensemble")
-    d = int(metadata["cg_dim"])
+    d = metadata.cg_dim
     axis = -np.pi + (np.arange(bins) + 0.5) * 2 * np.pi / bins
     grid = np.stack(np.meshgrid(*([axis] * d), indexing="ij"), axis=-1).reshape(-1, d)
     F = np.concatenate([pmf.mean_std(torch.as_tensor(grid[k : k + 200_000]))[0].detach().numpy() for k in range(0, len(grid), 200_000)])
     p = np.exp(-(F - F.min())).reshape([bins] * d)
     p /= p.sum()
-    names = [cv["name"] for cv in metadata["cg_definition"]["coordinates"]]
+    names = metadata.definition().names
     return {pair: p.sum(axis=tuple(k for k in range(d) if k not in pair)) for pair in itertools.combinations(range(d), 2)}, names
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from openmm_cgflow.reference.grid import grid_centres, save_reference
-from openmm_cgflow.reference.kld import forward_kld
+from openmm_cgflow.scoring.grid import grid_centres, save_reference
+from openmm_cgflow.scoring.kld import forward_kld
 
 RESULTS = Path(__file__).parent / "results"
 

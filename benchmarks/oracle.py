@@ -19,8 +19,8 @@ import torch  # noqa: F401  (before openmm)
 import openmm
 
 from openmm_cgflow import EnergyOracle, create_system
-from openmm_cgflow.energy import default_properties, pin_to_core
-from openmm_cgflow.sampling import run_langevin
+from openmm_cgflow.platforms import default_properties, pin_to_core
+from openmm_cgflow.systems.starting_data import run_langevin
 
 
 def bare_rate(system, positions, platform_name, properties, repeats):

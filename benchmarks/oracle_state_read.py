@@ -22,7 +22,7 @@ import torch  # noqa: F401  (before openmm)
 import openmm
 
 from openmm_cgflow import create_system
-from openmm_cgflow.energy import default_properties, pin_to_core
+from openmm_cgflow.platforms import default_properties, pin_to_core
 from openmm_cgflow.energy.oracle import _ContextEvaluator
 
 

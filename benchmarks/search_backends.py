@@ -29,7 +29,6 @@ from openmm_cgflow.pmf import PMFEnsemble
 from openmm_cgflow.sampling import uncertainty_search
 from openmm_cgflow.sampling.cg_dynamics_search import cg_dynamics_search
 from openmm_cgflow.storage import load_checkpoint, write_json
-from openmm_cgflow.export import cg_system_metadata
 from openmm_cgflow.systems import create_system
 
 
@@ -51,7 +50,6 @@ def main(argv=None) -> int:
         raise SystemExit("search_backends.py compares alanine-dipeptide searches; for Müller-Brown use muller_brown_al.py")
     ensemble = PMFEnsemble(cg_system.cg_dim, config["ensemble"]["n_members"], config["ensemble"]["hidden"], periodic=True)
     ensemble.load_state_dict(checkpoint["ensemble"])
-    metadata = cg_system_metadata(cg_system)
     points = np.asarray(checkpoint["dataset"]["point_s"])
     grid = np.stack(np.meshgrid(*([np.linspace(-np.pi, np.pi, 100, endpoint=False)] * 2), indexing="ij"), -1).reshape(-1, 2)
     F_min = ensemble.predict(grid)[0].min()
@@ -66,7 +64,7 @@ def main(argv=None) -> int:
                     result = uncertainty_search(ensemble, torch.as_tensor(start), 30, 0.1, threshold, 1, 200_000,
                                                 torch.Generator().manual_seed(repeat), periodic=True)
                 else:
-                    result = cg_dynamics_search(ensemble, metadata, start, 30, threshold, 10, 200_000, seed=repeat,
+                    result = cg_dynamics_search(ensemble, cg_system, start, 30, threshold, 10, 200_000, seed=repeat,
                                                 timestep_fs=2.0, friction_per_ps=10.0, check_every=10)
                 wall = time.perf_counter() - t0
                 stopped = result.points.numpy()

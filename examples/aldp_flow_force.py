@@ -3,37 +3,33 @@ and the model's U_theta = kT [F(s) - ln q(x_fg | s) + ln|det dx/dy|] (force grou
 configuration (U_theta - U) / kT is its log importance weight under the model: here for structures backmapped by
 the flow and for frames of a short all-atom MD run.
 
-    python examples/aldp_flow_force.py [--flow torchscript_models/alanine-dipeptide/flow.pt]
-                                       [--pmf torchscript_models/alanine-dipeptide/pmf_ensemble.pt] [--quick]
+    python examples/aldp_flow_force.py [--model alanine-dipeptide | RUN_DIR] [--quick]
 """
 import argparse
+import os
 
-import torch  # noqa: F401
 import numpy as np
+import openmm_cgflow as cgflow  # before openmm: openmm-torch's kernels need torch's libraries loaded first
 import openmm
 import openmm.unit as unit
 
-from openmm_cgflow import create_system
-from openmm_cgflow.backmapping import Backmapper
-from openmm_cgflow.energy import default_properties
-from openmm_cgflow.forces import create_flow_force
-from openmm_cgflow.systems.alanine_dipeptide import to_paper_frame
-
 parser = argparse.ArgumentParser()
-parser.add_argument("--flow", default="torchscript_models/alanine-dipeptide/flow.pt")
-parser.add_argument("--pmf", default="torchscript_models/alanine-dipeptide/pmf_ensemble.pt")
+parser.add_argument("--model", default="alanine-dipeptide", help="a run's folder, its models/ folder, or a shipped system")
 parser.add_argument("--quick", action="store_true")
 args = parser.parse_args()
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})            # one-thread CPU platform: pin to one core
 
-aldp = create_system("alanine-dipeptide")
+model = cgflow.CGFlowModel.load(args.model)
+aldp = model.cg_system
 system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(aldp.system))
-model = create_flow_force(args.flow, args.pmf, system=system)
-model.setForceGroup(1)
-system.addForce(model)
+flow_force = model.flow_force(system=system)
+flow_force.setForceGroup(1)
+system.addForce(flow_force)
 integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 1 * unit.femtosecond)
 integrator.setIntegrationForceGroups({0})                                   # MD on the force field only; U_theta is observed
-context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), default_properties("CPU"))
-kT = 8.314462618e-3 * 300.0
+context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+kT = aldp.kT                                                                # kJ/mol
 
 
 def log_weight(positions):
@@ -44,8 +40,8 @@ def log_weight(positions):
     return (U_theta - U) / kT
 
 
-cg = to_paper_frame(np.radians([[-150.0, 155.0], [-70.0, -40.0]]))          # beta and alphaR, in the model's frame
-backmapped = Backmapper(args.flow).backmap(cg, n_per_frame=2 if args.quick else 10)
+cg = model.cg_definition.from_dihedrals(np.radians([[-150.0, 155.0], [-70.0, -40.0]]))   # beta and alphaR, in the model's frame
+backmapped = model.backmap(cg, n_per_frame=2 if args.quick else 10)
 log_w = np.array([log_weight(x) for x in backmapped.trajectory.xyz])
 print(f"backmapped structures: ln w spread (std) {log_w.std():.2f} kT")
 context.setPositions(aldp.positions)

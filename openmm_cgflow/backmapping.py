@@ -22,7 +22,6 @@ import torch
 
 from .energy import EnergyOracle
 from .export import load_model
-from .systems import cg_system_from_metadata
 from .systems.base import kT_in_kJ_per_mol
 
 
@@ -47,9 +46,9 @@ class Backmapper:
 
     def __init__(self, flow: Union[str, Path], platform: str = "CPU"):
         self.flow, self.metadata = load_model(flow, expected_kind="conditional_flow")
-        self.cg_system = cg_system_from_metadata(self.metadata)  # the molecule the file describes (no registry needed)
-        if int(self.metadata.get("fg_dim", -1)) != self.cg_system.fg_dim:
-            raise ValueError(f"{flow}: flow of {self.metadata.get('fg_dim')} fine-grained coordinates, system has {self.cg_system.fg_dim}")
+        self.cg_system = self.metadata.cg_system_model()  # the molecule the file describes (no registry needed)
+        if self.metadata.fg_dim != self.cg_system.fg_dim:
+            raise ValueError(f"{flow}: flow of {self.metadata.fg_dim} fine-grained coordinates, system has {self.cg_system.fg_dim}")
         self.platform = platform
         self.circular = list(self.cg_system.flow_circular_indices)
 
@@ -72,7 +71,7 @@ class Backmapper:
             array = array[:, None]
         if array.ndim != 2 or array.shape[1] != dim or len(array) == 0:
             raise ValueError(
-                f"CG frames must have shape (n_frames, {dim}) for the {self.metadata['system']} model "
+                f"CG frames must have shape (n_frames, {dim}) for the {self.metadata.system} model "
                 f"({dim} CG coordinate(s) per frame), got {array.shape}"
             )
         if not np.isfinite(array).all():
@@ -120,7 +119,7 @@ class Backmapper:
     def _minimise(self, positions: np.ndarray, s: np.ndarray, k_kT: float) -> np.ndarray:
         """Minimise each structure with its CG coordinates restrained at its CG frame (0.5 k (s - s_frame)^2,
         ``k_kT`` in kT per CG unit squared)."""
-        from .energy.oracle import default_properties, resolve_platform
+        from .platforms import default_properties, resolve_platform
 
         kT = kT_in_kJ_per_mol(self.cg_system.temperature)
         definition = self.cg_system.cg_definition

@@ -144,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in ("data", "md-baseline", "baseline", "reference", "backmap") and args.platform in ("CPU", None):
-            from .energy import pin_to_core
+            from .platforms import pin_to_core
 
             pin_to_core()
         handlers = {"data": _data, "md-baseline": _md_baseline, "reference": _reference, "baseline": _baseline,
@@ -154,28 +154,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "configs":
             print("\n".join(builtin_configs()))
             return 0
+        from .active_learning.settings import RunSettings
+
         if args.command == "run" and args.resume and not args.overrides and args.seed is None:
             # a plain --resume continues with the config stored in the checkpoint
-            from .active_learning.loop import CHECKPOINT_NAME, read_run_checkpoint
+            from .active_learning.checkpoint import CHECKPOINT_NAME, read_run_checkpoint
 
-            config = read_run_checkpoint(args.out / CHECKPOINT_NAME)["config"]
-            if load_config(args.config)["system"] != config["system"]:
+            settings = RunSettings.from_config(read_run_checkpoint(args.out / CHECKPOINT_NAME)["config"])
+            if RunSettings.from_config(load_config(args.config)).system != settings.system:
                 from .systems import system_label
 
-                raise ConfigError(f"{args.out} holds a run of system '{system_label(config['system'])}', not '{args.config}'")
+                raise ConfigError(f"{args.out} holds a run of system '{system_label(settings.system)}', not '{args.config}'")
         else:
             config = load_config(args.config, args.overrides, args.seed)
-        if args.command == "show-config":
-            print(yaml.safe_dump(config, sort_keys=False), end="")
-            return 0
+            if args.command == "show-config":
+                print(yaml.safe_dump(config, sort_keys=False), end="")
+                return 0
+            settings = RunSettings.from_config(config)
         from .active_learning import ActiveLearningRun
 
-        if config["torch_threads"] == 1:  # one core for the flow, the others for OpenMM workers (see pin_driver)
-            from .energy.oracle import pin_driver
+        if settings.torch_threads == 1:  # one core for the flow, the others for OpenMM workers (see pin_driver)
+            from .platforms import pin_driver
 
             pin_driver()
 
-        metrics = ActiveLearningRun(config, args.out, progress=not args.quiet).run(resume=args.resume, overwrite=args.overwrite)
+        metrics = ActiveLearningRun(settings, args.out, progress=not args.quiet).run(resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, OSError, ValueError) as error:  # OSError: missing, unreadable or misplaced files
         print(f"cgflow: error: {_one_line(error)}", file=sys.stderr)
         return 2
@@ -223,7 +226,8 @@ def _backmap(args) -> int:
 
 def _export(args) -> int:
     """``cgflow export RUN_DIR``: the models of the run's latest checkpoint, written as a finished run writes them."""
-    from .active_learning.loop import CHECKPOINT_NAME, export_checkpoint_models
+    from .active_learning.checkpoint import CHECKPOINT_NAME
+    from .active_learning.outputs import export_checkpoint_models
 
     checkpoint = args.run_dir / CHECKPOINT_NAME
     if not checkpoint.is_file():
@@ -239,12 +243,12 @@ def _data(args) -> int:
     """``cgflow data start SYSTEM``: any system's starting MD (its config's starting_data section), cached."""
     if args.system is None:
         raise ValueError("`cgflow data start` needs a SYSTEM (a registered system, a built-in config or a YAML config)")
-    config, cg_system = _resolve_system(args.system, None)
-    sd = config["starting_data"]
-    seed = config["seed"] if args.seed is None else args.seed
-    platform = args.platform or config["energy"]["platform"]
-    frames, md_steps = cg_system.starting_frames(sd["n_frames"], sd["save_every"], sd["equilibration_steps"], sd["timestep_fs"],
-                                                 sd["friction_per_ps"], seed, platform)
+    settings, cg_system = _resolve_system(args.system, None)
+    sd = settings.starting_data
+    seed = settings.seed if args.seed is None else args.seed
+    platform = args.platform or settings.energy.platform
+    frames, md_steps = cg_system.starting_frames(sd.n_frames, sd.save_every, sd.equilibration_steps, sd.timestep_fs, sd.friction_per_ps,
+                                                 seed, platform)
     print(f"{cg_system.name}: {len(frames)} starting frames from {md_steps} MD steps (seed {seed}, {platform}); "
           f"`cgflow run {args.system} --seed {seed}` starts from them")
     return 0
@@ -258,7 +262,7 @@ def _check_reference(path: Optional[Path]) -> None:
 
 def _md_baseline(args) -> int:
     """``cgflow md-baseline SYSTEM`` and ``cgflow baseline md SYSTEM`` (the latter records every 10 steps)."""
-    from .reference.md_baseline import run_md_baseline, score_md_baseline
+    from .baselines.md import run_md_baseline, score_md_baseline
 
     record_every = getattr(args, "record_every", 10)
     if args.steps < record_every:
@@ -274,10 +278,11 @@ def _md_baseline(args) -> int:
 
 
 def _resolve_system(text: str, reference: Optional[Path]):
-    """(config, CGSystem) of a registered system (or its alias), a built-in config, or a YAML config describing a
+    """(RunSettings, CGSystem) of a registered system (or its alias), a built-in config, or a YAML config describing a
     molecule; ``reference`` becomes the config's ``metrics.reference``."""
+    from .active_learning.settings import RunSettings
     from .config import schema_name
-    from .systems import available_systems, registered_name, system_aliases, system_from_config
+    from .systems import available_systems, registered_name, system_aliases
 
     overrides = [f"metrics.reference={reference}"] if reference else []
     name = registered_name(text)
@@ -289,22 +294,22 @@ def _resolve_system(text: str, reference: Optional[Path]):
     else:
         raise ValueError(f"unknown system '{text}'; available: {', '.join(available_systems())} (or {', '.join(system_aliases())}), "
                          f"a built-in config ({', '.join(builtin_configs())}) or a YAML config whose 'system' describes a molecule")
-    return config, system_from_config(config["system"])
+    settings = RunSettings.from_config(config)
+    return settings, settings.create_system()
 
 
 def _baseline(args) -> int:
     if args.method == "md":
         return _md_baseline(args)
     _check_reference(args.reference)
-    config, cg_system = _resolve_system(args.system, args.reference)
-    from .active_learning.loop import grid_points, metric_grid_for
-    from .reference.metadynamics import MetadynamicsProtocol, run_metadynamics
+    settings, cg_system = _resolve_system(args.system, args.reference)
+    from .active_learning.scoring import metric_grid, score_points
+    from .baselines.metadynamics import MetadynamicsProtocol, run_metadynamics
 
-    grid = metric_grid_for(config, cg_system)
-    if grid is not None:
-        p_reference, centres = grid.p_reference, grid.centres
-    else:  # no reference: record F on a regular grid over the domain
-        p_reference, centres = None, grid_points(tuple(config["metrics"]["domain"]), config["metrics"]["n_bins"], cg_system.cg_dim, cell_centres=True)
+    metrics = settings.metrics
+    grid = metric_grid(metrics, cg_system)
+    # no reference: F is recorded on a regular grid over the domain (1-2 CG coordinates)
+    p_reference, centres = (grid.p_reference if grid is not None else None), score_points(metrics, cg_system.cg_dim, grid)
     protocol = MetadynamicsProtocol(bias_factor=args.bias_factor, height_kT=args.height, width=args.width, deposit_every=args.deposit_every,
                                     friction_per_ps=args.friction)
     summary = run_metadynamics(cg_system, args.out, args.steps, p_reference, centres, protocol, args.seed, args.platform,

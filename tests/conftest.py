@@ -1,17 +1,40 @@
-"""Shared fixtures: a small PMF ensemble fitted to the packaged alanine-dipeptide reference; every test gets back
-the CPU affinity it started with."""
+"""Shared fixtures: the OpenMM platforms to test on with their tolerance table; a small PMF ensemble fitted to the
+packaged alanine-dipeptide reference; every test gets back the CPU affinity it started with."""
 import os
 import shutil
 import tempfile
 
 import numpy as np
+import openmm
 import pytest
 import torch
 
 from openmm_cgflow.export import save_model
 from openmm_cgflow.pmf import PMFEnsemble
-from openmm_cgflow.reference.grid import grid_centres, load_reference, packaged_reference_path
+from openmm_cgflow.scoring.grid import grid_centres, load_reference
+from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path
 from openmm_cgflow.systems import create_system
+
+
+AVAILABLE_PLATFORMS = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+#: every platform this machine has (Reference and CPU always; GPUs where present)
+PLATFORMS = ["Reference", "CPU"] + [p for p in ("OpenCL", "CUDA") if p in AVAILABLE_PLATFORMS]
+#: relative tolerance of an energy from OpenMM against the same model in float64 torch: the CPU platform computes
+#: in mixed precision (single-precision forces); GPUs run in double precision here (PLATFORM_PROPERTIES)
+TOLERANCE = {"Reference": 1e-9, "CPU": 1e-5, "OpenCL": 1e-9, "CUDA": 1e-9}
+PLATFORM_PROPERTIES = {"CPU": {"Threads": "1"}, "OpenCL": {"Precision": "double"}, "CUDA": {"Precision": "double"}}
+
+
+@pytest.fixture(params=PLATFORMS)
+def platform(request):
+    """Each OpenMM platform available here, by name."""
+    return request.param
+
+
+@pytest.fixture
+def tolerance(platform):
+    """The relative energy tolerance of ``platform`` (:data:`TOLERANCE`)."""
+    return TOLERANCE[platform]
 
 
 def pytest_configure(config):
@@ -53,5 +76,5 @@ def reference_pmf_model(tmp_path_factory):
     ensemble = PMFEnsemble(2, 3, (32, 32), periodic=True).double()
     ensemble.fit(centres[pick], np.minimum(F[pick], 20.0), 300, 64, 1.0, "fraction", "xavier", torch.Generator().manual_seed(0), "lbfgs")
     path = save_model(ensemble, tmp_path_factory.mktemp("reference_pmf") / "aldp_pmf.pt", kind="pmf_ensemble", system="alanine-dipeptide",
-                      temperature_K=aldp.temperature, cg_dim=2, cg_metadata=aldp.metadata)
+                      temperature_K=aldp.temperature, cg_dim=2, cg_metadata=aldp.description.to_dict())
     return path, ensemble

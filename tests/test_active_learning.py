@@ -34,14 +34,21 @@ def main_job(tmp_path_factory):
     return out, metrics
 
 
-def test_main_job_reaches_the_target_kld(main_job):
+#: the README main job (seed 0) as recorded in benchmarks/results/muller_brown_al.json (variant default): its path through the
+#: iterations is deterministic, so the evaluation counts are exact and the final KLD is pinned within 25 % (a change
+#: of the recipe moves it by factors: seeds 1 and 2 end at 7e-5 and 1.5e-4)
+MAIN_JOB_EVALUATIONS = [39800, 53912, 68024, 82136, 96248, 110360]
+MAIN_JOB_FINAL_KLD = 3.731e-5
+
+
+def test_main_job_reproduces_its_recorded_result(main_job):
     _, metrics = main_job
     kld = [row["forward_kld"] for row in metrics["iterations"]]
     # iteration 1 knows only the starting basin; later iterations add the others until the search finds nothing
     assert "found no uncertain point" in metrics["totals"]["stop_reason"]
-    assert kld[-1] < 1e-3 and kld[-1] < 1e-2 * kld[0]
-    evaluations = [row["energy_evaluations"] for row in metrics["iterations"]]
-    assert all(b > a for a, b in zip(evaluations, evaluations[1:]))
+    assert [row["energy_evaluations"] for row in metrics["iterations"]] == MAIN_JOB_EVALUATIONS
+    assert metrics["totals"]["energy_evaluations"] == 110_360
+    assert kld[-1] == pytest.approx(MAIN_JOB_FINAL_KLD, rel=0.25) and kld[-1] < 1e-2 * kld[0]
 
 
 def test_cg_dynamics_search_backend_lowers_the_kld(tmp_path):
@@ -69,7 +76,7 @@ def test_outputs_are_complete(main_job):
 def test_exported_models_reproduce_the_run(main_job):
     out, metrics = main_job
     ensemble, meta = load_model(out / "models" / "pmf_ensemble.pt", expected_kind="pmf_ensemble", expected_system="muller-brown")
-    assert meta["temperature_K"] == pytest.approx(1202.7235504, rel=1e-9)
+    assert meta.temperature_K == pytest.approx(1202.7235504, rel=1e-9)
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     centres = torch.linspace(-2.482, 1.082, 100, dtype=torch.float64)[:, None]
     with torch.no_grad():
@@ -127,7 +134,7 @@ def test_a_finished_run_extended_continues_as_if_planned_longer(main_job, tmp_pa
 
 
 def _comparable(metrics):
-    return [{k: v for k, v in row.items() if k != "wall_s"} for row in metrics["iterations"]]
+    return [{k: v for k, v in row.items() if k not in ("wall_s", "stage_wall_s")} for row in metrics["iterations"]]
 
 
 def _cli(out, iterations):

@@ -10,7 +10,7 @@ import torch
 
 from openmm_cgflow import EnergyOracle, create_system
 from openmm_cgflow.coordinates import ZMatrixTransform, zmatrix_from_bonds
-from openmm_cgflow.sampling import run_langevin
+from openmm_cgflow.systems.starting_data import run_langevin
 from openmm_cgflow.systems.alanine_dipeptide import (
     PHI_ATOMS,
     PSI_ATOMS,
@@ -188,7 +188,7 @@ def test_bad_structures_give_clear_errors(aldp):
 
 
 def test_starting_data_is_made_cached_and_counted(tmp_path):
-    from openmm_cgflow.sampling.starting_data import aldp_starting_data
+    from openmm_cgflow.systems.starting_data import aldp_starting_data
 
     path = tmp_path / "start.npz"
     made = aldp_starting_data(create_system("alanine-dipeptide"), seed=1, platform="Reference", path=path, n_steps=300)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from openmm_cgflow.active_learning import ActiveLearningRun
-from openmm_cgflow.active_learning.loop import clip_norm_for, grid_points, learning_rate_factor
+from openmm_cgflow.active_learning.settings import EnergyTrainingSettings, grid_points
 from openmm_cgflow.config import ConfigError, load_config
 from openmm_cgflow.export import load_model
 from openmm_cgflow.storage import load_checkpoint
@@ -50,7 +50,7 @@ def test_smoke_run_counts_and_outputs(smoke_run):
 def test_export_from_the_checkpoint_equals_the_run_s_own_models(smoke_run, tmp_path):
     """The spline flow and the ensemble rebuilt from the checkpoint (export_checkpoint_models, what ``cgflow export``
     runs) are bitwise the models the finished run wrote, in the same precision."""
-    from openmm_cgflow.active_learning.loop import export_checkpoint_models
+    from openmm_cgflow.active_learning.outputs import export_checkpoint_models
 
     out, metrics = smoke_run
     info = export_checkpoint_models(out / "checkpoint.pt", tmp_path)
@@ -84,6 +84,16 @@ def test_smoke_run_grid_then_active_with_accumulated_labels(tmp_path):
     # the effective samples behind a label: Kish's ESS of its accumulated samples, between 1 and their number
     assert all(1.0 <= row["label_effective_samples_median"] <= dataset["point_n_samples"].max() for row in rows)
     assert np.allclose(np.sort(np.unique(dataset["point_s"][:64, 0])), -math.pi + 2 * math.pi * (np.arange(8) + 0.5) / 8)
+
+
+def learning_rate_factor(section, iteration, epoch, global_epoch, total_epochs):
+    """The lr factor of the ``energy_training`` section's schedule at an epoch."""
+    et = EnergyTrainingSettings.from_config(section)
+    return et.schedule.lr_factor(iteration, epoch, global_epoch, total_epochs, et.epochs_of(iteration))
+
+
+def clip_norm_for(section, epoch, global_epoch):
+    return EnergyTrainingSettings.from_config(section).clip_at(epoch, global_epoch)
 
 
 def test_learning_rate_and_clip_schedules():
@@ -122,3 +132,41 @@ def test_aldp_config_errors_are_clear():
         load_config("aldp", ["flow.kind=realnvp"])
     with pytest.raises(ConfigError, match="chirality_filter"):
         load_config("aldp", ["energy_training.chirality_filter=maybe"])
+
+
+def test_sigkill_then_resume_matches_the_uninterrupted_run_on_the_fast_path(tmp_path):
+    """aldp-fast's path (spline flow in float32, torch.compile, per-member L-BFGS groups, uncertainty-weighted search,
+    accumulated labels), scaled down: a CLI run SIGKILLed after its first iteration and resumed with a plain
+    --resume gives the uninterrupted run's metrics, bit for bit (wall times aside)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = SMOKE + ["loop.max_iterations=3", "loop.stop_kld=null", "ensemble.epochs=20", "search.weighted_steps=50", "dataset.grid_points=8",
+                         "labels.accumulate_from_epoch=0", "pretraining.epochs=10", "energy_training.epochs_first_iteration=4",
+                         "energy_training.epochs=2"]
+    assert load_config("aldp-fast", overrides)["flow"]["compile"] and load_config("aldp-fast")["flow"]["precision"] == "float32"
+    planned = ActiveLearningRun(load_config("aldp-fast", overrides), tmp_path / "planned", progress=False).run()
+    command = [sys.executable, "-m", "openmm_cgflow.cli", "run", "aldp-fast", "--out", str(tmp_path / "killed"), "--quiet"]
+    for text in overrides:
+        command += ["--set", text]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics_file = tmp_path / "killed" / "metrics.json"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics_file.exists() and len(json.loads(metrics_file.read_text())["iterations"]) >= 1:
+            break
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(json.loads(metrics_file.read_text())["iterations"]) < 3, "the run finished before it could be killed"
+    resume = [sys.executable, "-m", "openmm_cgflow.cli", "run", "aldp-fast", "--out", str(tmp_path / "killed"), "--quiet", "--resume"]
+    subprocess.run(resume, check=True, timeout=900, capture_output=True)
+    resumed = json.loads(metrics_file.read_text())
+
+    def comparable(metrics):
+        return [{k: v for k, v in row.items() if k not in ("wall_s", "stage_wall_s")} for row in metrics["iterations"]]
+
+    assert len(resumed["iterations"]) == 3 and comparable(resumed) == comparable(planned)

@@ -32,7 +32,7 @@ def flow_file(tmp_path_factory):
             p.add_(0.01 * torch.randn_like(p))
     path = tmp_path_factory.mktemp("flow") / "flow.pt"
     return save_model(flow, path, kind="conditional_flow", system=aldp.name, temperature_K=aldp.temperature, cg_dim=2, fg_dim=58,
-                      cg_metadata=aldp.metadata)
+                      cg_metadata=aldp.description.to_dict())
 
 
 def test_structures_have_the_cg_frames_and_weights_are_consistent(flow_file):

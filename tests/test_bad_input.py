@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from openmm_cgflow.active_learning import ActiveLearningRun
-from openmm_cgflow.active_learning.loop import CHECKPOINT_NAME, RUN_OUTPUTS
+from openmm_cgflow.active_learning.checkpoint import CHECKPOINT_NAME
+from openmm_cgflow.active_learning.loop import RUN_OUTPUTS
 from openmm_cgflow.backmapping import Backmapper
 from openmm_cgflow.config import ConfigError, load_config
 from openmm_cgflow.export import ModelFileError, load_model

@@ -153,7 +153,7 @@ def test_pinned_driver_leaves_other_cores_to_the_workers():
     """`cgflow run` pins itself (pin_driver); the oracle's CPU worker must then run on another core, not share its."""
     code = (
         "import os, torch\n"
-        "from openmm_cgflow.energy import EnergyOracle, pin_driver\n"
+        "from openmm_cgflow.energy import EnergyOracle\nfrom openmm_cgflow.platforms import pin_driver\n"
         "from openmm_cgflow.systems import create_system\n"
         "driver = pin_driver()\n"
         "with EnergyOracle(create_system('muller-brown'), 'CPU', n_workers=1) as oracle:\n"

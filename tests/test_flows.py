@@ -31,7 +31,8 @@ def make_spline(context="periodic"):
     return _perturbed(flow, 0.2)
 
 
-FLOWS = {"affine": make_affine, "spline-periodic": make_spline, "spline-periodic3": lambda: make_spline("periodic3"),
+FLOWS = {"affine": make_affine, "spline-periodic": make_spline, "spline-periodic2": lambda: make_spline("periodic2"),
+         "spline-periodic3": lambda: make_spline("periodic3"),
          "spline-raw": lambda: make_spline("raw")}
 
 

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from openmm_cgflow.reference import md_baseline
-from openmm_cgflow.reference.grid import kld_of_histogram, save_reference
+from openmm_cgflow.baselines import md as md_baseline
+from openmm_cgflow.scoring.grid import kld_of_histogram, save_reference
 from openmm_cgflow.systems import create_system
 
 ALDP = create_system("alanine-dipeptide")

@@ -8,7 +8,7 @@ import openmm
 import pytest
 import torch
 
-from openmm_cgflow.reference.grid import grid_centres
+from openmm_cgflow.scoring.grid import grid_centres
 from openmm_cgflow.reference.mean_force import fit_mean_force, force_statistics, generalized_forces
 from openmm_cgflow.reference.bases import basis, basis_derivative, tensor_bin_probabilities
 from openmm_cgflow.reference.vfep import kld_between

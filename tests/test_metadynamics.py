@@ -7,9 +7,9 @@ import openmm.unit as unit
 import pytest
 import torch
 
-from openmm_cgflow.active_learning.loop import metric_grid_for
+from openmm_cgflow.active_learning.scoring import metric_grid_for_config
 from openmm_cgflow.config import load_config
-from openmm_cgflow.reference.metadynamics import MetadynamicsProtocol, run_metadynamics
+from openmm_cgflow.baselines.metadynamics import MetadynamicsProtocol, run_metadynamics
 from openmm_cgflow.storage import CheckpointError
 from openmm_cgflow.systems import create_system
 
@@ -18,7 +18,7 @@ MB_PROTOCOL = MetadynamicsProtocol(bias_factor=8.0, height_kT=0.2, width=0.1, de
 
 @pytest.fixture(scope="module")
 def mb_grid():
-    return metric_grid_for(load_config("muller-brown"))
+    return metric_grid_for_config(load_config("muller-brown"))
 
 
 @pytest.mark.parametrize("name", ["muller-brown", "alanine-dipeptide"])
@@ -53,7 +53,7 @@ def test_metadynamics_converges_to_the_exact_muller_brown_pmf(tmp_path, mb_grid)
     assert np.mean(kld[-3:]) < 0.2 * np.mean(kld[:3])  # 0.05 at 1e4 steps
     assert (tmp_path / "metad_baseline.json").exists()
     # the stored snapshots rescore to the same curve (what benchmarks/aldp_efficiency.py does with another reference)
-    from openmm_cgflow.reference.kld import forward_kld
+    from openmm_cgflow.scoring.kld import forward_kld
 
     snapshots = np.load(tmp_path / "metad_snapshots.npz")
     assert list(snapshots["steps"]) == [point["md_steps"] for point in summary["curve"]]

@@ -3,7 +3,6 @@ errors for bad CG definitions, and a whole run -> model files -> PMF force and b
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import openmm
@@ -43,7 +42,7 @@ def test_generic_path_gives_the_builtin_hamiltonian_and_iupac_angles(generic_ald
     s, _ = generic_aldp.from_cartesian(torch.as_tensor(x))
     np.testing.assert_allclose(s.numpy(), phi_psi(x), atol=1e-10)
     assert generic_aldp.chirality_centres == builtin.chirality_centres
-    assert generic_aldp.cg_definition.replica["atoms"] == [4, 6, 8, 14, 16]
+    assert generic_aldp.cg_definition.replica.atoms == (4, 6, 8, 14, 16)
     assert generic_aldp.fg_dim == builtin.fg_dim == 58
 
 
@@ -216,7 +215,7 @@ def test_starting_data_is_made_once_cached_and_keyed_by_what_makes_it(tmp_path, 
     it (bitwise the frames it would simulate); another seed or molecule gets its own file."""
     from openmm_cgflow.cli import main
     from openmm_cgflow.config import load_config
-    from openmm_cgflow.sampling.molecular_dynamics import run_langevin
+    from openmm_cgflow.systems.starting_data import run_langevin
 
     monkeypatch.setenv("CGFLOW_CACHE", str(tmp_path / "cache"))
     assert main(["data", "start", "muller-brown", "--platform", "Reference"]) == 0  # (CPU would pin this process)
@@ -241,7 +240,11 @@ def test_starting_data_is_made_once_cached_and_keyed_by_what_makes_it(tmp_path, 
 def test_flow_width_defaults_scale_with_the_molecule():
     """A molecule's config that leaves flow.hidden null gets 64 units per started 64 fine-grained coordinates: the
     dipeptides keep the recorded width, the tetrapeptide doubles it; an explicit list is kept."""
-    from openmm_cgflow.active_learning.loop import scaled_flow_hidden
+    from openmm_cgflow.active_learning.settings import AffineFlowSettings, SplineFlowSettings
+
+    def scaled_flow_hidden(kind, fg_dim):
+        settings = AffineFlowSettings(None) if kind == "affine" else SplineFlowSettings(None, 2, 8, 1, "periodic", "float64", False)
+        return list(settings.widths(fg_dim))
 
     assert load_config("aldp-vacuum")["flow"]["hidden"] is None
     assert scaled_flow_hidden("spline", create_system("alanine-dipeptide").fg_dim) == [64]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from openmm_cgflow.reference.grid import (
+from openmm_cgflow.scoring.grid import (
     grid_centres,
     histogram_counts,
     kld_of_histogram,

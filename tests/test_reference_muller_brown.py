@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from openmm_cgflow.reference import forward_kld
-from openmm_cgflow.reference.muller_brown import bin_centres, exact_pmf, reference_probabilities
+from openmm_cgflow.scoring import forward_kld
+from openmm_cgflow.systems.muller_brown import bin_centres, exact_pmf, reference_probabilities
 from openmm_cgflow.systems.muller_brown import muller_brown_energy
 
 

@@ -9,7 +9,7 @@ import pytest
 from scipy.interpolate import BSpline
 
 from openmm_cgflow.coordinates.geometry import periodic_difference
-from openmm_cgflow.reference.grid import grid_centres, load_reference
+from openmm_cgflow.scoring.grid import grid_centres, load_reference
 from openmm_cgflow.reference.umbrella import UmbrellaProtocol, load_run, run_umbrella
 from openmm_cgflow.reference.umbrella_reference import build_reference
 from openmm_cgflow.reference.bases import bspline_basis
@@ -173,6 +173,13 @@ def test_umbrella_run_resumes_and_builds_a_valid_reference(tmp_path):
         run_umbrella(tmp_path, [1, 2], 2, UmbrellaProtocol(windows_per_dim=4), aldp, resume=True, progress=False)
     run_umbrella(tmp_path, [1, 2], 2, protocol, aldp, resume=True, progress=False)
     run = load_run(tmp_path, 1)
+    uninterrupted = tmp_path / "uninterrupted"
+    run_umbrella(uninterrupted, [1, 2], 2, protocol, aldp, progress=False)
+    for seed in (1, 2):  # the resumed second pass is the uninterrupted one, bit for bit (positions, velocities, noise)
+        a, b = load_run(tmp_path, seed), load_run(uninterrupted, seed)
+        for k in range(2):
+            np.testing.assert_array_equal(a["samples"][k], b["samples"][k])
+            np.testing.assert_array_equal(a["forces"][k], b["forces"][k])
     assert len(run["samples"]) == 2 and run["samples"][0].shape == (9, 10, 2)
     assert np.isfinite(run["samples"][1]).all()
     assert run["forces"][1].shape == (9, 10, 2) and np.isfinite(run["forces"][1]).all()
@@ -197,16 +204,16 @@ def test_umbrella_forces_are_the_unbiased_generalized_forces_on_the_iupac_dihedr
     run = UmbrellaRun(tmp_path, 1, UmbrellaProtocol(windows_per_dim=3, platform="Reference"), aldp)
     centre = np.array([-1.2, 2.2])
     run._set_window(centre)
-    run.context.setPositions(aldp.positions)
-    run.integrator.step(20)
-    state = run.context.getState(getPositions=True, getForces=True)
-    x = state.getPositions(asNumpy=True)._value[None]
-    stored = run.unbiased_forces(x, state.getForces(asNumpy=True)._value[None], centre)
+    run.dynamics.context.setPositions(aldp.positions)
+    run.dynamics.step(20)
+    positions, forces = run.dynamics.positions_and_forces()
+    x = positions[None]
+    stored = run.unbiased_forces(x, forces[None], centre)
     plain = openmm.Context(aldp.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     plain.setPositions(x[0])
     _, g = generalized_forces(aldp, x, plain.getState(getForces=True).getForces(asNumpy=True)._value[None])
     np.testing.assert_allclose(stored, -g, rtol=1e-6, atol=1e-6)
-    _, biased = generalized_forces(aldp, x, state.getForces(asNumpy=True)._value[None])
+    _, biased = generalized_forces(aldp, x, forces[None])
     assert np.abs(biased - g).max() > 1.0  # the restraint was there, and is gone
 
 
@@ -246,11 +253,11 @@ def test_a_molecule_from_yaml_gets_its_own_reference_through_the_cli(tmp_path, c
     assert "restrains other CG dihedrals" in capsys.readouterr().err
     assert main(["reference", "mb", "--out", str(tmp_path / "mb"), "--passes", "1", "--quiet"]) == 2
     assert "1-3 dihedral CG coordinates; muller-brown has 1 linear" in capsys.readouterr().err
-    from openmm_cgflow.active_learning.loop import metric_grid_for
+    from openmm_cgflow.active_learning.scoring import metric_grid_for_config
     from openmm_cgflow.config import load_config
 
     scored = load_config(str(config), [f"metrics.reference={tmp_path / 'ref' / 'reference_molecule.npz'}"])
-    grid = metric_grid_for(scored)
+    grid = metric_grid_for_config(scored)
     assert grid is not None and grid.p_reference.shape == (10000,)
 
 
@@ -259,7 +266,7 @@ def test_one_and_three_cg_dihedrals_get_a_reference_an_md_curve_and_a_scoring_gr
     """Every baseline verb works for 1-D and 3-D dihedral CG spaces of a YAML molecule: `cgflow reference` (umbrella
     on n^d windows restraining the molecule's own dihedrals + vFEP), `cgflow md-baseline` scored against that file,
     and a run's metrics grid read from it (100 bins; 36^3 in 3-D)."""
-    from openmm_cgflow.active_learning.loop import metric_grid_for
+    from openmm_cgflow.active_learning.scoring import metric_grid_for_config
     from openmm_cgflow.cli import main
     from openmm_cgflow.config import load_config
 
@@ -286,5 +293,5 @@ def test_one_and_three_cg_dihedrals_get_a_reference_an_md_curve_and_a_scoring_gr
     histograms = np.load(tmp_path / "md" / "md_histograms.npz")
     assert histograms["counts"].shape[1:] == (n_bins,) * dim and histograms["counts"][-1].sum() == 200
 
-    grid = metric_grid_for(load_config(str(config), [f"metrics.reference={path}"]))
+    grid = metric_grid_for_config(load_config(str(config), [f"metrics.reference={path}"]))
     assert grid.centres.shape == (n_bins**dim, dim) and grid.p_reference.shape == (n_bins**dim,)

@@ -1,9 +1,12 @@
 """Metropolis MC samples a known density; the uncertainty search stops where the std is large;
 diversity selection and spreading."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
+from openmm_cgflow.active_learning.settings import CGDynamicsBackend, MonteCarloBackend
 from openmm_cgflow.sampling import (
     farthest_point_selection, metropolis, spread_disc, spread_uniform_interval, uncertainty_search, uncertainty_weighted_search,
 )
@@ -30,32 +33,22 @@ def test_metropolis_samples_known_1d_density():
     assert np.abs(p_mc - p_exact).max() < 0.01
 
 
-class StepUncertainty(torch.nn.Module):
-    """Flat PMF; std = 1 kT for s > 1, else 0."""
-
-    def mean_std(self, s):
-        return torch.zeros(s.shape[0], dtype=s.dtype), (s[:, 0] > 1.0).to(s.dtype)
-
-
-def test_uncertainty_search_stops_only_where_std_exceeds_threshold():
-    gen = torch.Generator().manual_seed(0)
-    start = torch.zeros(20, 1, dtype=torch.float64)
-    result = uncertainty_search(StepUncertainty(), start, 5, 0.2, 0.5, 10, 100_000, gen)
-    assert result.success and result.points.shape == (5, 1)
-    assert (result.points[:, 0] > 1.0).all()
-    assert result.n_steps > 10
-    failed = uncertainty_search(StepUncertainty(), start, 5, 0.2, 2.0, 10, 200, gen)
-    assert not failed.success and failed.n_steps == 200
-
-
 def test_uncertainty_search_wraps_periodic_chains():
-    class Never(torch.nn.Module):
+    """Chains at phi = 3.1 rad, on a flat PMF whose std exceeds the threshold only at phi in [-3.0, -2.6]: across
+    the periodic boundary that region is 0.2 rad away, the long way round 5.7 rad. Periodic chains find it within
+    a few dozen steps and return wrapped points in it; without wrapping the same chains do not get there."""
+    class UncertainBehindThePeriodicEdge(torch.nn.Module):
         def mean_std(self, s):
-            return torch.zeros(s.shape[0], dtype=s.dtype), torch.zeros(s.shape[0], dtype=s.dtype)
+            inside = (s[:, 0] >= -3.0) & (s[:, 0] <= -2.6)
+            return torch.zeros(s.shape[0], dtype=s.dtype), inside.to(s.dtype)
 
     start = torch.full((8, 2), 3.1, dtype=torch.float64)
-    result = uncertainty_search(Never(), start, 1, 0.5, 1.0, 1, 50, torch.Generator().manual_seed(0), periodic=True)
-    assert not result.success
+    found = uncertainty_search(UncertainBehindThePeriodicEdge(), start, 4, 0.3, 0.5, 1, 300, torch.Generator().manual_seed(0), periodic=True)
+    assert found.success and found.points.shape == (4, 2)
+    assert ((found.points[:, 0] >= -3.0) & (found.points[:, 0] <= -2.6)).all()
+    assert ((found.points >= -math.pi) & (found.points < math.pi)).all()  # every coordinate wrapped
+    unwrapped = uncertainty_search(UncertainBehindThePeriodicEdge(), start, 4, 0.3, 0.5, 1, 300, torch.Generator().manual_seed(0), periodic=False)
+    assert not unwrapped.success
 
 
 def test_uncertainty_weighted_chains_sample_exp_minus_F_times_std_squared():
@@ -117,42 +110,46 @@ class FlatWithUncertainRegion(torch.nn.Module):
         return 0.0 * s[:, 0], (s[:, 0] > self.edge).to(s.dtype)  # 0 * s: a zero PMF that autograd can differentiate
 
 
-def test_cg_dynamics_search_stops_only_where_std_exceeds_threshold():
-    """OpenMM Langevin CG dynamics as the search backend: Müller-Brown CG particles diffuse on the (flat) PMF
-    force from s = -2 nm and stop past s = 0.5 nm, where the std jumps; with a threshold the std never exceeds
-    the search runs out of steps."""
-    from openmm_cgflow.sampling.cg_dynamics_search import cg_dynamics_search
-    from openmm_cgflow.systems.muller_brown import MB_TEMPERATURE
-
-    metadata = {"system": "muller-brown", "temperature_K": MB_TEMPERATURE, "cg_dim": 1, "cg_metadata": {}}
-    start = np.full((20, 1), -2.0)
-    result = cg_dynamics_search(FlatWithUncertainRegion(0.5), metadata, start, 5, 0.5, 20, 50_000, seed=0,
-                                timestep_fs=5.0, friction_per_ps=10.0, bounds=(-2.5, 1.1))
-    assert result.success and result.points.shape == (5, 1)
-    assert (result.points[:, 0] > 0.5).all() and (result.points[:, 0] < 1.2).all()
-    assert result.n_steps > 20
-    failed = cg_dynamics_search(FlatWithUncertainRegion(0.5), metadata, start, 5, 2.0, 20, 200, seed=0,
-                                timestep_fs=5.0, friction_per_ps=10.0, bounds=(-2.5, 1.1))
-    assert not failed.success and failed.n_steps == 200
+SEARCH_BACKENDS = {
+    "mc": lambda cg_system: MonteCarloBackend(step_size=0.2 if cg_system.cg_periodic else 0.1),
+    "cg_dynamics": lambda cg_system: CGDynamicsBackend(timestep_fs=2.0 if cg_system.cg_periodic else 5.0, friction_per_ps=10.0, check_every=10),
+}
 
 
-def test_cg_dynamics_search_on_alanine_dipeptide_backbone_chains():
-    from openmm_cgflow.sampling.cg_dynamics_search import cg_dynamics_search
+@pytest.mark.parametrize("system", ["muller-brown", "alanine-dipeptide"])
+@pytest.mark.parametrize("backend", sorted(SEARCH_BACKENDS))
+def test_search_backend_contract(backend, system):
+    """Every search backend, on a linear (Müller-Brown) and a periodic (alanine dipeptide) CG space, with a flat PMF
+    whose std is 1 kT beyond s[0] = edge: it stops exactly ``n_wanted`` chains, only where std > threshold, inside
+    the CG domain, after more than ``min_steps`` steps; with a threshold the std never reaches it runs out of steps
+    and says so; the same generators give the same result."""
     from openmm_cgflow.systems import create_system
 
-    aldp = create_system("alanine-dipeptide")
-    metadata = {"system": "alanine-dipeptide", "temperature_K": aldp.temperature, "cg_dim": 2, "cg_metadata": aldp.metadata}
-    start = np.zeros((16, 2))
-    result = cg_dynamics_search(FlatWithUncertainRegion(1.0), metadata, start, 4, 0.5, 10, 20_000, seed=1,
-                                timestep_fs=2.0, friction_per_ps=10.0)
-    assert result.success and result.points.shape == (4, 2)
-    assert (result.points[:, 0] > 1.0).all() and (result.points.abs() <= np.pi).all()
+    cg_system = create_system(system)
+    search = SEARCH_BACKENDS[backend](cg_system)
+    edge, bounds = (0.5, (-2.5, 1.1)) if system == "muller-brown" else (1.0, None)
+    start = np.full((20, cg_system.cg_dim), -2.0 if system == "muller-brown" else 0.0)
+
+    def run(threshold, max_steps, seed=0):
+        return search.search(FlatWithUncertainRegion(edge), cg_system, start, 5, threshold, 20, max_steps, np.random.default_rng(seed),
+                             torch.Generator().manual_seed(seed), bounds, "float64", "CPU")
+
+    found = run(0.5, 50_000)
+    assert found.success and found.points.shape == (5, cg_system.cg_dim) and found.n_steps > 20
+    assert (found.points[:, 0] > edge).all()
+    lo, hi = np.array(cg_system.cg_domain).T
+    slack = 0.0 if cg_system.cg_periodic else 0.1  # linear coordinates: soft (harmonic) walls of CG dynamics at the domain
+    assert ((found.points.numpy() >= lo - slack) & (found.points.numpy() <= hi + slack)).all()
+    again = run(0.5, 50_000)
+    assert torch.equal(found.points, again.points) and found.n_steps == again.n_steps
+    failed = run(2.0, 200)
+    assert not failed.success and failed.n_steps == 200
 
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_langevin_md_is_reproducible_for_every_seed(seed):
     """OpenMM reads random seed 0 as "pick one at random": seed 0 (the configs' default) must still repeat."""
-    from openmm_cgflow.sampling import run_langevin
+    from openmm_cgflow.systems.starting_data import run_langevin
     from openmm_cgflow.systems import create_system
 
     system = create_system("muller-brown")

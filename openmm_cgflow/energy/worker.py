@@ -9,7 +9,7 @@ import sys
 
 
 def main(fd: int, core: int) -> None:
-    from .oracle import pin_to_core
+    from ..platforms import pin_to_core
 
     if core >= 0:
         pin_to_core(core)

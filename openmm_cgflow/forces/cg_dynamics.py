@@ -23,64 +23,60 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import openmm
-import openmm.unit as unit
 from torch import nn
 
 import torch
 
 from ..coordinates.geometry import dihedral_angles
+from ..export import ModelMetadata
+from ..dynamics import LangevinDynamics
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
-from ..systems.cg_definition import CGDefinition
-from .cg_coordinates import cg_module_from_definition
+from ..systems.cg_definition import CGDefinition, ChainReplica, ParticleReplica
+from ..systems.cg_coordinates import cg_module_from_definition
 from .pmf_force import create_pmf_force
 
 
-def _definition(definition: Union[CGDefinition, dict]) -> CGDefinition:
-    return CGDefinition.from_dict(definition) if isinstance(definition, dict) else definition
-
-
-def cg_replica_system(definition: Union[CGDefinition, dict], model: Union[str, Path, nn.Module], n_replicas: int,
-                      temperature_K: float, metadata: Optional[dict] = None, backend: str = "torchforce",
+def cg_replica_system(definition: CGDefinition, model: Union[str, Path, nn.Module], n_replicas: int,
+                      temperature_K: float, metadata: Optional[ModelMetadata] = None, backend: str = "torchforce",
                       walls: Optional[Sequence[Tuple[float, float]]] = None, scale: float = 1.0) -> openmm.System:
     """An OpenMM System of ``n_replicas`` CG replicas (see the module docstring) on the PMF ``model`` (a model file,
-    or a live ensemble with its export ``metadata``). ``walls``: (lower, upper) per linear CG coordinate (default:
+    or a live ensemble with its :class:`~openmm_cgflow.export.ModelMetadata`). ``walls``: (lower, upper) per linear CG coordinate (default:
     its domain); ``scale`` multiplies the PMF."""
-    definition = _definition(definition)
     replica = definition.replica
     system = openmm.System()
-    if replica.get("kind") == "chain":
+    if isinstance(replica, ChainReplica):
         bonds, angles = openmm.HarmonicBondForce(), openmm.HarmonicAngleForce()
-        size = len(replica["atoms"])
+        size = len(replica.atoms)
         for r in range(n_replicas):
             first = size * r
-            for mass in replica["masses"]:
+            for mass in replica.masses:
                 system.addParticle(mass)
-            for i, j, length in replica["bonds"]:
-                bonds.addBond(first + int(i), first + int(j), length, replica["bond_k"])
-            for i, j, k, angle in replica["angles"]:
-                angles.addAngle(first + int(i), first + int(j), first + int(k), angle, replica["angle_k"])
+            for i, j, length in replica.bonds:
+                bonds.addBond(first + i, first + j, length, replica.bond_k)
+            for i, j, k, angle in replica.angles:
+                angles.addAngle(first + i, first + j, first + k, angle, replica.angle_k)
         bonds.setName("CG restraints (bonds)")
         angles.setName("CG restraints (angles)")
         system.addForce(bonds)
         system.addForce(angles)
         system.addForce(create_pmf_force(model, metadata, backend=backend, scale=scale, n_replicas=n_replicas, system=system,
-                                         replica_atoms=replica["atoms"]))
+                                         replica_atoms=replica.atoms))
         return system
-    if replica.get("kind") != "particle" or definition.kind != "linear" or definition.dim != 1:
+    if not isinstance(replica, ParticleReplica) or definition.kind != "linear" or definition.dim != 1:
         raise ValueError(f"no CG replica for dynamics is described for these CG coordinates ({definition.names})")
     kT = kT_in_kJ_per_mol(temperature_K)
     cv = definition.coordinates[0]
     lo, hi = walls[0] if walls is not None else cv.domain
     s_expr = f"({cv.energy_expression()})"
-    terms = [f"0.5*k_r{n}*(({c[0]!r})*x + ({c[1]!r})*y + ({c[2]!r})*z)^2" for n, (c, _) in enumerate(replica["restraints"])]
+    terms = [f"0.5*k_r{n}*(({c[0]!r})*x + ({c[1]!r})*y + ({c[2]!r})*z)^2" for n, (c, _) in enumerate(replica.restraints)]
     terms.append(f"0.5*k_wall*(max(0, s_lo - {s_expr})^2 + max(0, {s_expr} - s_hi)^2)")
     restraint = openmm.CustomExternalForce(" + ".join(terms))
-    for n, (_, k) in enumerate(replica["restraints"]):
+    for n, (_, k) in enumerate(replica.restraints):
         restraint.addGlobalParameter(f"k_r{n}", float(k) * kT)
-    for name, value in (("k_wall", replica["wall_kT_per_nm2"] * kT), ("s_lo", lo), ("s_hi", hi)):
+    for name, value in (("k_wall", replica.wall_kT_per_nm2 * kT), ("s_lo", lo), ("s_hi", hi)):
         restraint.addGlobalParameter(name, value)
     for _ in range(n_replicas):
-        restraint.addParticle(system.addParticle(replica["mass"]), [])
+        restraint.addParticle(system.addParticle(replica.mass), [])
     restraint.setName("CG restraints (orthogonal directions, walls on s)")
     system.addForce(restraint)
     system.addForce(create_pmf_force(model, metadata, backend=backend, scale=scale, n_replicas=n_replicas, system=system,
@@ -104,21 +100,20 @@ def _side(n_atoms: int, bonds: Sequence[Sequence[float]], start: int, blocked: i
     return sorted(seen)
 
 
-def replica_positions(definition: Union[CGDefinition, dict], s: np.ndarray) -> np.ndarray:
+def replica_positions(definition: CGDefinition, s: np.ndarray) -> np.ndarray:
     """Positions (n_replicas * particles_per_replica, 3) nm of replicas at CG points ``s`` (n_replicas, cg_dim),
     in the definition's frame; replicas are stacked 1 nm apart along x (they do not interact). Chains keep the
     minimum's bonds and angles: each CG dihedral is set by turning the atoms behind its bond about that bond."""
-    definition = _definition(definition)
     replica = definition.replica
     s = np.asarray(s, dtype=np.float64).reshape(-1, definition.dim)
-    if replica.get("kind") == "particle":
+    if isinstance(replica, ParticleReplica):
         c = np.asarray(definition.coordinates[0].coefficients)
         return s[:, :1] * c[None] / float(c @ c)
-    atoms = list(replica["atoms"])
-    x = torch.as_tensor(np.asarray(replica["positions"], dtype=np.float64)).expand(len(s), -1, -1).clone()
+    atoms = list(replica.atoms)
+    x = torch.as_tensor(np.asarray(replica.positions, dtype=np.float64)).expand(len(s), -1, -1).clone()
     for k, cv in enumerate(definition.coordinates):
         i, j, kk, l = (atoms.index(a) for a in cv.atoms)
-        moving = _side(len(atoms), replica["bonds"], kk, j)
+        moving = _side(len(atoms), replica.bonds, kk, j)
         target = torch.as_tensor(cv.sign * (s[:, k] + cv.offset))  # IUPAC angle of s = wrap(sign * angle - offset)
         delta = target - dihedral_angles(x[:, i], x[:, j], x[:, kk], x[:, l])
         axis = x[:, kk] - x[:, j]
@@ -132,11 +127,10 @@ def replica_positions(definition: Union[CGDefinition, dict], s: np.ndarray) -> n
     return x.reshape(-1, 3).numpy()
 
 
-def replica_cg(definition: Union[CGDefinition, dict], positions: np.ndarray) -> np.ndarray:
+def replica_cg(definition: CGDefinition, positions: np.ndarray) -> np.ndarray:
     """CG coordinates (..., n_replicas, cg_dim) of replica positions (..., n_replicas * particles_per_replica, 3) nm."""
-    definition = _definition(definition)
     replica = definition.replica
-    local = list(replica["atoms"]) if replica.get("kind") == "chain" else [definition.coordinates[0].particle]
+    local = list(replica.atoms) if isinstance(replica, ChainReplica) else [definition.coordinates[0].particle]
     x = torch.as_tensor(np.asarray(positions, dtype=np.float64))
     lead = x.shape[:-2]
     n_replicas = x.shape[-2] // len(local)
@@ -146,7 +140,7 @@ def replica_cg(definition: Union[CGDefinition, dict], positions: np.ndarray) -> 
     return torch.stack(values).reshape(lead + (n_replicas, definition.dim)).numpy()
 
 
-def cg_dynamics_system(cg_system: CGSystem, model: Union[str, Path, nn.Module], n_replicas: int, metadata: Optional[dict] = None,
+def cg_dynamics_system(cg_system: CGSystem, model: Union[str, Path, nn.Module], n_replicas: int, metadata: Optional[ModelMetadata] = None,
                        backend: str = "torchforce", walls: Optional[Sequence[Tuple[float, float]]] = None, scale: float = 1.0) -> openmm.System:
     """The OpenMM System of ``n_replicas`` CG replicas of ``cg_system`` (its CG definition, at its temperature) on
     the PMF ``model``; see :func:`cg_replica_system`. Start it from :func:`replica_positions` and read s back with
@@ -158,20 +152,12 @@ def run_langevin_frames(system: openmm.System, positions: np.ndarray, n_steps: i
                         seed: int = 0, timestep_fs: float = 2.0, friction_per_ps: float = 10.0, platform: str = "CPU") -> np.ndarray:
     """LangevinMiddle dynamics of a CG System; returns the positions (frames, particles, 3) nm every
     ``record_every`` steps."""
-    from ..energy.oracle import default_properties, resolve_platform
     from .pmf_force import check_platform_for_system
 
     check_platform_for_system(system, platform)
-    integrator = openmm.LangevinMiddleIntegrator(temperature_K * unit.kelvin, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond)
-    integrator.setRandomNumberSeed(seed + 1)
-    context = openmm.Context(system, integrator, resolve_platform(platform), default_properties(platform))
-    context.setPositions(positions)
-    context.setVelocitiesToTemperature(temperature_K * unit.kelvin, seed + 1)
-    frames = []
-    for _ in range(n_steps // record_every):
-        integrator.step(record_every)
-        frames.append(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-    return np.asarray(frames)
+    dynamics = LangevinDynamics(system, temperature_K, timestep_fs, friction_per_ps, platform, random_seed=seed + 1)
+    dynamics.start(positions, velocity_seed=seed + 1)
+    return dynamics.frames(n_steps // record_every, record_every)
 
 
 def run_cg_langevin(cg_system: CGSystem, system: openmm.System, s_start: np.ndarray, n_steps: int, record_every: int, seed: int = 0,

@@ -22,9 +22,7 @@ import openmm
 import torch
 from torch import nn
 
-from ..export import ModelFileError, load_model
-from ..systems import cg_system_from_metadata
-from ..systems.base import kT_in_kJ_per_mol
+from ..export import ModelFileError, ModelMetadata, load_model
 from .pmf_force import force_from_module
 
 
@@ -58,23 +56,22 @@ class FlowFreeEnergy(nn.Module):
         return self.kT * u.sum()
 
 
-def flow_energy_module(flow: Union[str, Path], pmf: Union[str, Path], n_replicas: int = 1) -> Tuple[torch.jit.ScriptModule, dict]:
+def flow_energy_module(flow: Union[str, Path], pmf: Union[str, Path], n_replicas: int = 1) -> Tuple[torch.jit.ScriptModule, ModelMetadata]:
     """The scripted :class:`FlowFreeEnergy` of a flow model file and a PMF model file of the same system (the
     molecule and its internal coordinates come from the flow file's ``cg_system`` description)."""
     flow_module, flow_meta = load_model(flow, expected_kind="conditional_flow")
     pmf_module, pmf_meta = load_model(pmf, expected_kind="pmf_ensemble")
     for key in ("system", "temperature_K", "cg_dim"):
-        if flow_meta.get(key) != pmf_meta.get(key):
-            raise ModelFileError(f"the flow ({flow}) and the PMF ({pmf}) disagree on '{key}': {flow_meta.get(key)!r} vs {pmf_meta.get(key)!r}")
+        if getattr(flow_meta, key) != getattr(pmf_meta, key):
+            raise ModelFileError(f"the flow ({flow}) and the PMF ({pmf}) disagree on '{key}': {getattr(flow_meta, key)!r} vs {getattr(pmf_meta, key)!r}")
     if n_replicas < 1:
         raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
-    cg_system = cg_system_from_metadata(flow_meta)
+    cg_system = flow_meta.cg_system_model()
     if not hasattr(cg_system.fine_grained, "internal"):
-        raise ValueError(f"system '{flow_meta['system']}' has no internal-coordinate transform: the flow force needs one")
-    if int(flow_meta.get("fg_dim", -1)) != cg_system.fg_dim:
-        raise ModelFileError(f"{flow}: a flow of {flow_meta.get('fg_dim')} fine-grained coordinates, the system has {cg_system.fg_dim}")
-    module = FlowFreeEnergy(cg_system.fine_grained, flow_module, pmf_module, kT_in_kJ_per_mol(flow_meta["temperature_K"]), cg_system.n_atoms,
-                            n_replicas)
+        raise ValueError(f"system '{flow_meta.system}' has no internal-coordinate transform: the flow force needs one")
+    if flow_meta.fg_dim != cg_system.fg_dim:
+        raise ModelFileError(f"{flow}: a flow of {flow_meta.fg_dim} fine-grained coordinates, the system has {cg_system.fg_dim}")
+    module = FlowFreeEnergy(cg_system.fine_grained, flow_module, pmf_module, flow_meta.kT, cg_system.n_atoms, n_replicas)
     return torch.jit.script(module), flow_meta
 
 
@@ -85,8 +82,8 @@ def create_flow_force(flow: Union[str, Path], pmf: Union[str, Path], backend: st
     ``models/pmf_ensemble.pt``. Put it in its own force group to read U_theta beside the force field's U."""
     module, meta = flow_energy_module(flow, pmf, n_replicas)
     if system is not None and system.getNumParticles() < module.n_particles:
-        raise ValueError(f"the flow model of '{meta['system']}' needs {module.n_particles} particles ({n_replicas} replica(s)), "
+        raise ValueError(f"the flow model of '{meta.system}' needs {module.n_particles} particles ({n_replicas} replica(s)), "
                          f"but the System has {system.getNumParticles()}")
     force = force_from_module(module, backend, module.n_particles, system)
-    force.setName(f"cgflow flow free energy ({meta['system']})")
+    force.setName(f"cgflow flow free energy ({meta.system})")
     return force

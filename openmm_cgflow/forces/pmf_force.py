@@ -30,9 +30,8 @@ import openmm.unit as unit
 import torch
 from torch import nn
 
-from ..export import ModelFileError, load_model
-from ..systems.base import kT_in_kJ_per_mol
-from .cg_coordinates import cg_module_from_metadata
+from ..export import ModelFileError, ModelMetadata, load_model
+from ..systems.cg_coordinates import cg_module_from_definition
 
 BACKENDS = ("torchforce", "pythonforce", "cmap")
 #: Why a TorchForce must not meet the OpenCL platform: the process would die, not raise.
@@ -93,28 +92,29 @@ def load_torch_plugins() -> None:
                 pass
 
 
-def _kT(temperature_K: float) -> float:
-    return kT_in_kJ_per_mol(temperature_K)
-
-
-def pmf_energy_module(model: Union[str, Path, nn.Module], metadata: Optional[dict] = None, scale: float = 1.0,
-                      n_replicas: int = 1, replica_atoms: Optional[Sequence[int]] = None) -> Tuple[torch.jit.ScriptModule, dict]:
-    """The scripted :class:`PMFEnergy` of a PMF model file (or a live ensemble with its export ``metadata``);
-    ``replica_atoms`` as in :func:`~openmm_cgflow.forces.cg_coordinates.cg_module_from_metadata`."""
+def pmf_energy_module(model: Union[str, Path, nn.Module], metadata: Optional[ModelMetadata] = None, scale: float = 1.0,
+                      n_replicas: int = 1, replica_atoms: Optional[Sequence[int]] = None) -> Tuple[torch.jit.ScriptModule, ModelMetadata]:
+    """The scripted :class:`PMFEnergy` of a PMF model file (or a live ensemble with its
+    :class:`~openmm_cgflow.export.ModelMetadata`); ``replica_atoms`` as in
+    :func:`~openmm_cgflow.systems.cg_coordinates.cg_module_from_definition`."""
     if isinstance(model, (str, Path)):
         ensemble, metadata = load_model(model, expected_kind="pmf_ensemble")
     else:
-        if metadata is None:
-            raise ValueError("a live PMF ensemble needs its metadata (system, temperature_K, cg_metadata); or pass a model file")
+        if not isinstance(metadata, ModelMetadata):
+            raise ValueError("a live PMF ensemble needs its ModelMetadata (ModelMetadata.for_system(cg_system, 'pmf_ensemble')); "
+                             "or pass a model file")
         ensemble = model
-    for key in ("system", "temperature_K", "cg_dim"):
-        if key not in metadata:
-            raise ModelFileError(f"PMF model metadata is missing the field '{key}'")
-    cg = cg_module_from_metadata(metadata, n_replicas, replica_atoms=replica_atoms)
-    module = PMFEnergy(cg, ensemble, _kT(metadata["temperature_K"]), scale)
+    if metadata.cg_dim is None:
+        raise ModelFileError("PMF model metadata is missing the field 'cg_dim'")
+    try:
+        definition = metadata.definition()
+    except ValueError as error:
+        raise ModelFileError(str(error)) from None
+    cg = cg_module_from_definition(definition, n_replicas, replica_atoms=replica_atoms)
+    module = PMFEnergy(cg, ensemble, metadata.kT, scale)
     probe = cg(torch.zeros(cg.n_particles, 3, dtype=torch.float64))
-    if probe.shape[-1] != int(metadata["cg_dim"]):
-        raise ModelFileError(f"the model takes {metadata['cg_dim']} CG coordinates but its CG definition gives {probe.shape[-1]}")
+    if probe.shape[-1] != metadata.cg_dim:
+        raise ModelFileError(f"the model takes {metadata.cg_dim} CG coordinates but its CG definition gives {probe.shape[-1]}")
     return torch.jit.script(module), metadata
 
 
@@ -142,7 +142,7 @@ class TorchScriptEnergy:
         return float(energy.detach()), (-grad).numpy()
 
 
-def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict] = None, backend: str = "torchforce",
+def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[ModelMetadata] = None, backend: str = "torchforce",
                      scale: float = 1.0, n_replicas: int = 1, system: Optional[openmm.System] = None,
                      replica_atoms: Optional[Sequence[int]] = None) -> openmm.Force:
     """An OpenMM Force applying ``scale`` x the learned PMF (kJ/mol) to a System of ``n_replicas`` copies of the
@@ -150,7 +150,7 @@ def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict
     subset of its atoms: ``replica_atoms[j]`` is the model atom that particle j of a replica stands for).
 
     ``model``: a PMF model file from :func:`openmm_cgflow.export.save_model` (or ``cgflow run``'s
-    ``models/pmf_ensemble.pt``), or a live ``PMFEnsemble`` with its export ``metadata``. ``system``: if given,
+    ``models/pmf_ensemble.pt``), or a live ``PMFEnsemble`` with its :class:`~openmm_cgflow.export.ModelMetadata`. ``system``: if given,
     its particle count is checked against the model. ``scale``: e.g. -0.5 for a bias of half the PMF's depth.
     """
     if backend not in BACKENDS:
@@ -165,11 +165,11 @@ def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict
     n_particles = module.cg.n_particles
     if system is not None and system.getNumParticles() < n_particles:
         raise ValueError(
-            f"the PMF model of '{metadata['system']}' needs {n_particles} particles ({n_replicas} replica(s)), "
+            f"the PMF model of '{metadata.system}' needs {n_particles} particles ({n_replicas} replica(s)), "
             f"but the System has {system.getNumParticles()}"
         )
     force = force_from_module(module, backend, n_particles, system)
-    force.setName(f"cgflow PMF ({metadata['system']}, scale {scale:g})")
+    force.setName(f"cgflow PMF ({metadata.system}, scale {scale:g})")
     return force
 
 
@@ -179,7 +179,7 @@ def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict
 CMAP_GRID = 36
 
 
-def tabulated_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[dict] = None, scale: float = 1.0, grid: int = CMAP_GRID,
+def tabulated_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[ModelMetadata] = None, scale: float = 1.0, grid: int = CMAP_GRID,
                         n_replicas: int = 1, system: Optional[openmm.System] = None,
                         replica_atoms: Optional[Sequence[int]] = None) -> openmm.CMAPTorsionForce:
     """``scale`` x the PMF (kJ/mol) of a model on two dihedral CG coordinates, tabulated on a ``grid`` x ``grid``
@@ -189,7 +189,7 @@ def tabulated_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[d
     module, metadata = pmf_energy_module(model, metadata, scale, 1, replica_atoms)
     cg = module.cg
     if not hasattr(cg, "indices") or cg.indices.shape[1] != 2:
-        raise ValueError(f"backend='cmap' tabulates PMFs of two dihedral CG coordinates; '{metadata['system']}' has other CG coordinates")
+        raise ValueError(f"backend='cmap' tabulates PMFs of two dihedral CG coordinates; '{metadata.system}' has other CG coordinates")
     angles = torch.arange(grid, dtype=torch.float64) * (2 * torch.pi / grid)
     phi, psi = torch.meshgrid(angles, angles, indexing="ij")
     iupac = torch.stack([phi.reshape(-1), psi.reshape(-1)], dim=-1)
@@ -202,12 +202,12 @@ def tabulated_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[d
     quadruples = cg.indices[0].tolist()
     n_atoms = cg.n_particles
     if system is not None and system.getNumParticles() < n_atoms * n_replicas:
-        raise ValueError(f"the PMF model of '{metadata['system']}' needs {n_atoms * n_replicas} particles ({n_replicas} replica(s)), "
+        raise ValueError(f"the PMF model of '{metadata.system}' needs {n_atoms * n_replicas} particles ({n_replicas} replica(s)), "
                          f"but the System has {system.getNumParticles()}")
     for r in range(n_replicas):
         a, b = ([atom + r * n_atoms for atom in q] for q in quadruples)
         force.addTorsion(0, *a, *b)
-    force.setName(f"cgflow PMF ({metadata['system']}, scale {scale:g}, {grid}x{grid} CMAP)")
+    force.setName(f"cgflow PMF ({metadata.system}, scale {scale:g}, {grid}x{grid} CMAP)")
     return force
 
 

@@ -152,7 +152,7 @@ def _spare_core_worker():
 
 def _spare_core() -> Optional[int]:
     """A core this run may use besides the one it trains on (:func:`~openmm_cgflow.energy.oracle.spare_cores`)."""
-    from ..energy.oracle import spare_cores
+    from ..platforms import spare_cores
 
     cores = spare_cores()
     return cores[0] if cores else None

@@ -1,2 +1,1 @@
-"""Ground truths and metrics: exact/reference PMFs and the forward KL divergence."""
-from .kld import forward_kld, pmf_to_probabilities  # noqa: F401
+"""Reference PMFs of systems with 1-3 CG dihedrals: umbrella sampling, then a mean-force (or vFEP) fit on a basis."""

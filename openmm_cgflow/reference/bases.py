@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..systems.cg_definition import CGDefinition
-from .grid import default_bins, grid_edges
+from ..scoring.grid import default_bins, grid_edges
 
 
 def bspline_basis(x: np.ndarray, m: int) -> np.ndarray:
@@ -82,7 +82,7 @@ def tensor_free_energy(c, basis_name: str, *axes: np.ndarray) -> np.ndarray:
 def tensor_bin_probabilities(c, basis_name: str, n_bins: Optional[int] = None, sub: int = 4,
                              definition: Optional[CGDefinition] = None) -> np.ndarray:
     """Probabilities (n_bins,) * d of the bins over [-pi, pi)^d of a CG frame (default bins:
-    :func:`~openmm_cgflow.reference.grid.default_bins`), each the integral of exp(-F) over its bin on sub^d points.
+    :func:`~openmm_cgflow.scoring.grid.default_bins`), each the integral of exp(-F) over its bin on sub^d points.
     ``definition``: F's angles are IUPAC and the bins are in its CG frame (s -> theta = to_dihedrals(s)); None: F
     is already a function of the CG frame's s."""
     dim = np.asarray(c).ndim

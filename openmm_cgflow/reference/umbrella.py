@@ -28,14 +28,13 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import openmm
-import openmm.unit as unit
 from tqdm.auto import tqdm
 
 from ..coordinates.geometry import frame_dihedrals, periodic_difference
-from ..energy.oracle import default_properties, resolve_platform
+from ..dynamics import LangevinDynamics
 from ..storage import atomic_write, write_json
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
-from .grid import grid_centres
+from ..scoring.grid import grid_centres
 from .mean_force import generalized_forces
 
 @dataclass(frozen=True)
@@ -96,11 +95,8 @@ class UmbrellaRun:
         system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(cg_system.system))  # a copy: the shared System stays unbiased
         for force in self.definition.restraint_forces(protocol.force_constant * self.kT_kj):
             system.addForce(force)
-        self.integrator = openmm.LangevinMiddleIntegrator(
-            cg_system.temperature * unit.kelvin, protocol.friction_per_ps / unit.picosecond, protocol.timestep_fs * unit.femtosecond
-        )
-        self.integrator.setRandomNumberSeed(seed + 1)  # 0 would mean "pick one at random"
-        self.context = openmm.Context(system, self.integrator, resolve_platform(protocol.platform), default_properties(protocol.platform))
+        self.dynamics = LangevinDynamics(system, cg_system.temperature, protocol.timestep_fs, protocol.friction_per_ps, protocol.platform,
+                                         random_seed=seed + 1)  # 0 would mean "pick one at random"
         self.start_positions = cg_system.positions
         self.state_path = self.out / "state.npz"
 
@@ -114,6 +110,8 @@ class UmbrellaRun:
         if "cg_atoms" in data.files and data["cg_atoms"].tolist() != [list(a) for a in self.dihedrals]:
             raise ValueError(f"{self.state_path} restrains other CG dihedrals ({data['cg_atoms'].tolist()}) than this system's "
                              f"({[list(a) for a in self.dihedrals]}); use a new --out")
+        if "openmm_checkpoint" in data.files:  # the random-number state too: a resumed pass is the uninterrupted one
+            self.dynamics.restore(data["openmm_checkpoint"].tobytes())
         return {key: data[key] for key in ("positions", "velocities")} | {
             "passes_done": int(data["passes_done"]), "wall_s": float(data["wall_s"]), "md_steps": int(data["md_steps"])
         }
@@ -127,6 +125,7 @@ class UmbrellaRun:
                 handle, positions=state["positions"], velocities=state["velocities"], passes_done=state["passes_done"],
                 wall_s=state["wall_s"], md_steps=state["md_steps"], seed=self.seed,
                 protocol_keys=np.array(keys), protocol_values=np.array(values), cg_atoms=np.array(self.dihedrals),
+                openmm_checkpoint=np.frombuffer(self.dynamics.checkpoint(), dtype=np.uint8),
             ),
         )
 
@@ -136,7 +135,7 @@ class UmbrellaRun:
         harmonic in its own frame (s = wrap(sign theta - offset), sign +-1)."""
         target = self.definition.from_dihedrals(np.asarray(centre)[None])[0]
         for parameter, value in zip(self.definition.target_parameters(), target):
-            self.context.setParameter(parameter, float(value))
+            self.dynamics.context.setParameter(parameter, float(value))
 
     def unbiased_forces(self, frames: np.ndarray, forces: np.ndarray, centre: np.ndarray) -> np.ndarray:
         """Generalized forces d(beta U - ln J)/d theta (frames, d) in kT/rad on the IUPAC CG dihedrals, from the
@@ -155,17 +154,13 @@ class UmbrellaRun:
         n = len(centres)
         positions = np.zeros((n, self.n_atoms, 3))
         velocities = np.zeros((n, self.n_atoms, 3))
-        self.context.setPositions(self.start_positions)
         self._set_window(centres[order[0]])
-        openmm.LocalEnergyMinimizer.minimize(self.context)
-        self.context.setVelocitiesToTemperature(self.temperature * unit.kelvin, self.seed + 1)
+        self.dynamics.start(self.start_positions, velocity_seed=self.seed + 1, minimize=True)
         start = time.perf_counter()
         for k in order:
             self._set_window(centres[k])
-            self.integrator.step(p.equilibration_steps)
-            state = self.context.getState(getPositions=True, getVelocities=True)
-            positions[k] = state.getPositions(asNumpy=True)._value
-            velocities[k] = state.getVelocities(asNumpy=True)._value
+            self.dynamics.step(p.equilibration_steps)
+            positions[k], velocities[k] = self.dynamics.positions_and_velocities()
         return {"positions": positions, "velocities": velocities, "passes_done": 0,
                 "wall_s": time.perf_counter() - start, "md_steps": n * p.equilibration_steps}
 
@@ -180,20 +175,15 @@ class UmbrellaRun:
         start = time.perf_counter()
         for k in tqdm(range(len(centres)), disable=not progress, leave=False, desc=f"seed {self.seed} pass {state['passes_done'] + 1}"):
             self._set_window(centres[k])
-            self.context.setPositions(positions[k])
-            self.context.setVelocities(velocities[k])
+            self.dynamics.set_state(positions[k], velocities[k])
             frames = np.zeros((n_frames, self.n_atoms, 3))
             forces = np.zeros((n_frames, self.n_atoms, 3))
             for f in range(n_frames):
-                self.integrator.step(p.record_every)
-                snapshot = self.context.getState(getPositions=True, getForces=True)
-                frames[f] = snapshot.getPositions(asNumpy=True)._value
-                forces[f] = snapshot.getForces(asNumpy=True)._value
+                self.dynamics.step(p.record_every)
+                frames[f], forces[f] = self.dynamics.positions_and_forces()
             if not np.isfinite(frames).all():
                 raise FloatingPointError(f"seed {self.seed}, window {k}: positions became NaN (integration blew up)")
-            final = self.context.getState(getPositions=True, getVelocities=True)
-            positions[k] = final.getPositions(asNumpy=True)._value
-            velocities[k] = final.getVelocities(asNumpy=True)._value
+            positions[k], velocities[k] = self.dynamics.positions_and_velocities()
             samples[k] = frame_dihedrals(frames, self.dihedrals)
             generalized[k] = self.unbiased_forces(frames, forces, centres[k])
         index = state["passes_done"] + 1

@@ -25,7 +25,7 @@ import numpy as np
 from ..storage import write_json
 from ..systems.base import CGSystem
 from ..systems.cg_definition import CGDefinition
-from .grid import grid_edges, save_reference
+from ..scoring.grid import grid_edges, save_reference
 from .mean_force import fit_mean_force, force_statistics
 from .bases import candidate_bases, tensor_bin_probabilities, tensor_free_energy
 from .vfep import VariationalPMF, basin_check, kld_between, local_minima, sufficient_statistics
@@ -94,7 +94,7 @@ def build_reference(
     curve_points: int = 8, estimator: str = "auto",
 ) -> Dict[str, object]:
     """Choose the basis by cross-validation, fit each seed and all seeds together, and write the reference file of
-    ``cg_system`` (in its CG frame, on the grid of :func:`~openmm_cgflow.reference.grid.default_bins` per CG
+    ``cg_system`` (in its CG frame, on the grid of :func:`~openmm_cgflow.scoring.grid.default_bins` per CG
     dihedral), ``out/reference_report.json`` (with the convergence curve: KLD between the halves and against the
     final estimate vs MD steps; in 2-D the local minima and, where the system names some, its literature basins)
     and ``out/reference_convergence.png``. ``bases``: default :func:`~.bases.candidate_bases`; ``estimator``: see
@@ -157,15 +157,15 @@ def build_reference(
         fine = -math.pi + (np.arange(360) + 0.5) * 2 * math.pi / 360
         F_fine = tensor_free_energy(final_c, best, fine, fine)
         minima = local_minima(F_fine, fine)[:8]
-        if "literature_basins_deg" in cg_system.metadata:
-            basins = basin_check(F_fine, fine, cg_system.metadata["literature_basins_deg"])
+        if cg_system.description.literature_basins_deg:
+            basins = basin_check(F_fine, fine, cg_system.description.literature_basins_deg)
     md_steps = int(sum(r["equilibration_md_steps"] + passes * r["md_steps_per_pass"] for r in runs))
     provenance = {
         "method": f"umbrella sampling on a periodic grid of harmonic restraints on the {dim} CG dihedral(s) + {model.description}",
         "estimator": estimator,
         "system": cg_system.name,
         "cg_coordinates": definition.to_dict(),
-        "hamiltonian": f"{cg_system.metadata.get('hamiltonian', 'the OpenMM System of ' + cg_system.name)}, {cg_system.temperature:g} K, "
+        "hamiltonian": f"{cg_system.description.hamiltonian or 'the OpenMM System of ' + cg_system.name}, {cg_system.temperature:g} K, "
                        "LangevinMiddle 1 fs, friction 1/ps",
         "protocol": runs[0]["protocol"],
         "seeds": list(seeds),

@@ -29,7 +29,7 @@ import torch
 from ..coordinates.geometry import periodic_difference
 from ..systems.cg_definition import CGDefinition
 from .bases import basis, on_tensor_grid, rowwise_outer, tensor_bin_probabilities, tensor_free_energy
-from .kld import forward_kld
+from ..scoring.kld import forward_kld
 
 QUADRATURE_POINTS = 180  # per dimension: spacing 2 deg, << restraint width (~9 deg)
 

@@ -16,27 +16,19 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import numpy as np
-import openmm
-import openmm.unit as unit
 import torch
 
+from ..dynamics import LangevinDynamics
+from ..export import ModelMetadata
+from ..forces import cg_dynamics
+from ..forces.pmf_force import check_platform_for_system
+from ..systems import CGSystem
 from .monte_carlo import UncertaintySearchResult
-
-
-def _cg_system_and_positions(ensemble, metadata: dict, start: np.ndarray, bounds: Optional[Tuple[float, float]], backend: str):
-    from ..forces import cg_dynamics
-    from ..systems import definition_from_metadata
-
-    definition = definition_from_metadata(metadata)
-    walls = [tuple(bounds)] if bounds is not None else None
-    system = cg_dynamics.cg_replica_system(definition, ensemble, len(start), float(metadata["temperature_K"]), metadata, backend=backend,
-                                           walls=walls)
-    return system, cg_dynamics.replica_positions(definition, start), lambda x: cg_dynamics.replica_cg(definition, x)
 
 
 def cg_dynamics_search(
     ensemble: torch.nn.Module,
-    metadata: dict,
+    cg_system: CGSystem,
     start: np.ndarray,
     n_wanted: int,
     std_threshold: float,
@@ -52,35 +44,30 @@ def cg_dynamics_search(
 ) -> UncertaintySearchResult:
     """Langevin CG dynamics on the ensemble-mean PMF until ``n_wanted`` replicas reach std > ``std_threshold`` (kT).
 
-    ``metadata``: the ensemble's export metadata (system, temperature_K, cg_dim, cg_metadata). ``start``:
-    (n_chains, cg_dim) CG coordinates in the model's frame (rad or nm). ``bounds``: walls (nm) of a linear CG
+    ``cg_system``: the system the ensemble was fitted on (its CG definition and temperature). ``start``:
+    (n_chains, cg_dim) CG coordinates in the system's frame (rad or nm). ``bounds``: walls (nm) of a linear CG
     coordinate (default: its domain).
     ``max_steps``: MD steps before the search gives up (``success=False``).
     """
-    from ..energy.oracle import default_properties, resolve_platform
-
     start = np.asarray(start, dtype=np.float64).reshape(len(start), -1)
     n_chains = len(start)
     if n_wanted > n_chains:
         raise ValueError(f"cannot stop {n_wanted} replicas out of {n_chains}")
-    from ..forces import check_platform_for_system
-
-    system, positions, cg_of = _cg_system_and_positions(ensemble, metadata, start, bounds, backend)
+    walls = [tuple(bounds)] if bounds is not None else None
+    system = cg_dynamics.cg_dynamics_system(cg_system, ensemble, n_chains, ModelMetadata.for_system(cg_system, "pmf_ensemble"),
+                                            backend=backend, walls=walls)
+    positions = cg_dynamics.replica_positions(cg_system.cg_definition, start)
     check_platform_for_system(system, platform)
-    temperature = float(metadata["temperature_K"]) * unit.kelvin
-    integrator = openmm.LangevinMiddleIntegrator(temperature, friction_per_ps / unit.picosecond, timestep_fs * unit.femtosecond)
-    integrator.setRandomNumberSeed(seed + 1)
-    context = openmm.Context(system, integrator, resolve_platform(platform), default_properties(platform))
-    context.setPositions(positions)
-    context.setVelocitiesToTemperature(temperature, seed + 1)
+    dynamics = LangevinDynamics(system, cg_system.temperature, timestep_fs, friction_per_ps, platform, random_seed=seed + 1)
+    dynamics.start(positions, velocity_seed=seed + 1)
     stopped = np.zeros(n_chains, dtype=bool)
     stop_point = np.zeros_like(start)
     steps = 0
     while steps < max_steps:
-        integrator.step(check_every)
+        dynamics.step(check_every)
         steps += check_every
-        x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        s = np.asarray(cg_of(x), dtype=np.float64).reshape(n_chains, -1)
+        x = dynamics.positions()
+        s = np.asarray(cg_dynamics.replica_cg(cg_system.cg_definition, x), dtype=np.float64).reshape(n_chains, -1)
         if steps <= min_steps:
             continue
         with torch.no_grad():

@@ -6,6 +6,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from .base import CGSystem, kT_in_kJ_per_mol  # noqa: F401
 from .cg_definition import CGDefinition, DihedralCV, LinearCV  # noqa: F401
+from .description import SystemDescription  # noqa: F401
 
 # name -> "module:function"; modules are imported only when the system is requested.
 _REGISTRY: Dict[str, Union[str, Callable[..., CGSystem]]] = {
@@ -79,9 +80,9 @@ def system_from_config(value) -> CGSystem:
     :mod:`openmm_cgflow.systems.molecule`)."""
     if isinstance(value, str):
         return create_system(value)
-    from .molecule import molecule_from_config
+    from .molecule import molecule_inputs_from_config
 
-    return molecule_from_config(value)
+    return CGSystem.from_openmm(**molecule_inputs_from_config(value))
 
 
 def system_label(value) -> str:
@@ -89,27 +90,3 @@ def system_label(value) -> str:
     if isinstance(value, str):
         return value
     return str(value.get("name") or value.get("openmmtools") or value.get("prmtop") or "molecule")
-
-
-def definition_from_metadata(metadata: dict) -> CGDefinition:
-    """The CG definition an exported model carries (``cg_definition``). Model files written before it existed
-    name a built-in system instead; their definition is that system's."""
-    definition = metadata.get("cg_definition")
-    if isinstance(definition, dict) and "coordinates" in definition:
-        return CGDefinition.from_dict(definition)
-    name = metadata.get("system")
-    if name in _REGISTRY:
-        return create_system(name).cg_definition
-    raise ValueError(f"the model's metadata has no cg_definition and names no built-in system (system {name!r})")
-
-
-def cg_system_from_metadata(metadata: dict) -> CGSystem:
-    """The CGSystem a flow model file carries (``cg_system``, see :meth:`CGSystem.to_spec`); files written before
-    it existed name a built-in system instead."""
-    spec = metadata.get("cg_system")
-    if isinstance(spec, dict):
-        return CGSystem.from_spec(spec)
-    name = metadata.get("system")
-    if name in _REGISTRY:
-        return create_system(name)
-    raise ValueError(f"the model's metadata has no cg_system description and names no built-in system (system {name!r})")

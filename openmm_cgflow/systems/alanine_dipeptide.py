@@ -11,9 +11,9 @@ Two frames are offered:
 """
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Tuple
 
 import numpy as np
@@ -24,11 +24,15 @@ import torch
 
 from ..coordinates.geometry import frame_dihedrals, periodic_difference, wrap_angle
 from ..coordinates.zmatrix import ZMatrixTransform
+from ..scoring.grid import grid_centres, load_reference
 from .base import CGSystem
 from .cg_definition import CGDefinition, DihedralCV, chain_replica
+from .description import SystemDescription
 from .fine_grained import ZMatrixCG
 
 TEMPERATURE = 300.0  # K
+#: The packaged reference PMF (umbrella sampling + mean-force fit), in ``openmm_cgflow/data``.
+PACKAGED_REFERENCE = "reference_aldp.npz"
 N_ATOMS = 22
 #: IUPAC (mdtraj) atom quadruples of the CG dihedrals.
 PHI_ATOMS = (4, 6, 8, 14)
@@ -42,8 +46,8 @@ Z_MATRIX = (
 )
 #: Atoms whose dihedral is circular (periodic, std 1): FAB's list mapped to atoms (SPEC §2.2.1).
 CIRCULAR_ATOMS = (0, 1, 4, 5, 7, 9, 10, 11, 16, 17, 18, 19)
-#: Positions of phi and psi in the 60-dim internal vector, and the circular entries of the 58-dim flow vector.
-CG_INDICES = (17, 44)
+#: The circular entries of the 58-dim flow vector (phi and psi, entries 17 and 44 of the 60-dim internal vector, are
+#: found from the CG definition: :meth:`~openmm_cgflow.systems.fine_grained.ZMatrixCG.from_definition`).
 FLOW_CIRCULAR_INDICES = (5, 8, 19, 22, 25, 28, 31, 45, 48, 51)
 #: FAB chirality rule (SPEC §5.3): L if |wrap(y[17] - y[26]) - (-0.043)| < threshold.
 FAB_CHIRALITY_OFFSET = -0.043
@@ -137,9 +141,9 @@ def cg_definition(positions: np.ndarray, masses) -> CGDefinition:
 
 def cached_starting_data(n_frames: int, save_every: int, equilibration_steps: int, timestep_fs: float, friction_per_ps: float,
                          seed: int, platform: str):
-    """SPEC §2.2 starting data from the cache (:func:`~openmm_cgflow.sampling.starting_data.aldp_starting_data`):
+    """SPEC §2.2 starting data from the cache (:func:`~openmm_cgflow.systems.starting_data.aldp_starting_data`):
     1 fs MD at friction 1/ps, saved every multiple of 10 steps."""
-    from ..sampling.starting_data import SAVE_EVERY, aldp_starting_data
+    from .starting_data import SAVE_EVERY, aldp_starting_data
 
     if save_every % SAVE_EVERY or timestep_fs != 1.0 or friction_per_ps != 1.0:
         raise ValueError(f"alanine-dipeptide starting data is 1 fs MD at friction 1/ps saved every multiple of {SAVE_EVERY} steps")
@@ -150,10 +154,13 @@ def cached_starting_data(n_frames: int, save_every: int, equilibration_steps: in
     return data["frames"][save_every // SAVE_EVERY - 1 :: save_every // SAVE_EVERY][-n_frames:], data["md_steps"]
 
 
+def packaged_reference_path() -> Path:
+    """The alanine-dipeptide reference shipped in the package (``openmm_cgflow/data/reference_aldp.npz``, paper frame)."""
+    return Path(__file__).resolve().parent.parent / "data" / PACKAGED_REFERENCE
+
+
 def packaged_reference(n_bins: int, domain):
     """Bin centres (n_bins^2, 2) and probabilities of the packaged umbrella-sampling reference (paper frame)."""
-    from ..reference.grid import grid_centres, load_reference, packaged_reference_path
-
     ref = load_reference(packaged_reference_path(), n_bins)
     return grid_centres(n_bins), ref.probabilities.ravel()
 
@@ -174,23 +181,23 @@ def create_alanine_dipeptide_system() -> CGSystem:
     transform = ZMatrixTransform.build(N_ATOMS, REFERENCE_ATOMS, Z_MATRIX, CIRCULAR_ATOMS, minimum, bonds=bonds)
     masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(N_ATOMS)]
     phi_ref, psi_ref = paper_frame_references()
+    definition = cg_definition(minimum, masses)
     return CGSystem(
         name="alanine-dipeptide",
         system=system,
         topology=topology,
         positions=minimum,
         temperature=TEMPERATURE,
-        cg_definition=cg_definition(minimum, masses),
-        fine_grained=ZMatrixCG(transform, CG_INDICES, (-1.0, -1.0)),
+        cg_definition=definition,
+        fine_grained=ZMatrixCG.from_definition(transform, definition),
         flow_circular_indices=FLOW_CIRCULAR_INDICES,
         chirality_centres=find_chirality_centres(topology),
-        metadata={
-            "angle_convention": "paper frame: s = wrap(-angle_IUPAC - ref_bg), ref_bg = -angle_IUPAC(minimum)",
-            "phi_ref_bg_rad": phi_ref,
-            "psi_ref_bg_rad": psi_ref,
-            "hamiltonian": "amber ff96 (openmmtools prmtop), OBC1, NoCutoff, no constraints",
-            "literature_basins_deg": LITERATURE_BASINS_DEG,
-        },
+        description=SystemDescription(
+            hamiltonian="amber ff96 (openmmtools prmtop), OBC1, NoCutoff, no constraints",
+            angle_convention="paper frame: s = wrap(-angle_IUPAC - ref_bg), ref_bg = -angle_IUPAC(minimum)",
+            literature_basins_deg={name: tuple(value) for name, value in LITERATURE_BASINS_DEG.items()},
+            notes={"phi_ref_bg_rad": phi_ref, "psi_ref_bg_rad": psi_ref},
+        ),
         sample_filters={"fab": fab_chirality_filter(transform)},
         references={"packaged": packaged_reference},
         starting_data=cached_starting_data,

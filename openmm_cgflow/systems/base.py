@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import openmm
 import openmm.unit as unit
 import torch
 
-if TYPE_CHECKING:
-    from .cg_definition import CGDefinition
+from .cg_definition import CGDefinition
+from .description import SystemDescription
+from .fine_grained import fine_grained_from_spec
 
 #: Molar gas constant in kJ/(mol K), as OpenMM uses it.
 MOLAR_GAS_CONSTANT = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
@@ -47,8 +48,8 @@ class CGSystem:
     chirality_centres:
         ``(centre, n1, n2, n3, n4)`` per stereocentre (neighbours sorted); the ``geometric`` sample filter keeps
         the handedness of ``positions`` at every centre.
-    metadata:
-        Free-form, JSON-able facts stored in exported model files (force field, angle convention, ...).
+    description:
+        Facts stored in exported model files (force field, angle convention, known basins; :class:`SystemDescription`).
     sample_filters:
         Extra named filters (``positions (B, n, 3) -> bool mask``) beside ``geometric``, e.g. ALDP's ``fab``.
     references:
@@ -63,11 +64,11 @@ class CGSystem:
     topology: openmm.app.Topology
     positions: np.ndarray
     temperature: float
-    cg_definition: "CGDefinition"
+    cg_definition: CGDefinition
     fine_grained: torch.nn.Module
     flow_circular_indices: Tuple[int, ...] = ()
     chirality_centres: Tuple[Tuple[int, int, int, int, int], ...] = ()
-    metadata: Dict[str, object] = field(default_factory=dict)
+    description: SystemDescription = field(default_factory=SystemDescription)
     sample_filters: Dict[str, Callable] = field(default_factory=dict)
     references: Dict[str, Callable] = field(default_factory=dict)
     starting_data: Optional[Callable] = None
@@ -149,10 +150,10 @@ class CGSystem:
         """Starting data: (frames (n_frames, n_atoms, 3) nm, MD steps they cost). Default: minimise, then
         LangevinMiddle MD at the system's temperature, keeping the last ``n_frames`` frames saved every
         ``save_every`` steps after ``equilibration_steps``; made once and cached
-        (:func:`~openmm_cgflow.sampling.starting_data.cached_starting_frames`)."""
+        (:func:`~openmm_cgflow.systems.starting_data.cached_starting_frames`)."""
         if self.starting_data is not None:
             return self.starting_data(n_frames, save_every, equilibration_steps, timestep_fs, friction_per_ps, seed, platform)
-        from ..sampling.starting_data import cached_starting_frames
+        from .starting_data import cached_starting_frames
 
         frames, md_steps, _ = cached_starting_frames(self, n_frames, save_every, equilibration_steps, timestep_fs, friction_per_ps,
                                                      seed, platform)
@@ -160,12 +161,14 @@ class CGSystem:
 
     @classmethod
     def from_openmm(cls, system: openmm.System, topology: openmm.app.Topology, positions, temperature, cg_dihedrals,
-                    name: str = "molecule", minimize: bool = True, metadata: Optional[Dict[str, object]] = None) -> "CGSystem":
-        """Any molecule: an OpenMM System (no constraints), its Topology, positions (nm), temperature (K) and the CG
-        dihedrals as atom quadruples; see :func:`openmm_cgflow.systems.molecule.molecule_system`."""
-        from .molecule import molecule_system
+                    name: str = "molecule", minimize: bool = True, description: Optional[SystemDescription] = None) -> "CGSystem":
+        """Any molecule: an OpenMM System (no constraints), its Topology, positions (nm or a Quantity), temperature
+        (K or a Quantity) and the CG dihedrals as atom quadruples (or a mapping name -> quadruple); see
+        :func:`openmm_cgflow.systems.molecule.molecule_fields`."""
+        from .molecule import molecule_fields
 
-        return molecule_system(system, topology, positions, temperature, cg_dihedrals, name=name, minimize=minimize, metadata=metadata)
+        return cls(**molecule_fields(system, topology, positions, temperature, cg_dihedrals, name=name, minimize=minimize,
+                                     description=description))
 
     # ------------------------------------------------------------------ serialisation
     def to_spec(self) -> Dict[str, object]:
@@ -181,15 +184,12 @@ class CGSystem:
             "fine_grained": self.fine_grained.spec(),
             "flow_circular_indices": [int(i) for i in self.flow_circular_indices],
             "chirality_centres": [list(c) for c in self.chirality_centres],
-            "metadata": self.metadata,
+            "metadata": self.description.to_dict(),
         }
 
     @classmethod
     def from_spec(cls, spec: Dict[str, object]) -> "CGSystem":
         """Rebuild a CGSystem from :meth:`to_spec` (a ValueError names a missing or malformed field)."""
-        from .cg_definition import CGDefinition
-        from .fine_grained import fine_grained_from_spec
-
         required = ("name", "system_xml", "topology", "positions_nm", "temperature_K", "cg_definition", "fine_grained")
         missing = [key for key in required if not isinstance(spec, dict) or key not in spec]
         if missing:
@@ -208,7 +208,7 @@ class CGSystem:
             fine_grained=fine_grained_from_spec(spec["fine_grained"]),
             flow_circular_indices=tuple(int(i) for i in spec.get("flow_circular_indices", [])),
             chirality_centres=tuple(tuple(int(a) for a in c) for c in spec.get("chirality_centres", [])),
-            metadata=dict(spec.get("metadata", {})),
+            description=SystemDescription.from_dict(spec.get("metadata", {})),
         )
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import openmm
@@ -126,6 +126,75 @@ class LinearCV:
 CV = Union[DihedralCV, LinearCV]
 
 
+@dataclass(frozen=True)
+class ChainReplica:
+    """The CG replica of dihedral CG coordinates: only the atoms of the CG dihedrals (``atoms``, model indices, with
+    their ``masses`` in Da), harmonically restrained on their ``bonds`` (i, j, r0 nm) and ``angles`` (i, j, k,
+    theta0 rad) with force constants ``bond_k`` (kJ/mol/nm^2) and ``angle_k`` (kJ/mol/rad^2); i, j, k index
+    ``atoms``. ``positions`` (nm) is the minimum's geometry the replicas start from."""
+
+    atoms: Tuple[int, ...]
+    masses: Tuple[float, ...]
+    bonds: Tuple[Tuple[int, int, float], ...]
+    angles: Tuple[Tuple[int, int, int, float], ...]
+    positions: Tuple[Tuple[float, float, float], ...]
+    bond_k: float = REPLICA_BOND_K
+    angle_k: float = REPLICA_ANGLE_K
+
+    kind = "chain"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "atoms": list(self.atoms), "masses": list(self.masses), "bonds": [list(b) for b in self.bonds],
+                "angles": [list(a) for a in self.angles], "positions": [list(x) for x in self.positions], "bond_k": self.bond_k,
+                "angle_k": self.angle_k}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ChainReplica":
+        return cls(tuple(int(a) for a in data["atoms"]), tuple(float(m) for m in data["masses"]),
+                   tuple((int(i), int(j), float(r)) for i, j, r in data["bonds"]),
+                   tuple((int(i), int(j), int(k), float(t)) for i, j, k, t in data["angles"]),
+                   tuple(tuple(float(v) for v in x) for x in data["positions"]), float(data.get("bond_k", REPLICA_BOND_K)),
+                   float(data.get("angle_k", REPLICA_ANGLE_K)))
+
+
+@dataclass(frozen=True)
+class ParticleReplica:
+    """The CG replica of one linear CG coordinate: one particle of ``mass`` (Da) per replica, held by harmonic
+    ``restraints`` (direction (3,), k in kT/nm^2) on the directions orthogonal to s, and by flat-bottomed walls of
+    ``wall_kT_per_nm2`` at the coordinate's domain."""
+
+    mass: float
+    restraints: Tuple[Tuple[Tuple[float, float, float], float], ...]
+    wall_kT_per_nm2: float
+
+    kind = "particle"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "mass": self.mass, "restraints": [[list(c), k] for c, k in self.restraints],
+                "wall_kT_per_nm2": self.wall_kT_per_nm2}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ParticleReplica":
+        return cls(float(data["mass"]), tuple((tuple(float(v) for v in c), float(k)) for c, k in data["restraints"]),
+                   float(data["wall_kT_per_nm2"]))
+
+
+Replica = Union[ChainReplica, ParticleReplica]
+
+
+def replica_from_dict(data: Dict[str, Any]) -> Optional[Replica]:
+    """The replica a CG definition's JSON describes (None for an empty mapping: no CG dynamics)."""
+    if not data:
+        return None
+    kinds = {"chain": ChainReplica, "particle": ParticleReplica}
+    if data.get("kind") not in kinds:
+        raise ValueError(f"unknown CG replica kind {data.get('kind')!r} (known: chain, particle)")
+    try:
+        return kinds[data["kind"]].from_dict(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"malformed {data['kind']} CG replica ({type(error).__name__}: {error})") from None
+
+
 def cv_from_dict(data: Dict[str, Any]) -> CV:
     kind = data.get("kind")
     if kind == "dihedral":
@@ -139,15 +208,12 @@ def cv_from_dict(data: Dict[str, Any]) -> CV:
 class CGDefinition:
     """The CG coordinates of a molecule and the CG replica for dynamics (JSON-able; see the module docstring).
 
-    ``replica`` is either ``{"kind": "chain", "atoms", "masses", "bonds": [[i, j, r0_nm]], "angles": [[i, j, k,
-    theta0_rad]], "positions"}`` (indices local to ``atoms``; for dihedral coordinates: the atoms of the
-    quadruples, held together by their bonds and angles) or ``{"kind": "particle", "mass", "restraints":
-    [[[cx, cy, cz], k_kT_per_nm2], ...], "wall_kT_per_nm2"}`` (one particle per replica, harmonic restraints
-    on the given directions, flat-bottomed walls at the domain of each linear coordinate).
+    ``replica``: a :class:`ChainReplica` (dihedral coordinates: the atoms of the quadruples, held together by
+    their bonds and angles), a :class:`ParticleReplica` (one linear coordinate), or None (no CG dynamics).
     """
 
     coordinates: Tuple[CV, ...]
-    replica: Dict[str, Any] = field(default_factory=dict, compare=False)
+    replica: Optional[Replica] = field(default=None, compare=False)
     n_atoms: int = 0  # atoms of the molecule the coordinates are defined on (0: unknown)
 
     def __post_init__(self):
@@ -221,13 +287,14 @@ class CGDefinition:
         return np.array([cv.sign for cv in self.coordinates]), np.array([cv.offset for cv in self.coordinates])
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"coordinates": [cv.to_dict() for cv in self.coordinates], "replica": self.replica, "n_atoms": self.n_atoms}
+        return {"coordinates": [cv.to_dict() for cv in self.coordinates], "replica": self.replica.to_dict() if self.replica else {},
+                "n_atoms": self.n_atoms}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "CGDefinition":
         if not isinstance(data, dict) or "coordinates" not in data:
             raise ValueError("a CG definition must be a mapping with 'coordinates'")
-        return cls(tuple(cv_from_dict(cv) for cv in data["coordinates"]), dict(data.get("replica", {})), int(data.get("n_atoms", 0)))
+        return cls(tuple(cv_from_dict(cv) for cv in data["coordinates"]), replica_from_dict(data.get("replica") or {}), int(data.get("n_atoms", 0)))
 
     def check_atoms(self, n_atoms: int) -> None:
         """Raise a ValueError naming a CG coordinate whose atoms are out of range for ``n_atoms``."""
@@ -239,7 +306,7 @@ class CGDefinition:
 
     def values(self, positions) -> np.ndarray:
         """CG coordinates (B, dim) of positions (B, n_atoms, 3) nm (numpy in, numpy out)."""
-        from ..forces.cg_coordinates import cg_module_from_definition
+        from .cg_coordinates import cg_module_from_definition
         import torch
 
         x = torch.as_tensor(np.asarray(positions, dtype=np.float64))
@@ -274,7 +341,7 @@ class CGDefinition:
         return [f"cg_target_{k}" for k in range(self.dim)]
 
 
-def chain_replica(coordinates: Sequence[DihedralCV], masses: Sequence[float], positions: np.ndarray) -> Dict[str, Any]:
+def chain_replica(coordinates: Sequence[DihedralCV], masses: Sequence[float], positions: np.ndarray) -> ChainReplica:
     """The CG replica of dihedral coordinates: their atoms, bonded i-j, j-k, k-l and angled i-j-k, j-k-l as in the
     quadruples, with the bond lengths and angles of ``positions`` ((n_atoms, 3) nm); ``masses`` in Da per atom.
 
@@ -319,16 +386,9 @@ def chain_replica(coordinates: Sequence[DihedralCV], masses: Sequence[float], po
         if ra == rb:
             raise ValueError("the bonds of the CG dihedrals form a ring: CG dynamics needs them to form a tree (a chain or branches)")
         parent[ra] = rb
-    return {
-        "kind": "chain",
-        "atoms": atoms,
-        "masses": [float(masses[a]) for a in atoms],
-        "bonds": bonds,
-        "angles": angles,
-        "positions": x[atoms].tolist(),
-        "bond_k": REPLICA_BOND_K,
-        "angle_k": REPLICA_ANGLE_K,
-    }
+    return ChainReplica(tuple(atoms), tuple(float(masses[a]) for a in atoms), tuple((int(a), int(b), r) for a, b, r in bonds),
+                        tuple((int(a), int(b), int(c), t) for a, b, c, t in angles), tuple(tuple(p) for p in x[atoms].tolist()),
+                        REPLICA_BOND_K, REPLICA_ANGLE_K)
 
 
-__all__ = ["CGDefinition", "DihedralCV", "LinearCV", "chain_replica", "cv_from_dict"]
+__all__ = ["CGDefinition", "ChainReplica", "DihedralCV", "LinearCV", "ParticleReplica", "chain_replica", "cv_from_dict"]

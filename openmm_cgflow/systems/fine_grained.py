@@ -13,13 +13,16 @@ Two maps, each a TorchScript-able module with a JSON description (:meth:`spec`) 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..coordinates.geometry import wrap_angle
 from ..coordinates.zmatrix import ZMatrixTransform
+
+if TYPE_CHECKING:
+    from .cg_definition import CGDefinition
 
 
 class ZMatrixCG(nn.Module):
@@ -40,6 +43,29 @@ class ZMatrixCG(nn.Module):
         self.cg_dim = len(cg_entries)
         self.fg_dim = len(keep)
         self.dim = int(transform.dim)
+
+    @classmethod
+    def from_definition(cls, transform: ZMatrixTransform, definition: "CGDefinition") -> "ZMatrixCG":
+        """The map whose CG coordinates are ``definition``'s dihedrals: each is the torsion row of the Z-matrix with
+        the same four atoms (in either order), with the definition's sign. The CG map is described once, in the
+        definition; a row whose normalisation does not make s = wrap(sign * IUPAC - offset) (mean -sign * offset,
+        std 1) is a ValueError naming the coordinate."""
+        rows = [tuple(row) for row in transform.rows.tolist()]
+        entries, signs = [], []
+        for cv in definition.coordinates:
+            if cv.kind != "dihedral":
+                raise ValueError(f"CG coordinate '{cv.name}' is {cv.kind}: a Z-matrix map takes CG dihedrals")
+            k = next((n for n, row in enumerate(rows) if row in (cv.atoms, cv.atoms[::-1])), None)
+            if k is None:
+                raise ValueError(f"CG dihedral '{cv.name}' {list(cv.atoms)} is not a torsion row of the Z-matrix")
+            entry = int(transform.dihedral_index[k])
+            mean, std = float(transform.mean[entry]), float(transform.std[entry])
+            if std != 1.0 or abs(math.remainder(mean + cv.sign * cv.offset, 2 * math.pi)) > 1e-9:
+                raise ValueError(f"CG dihedral '{cv.name}': its Z-matrix row is normalised with mean {mean:.6g}, std {std:.6g}; "
+                                 f"the definition needs mean {-cv.sign * cv.offset:.6g} and std 1")
+            entries.append(entry)
+            signs.append(cv.sign)
+        return cls(transform, entries, signs)
 
     def split(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return wrap_angle(-self.cg_sign * y[:, self.cg_index]), y[:, self.fg_index]

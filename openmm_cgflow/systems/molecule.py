@@ -1,11 +1,11 @@
 """Any molecule as a CGSystem: an OpenMM System + Topology + positions and a list of CG dihedrals.
 
-:func:`molecule_system` (also ``CGSystem.from_openmm``) minimises the structure, builds a Z-matrix from the
+:func:`molecule_fields` (what ``CGSystem.from_openmm`` builds) minimises the structure, builds a Z-matrix from the
 topology's bonds in which every CG dihedral is a torsion row, normalises it on the minimum, marks proper
 torsions as circular for the flow, finds the stereocentres and describes the CG replica for CG dynamics. CG
 coordinates are IUPAC dihedrals (mdtraj's convention) in rad on [-pi, pi).
 
-:func:`molecule_from_config` reads the ``system:`` mapping of a YAML config::
+:func:`molecule_inputs_from_config` reads the ``system:`` mapping of a YAML config::
 
     system:
       prmtop: ala2.prmtop          # Amber files (paths relative to the config file) ...
@@ -27,11 +27,10 @@ import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as unit
-import torch
 
 from ..coordinates.zmatrix import ZMatrixTransform, zmatrix_from_bonds
-from .base import CGSystem
 from .cg_definition import CGDefinition, DihedralCV, chain_replica
+from .description import SystemDescription
 from .fine_grained import ZMatrixCG
 
 #: Keys of a ``system:`` mapping in a config.
@@ -119,9 +118,9 @@ def _as_nm(positions) -> np.ndarray:
     return np.asarray(positions, dtype=np.float64)
 
 
-def molecule_system(system: openmm.System, topology: app.Topology, positions, temperature, cg_dihedrals: Union[Sequence, Mapping[str, Sequence[int]]],
-                    name: str = "molecule", minimize: bool = True, metadata: Optional[Dict[str, Any]] = None) -> CGSystem:
-    """A CGSystem for any molecule (see the module docstring).
+def molecule_fields(system: openmm.System, topology: app.Topology, positions, temperature, cg_dihedrals: Union[Sequence, Mapping[str, Sequence[int]]],
+                    name: str = "molecule", minimize: bool = True, description: Optional[SystemDescription] = None) -> Dict[str, Any]:
+    """The CGSystem fields of any molecule (see the module docstring); ``CGSystem.from_openmm`` builds it from them.
 
     ``positions``: (n_atoms, 3) nm or a Quantity; ``temperature``: K or a Quantity; ``cg_dihedrals``: a list of
     atom quadruples (0-based, bonded i-j-k-l; named ``phi``/``psi`` for two, ``d0``, ``d1``, ... otherwise) or a
@@ -157,18 +156,19 @@ def molecule_system(system: openmm.System, topology: app.Topology, positions, te
     minimum = minimise(system, x) if minimize else x
     circular_atoms = [row[0] for row, p in zip(rows, proper) if p]
     transform = ZMatrixTransform.build(n_atoms, reference, rows, circular_atoms, minimum, bonds=bonds)
-    cg_entries = [5 + 3 * k for k in row_of]
+    cg_entries = [int(transform.dihedral_index[k]) for k in row_of]
     mean = transform.mean.clone()
     mean[cg_entries] = 0.0  # IUPAC frame: s = wrap(-y) with sign +1, offset 0 (see fine_grained.py)
     std = transform.std.clone()
     std[cg_entries] = 1.0
     transform = ZMatrixTransform(n_atoms, reference, rows, [bool(c) for c in transform.circular.tolist()], mean, std)
-    fine = ZMatrixCG(transform, cg_entries, [1.0] * len(cg_entries))
-    fg_circular = [n for n, entry in enumerate(fine.fg_index.tolist()) if entry in set(transform.dihedral_index[transform.circular].tolist())]
     coordinates = tuple(DihedralCV(n, q) for n, q in zip(names, torsions))
     masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n_atoms)]
     definition = CGDefinition(coordinates, chain_replica(coordinates, masses, minimum), n_atoms=n_atoms)
-    return CGSystem(
+    fine = ZMatrixCG.from_definition(transform, definition)
+    fg_circular = [n for n, entry in enumerate(fine.fg_index.tolist()) if entry in set(transform.dihedral_index[transform.circular].tolist())]
+    description = description or SystemDescription()
+    return dict(
         name=name,
         system=system,
         topology=topology,
@@ -178,7 +178,8 @@ def molecule_system(system: openmm.System, topology: app.Topology, positions, te
         fine_grained=fine,
         flow_circular_indices=tuple(fg_circular),
         chirality_centres=find_chirality_centres(topology),
-        metadata={"angle_convention": "IUPAC dihedrals (mdtraj), rad", **(metadata or {})},
+        description=SystemDescription(description.hamiltonian, description.angle_convention or "IUPAC dihedrals (mdtraj), rad",
+                                      description.literature_basins_deg, description.notes),
     )
 
 
@@ -210,9 +211,9 @@ def check_system_config(value: Any) -> None:
         raise ValueError(f"'system.temperature' must be a positive number of kelvin, got {temperature!r}")
 
 
-def molecule_from_config(value: Mapping[str, Any]) -> CGSystem:
-    """The CGSystem of a config's ``system:`` mapping (see the module docstring); paths must already be absolute
-    or relative to the working directory (``load_config`` resolves them against the config file)."""
+def molecule_inputs_from_config(value: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``CGSystem.from_openmm`` arguments of a config's ``system:`` mapping (see the module docstring); paths must
+    already be absolute or relative to the working directory (``load_config`` resolves them against the config file)."""
     check_system_config(value)
     if "openmmtools" in value:
         system, topology, positions, label = _openmmtools_system(str(value["openmmtools"]))
@@ -229,8 +230,9 @@ def molecule_from_config(value: Mapping[str, Any]) -> CGSystem:
         label = Path(value["prmtop"]).stem
     dihedrals = [list(d) for d in value["cg_dihedrals"]]
     cg = dict(zip(map(str, value["cg_names"]), dihedrals)) if value.get("cg_names") else dihedrals
-    return molecule_system(system, topology, positions, value.get("temperature", 300.0), cg, name=str(value.get("name", label)),
-                           metadata={"source": {k: value[k] for k in ("prmtop", "inpcrd", "implicit_solvent", "openmmtools") if k in value}})
+    source = {k: value[k] for k in ("prmtop", "inpcrd", "implicit_solvent", "openmmtools") if k in value}
+    return dict(system=system, topology=topology, positions=positions, temperature=value.get("temperature", 300.0), cg_dihedrals=cg,
+                name=str(value.get("name", label)), description=SystemDescription(notes={"source": source}))
 
 
 def _openmmtools_system(class_name: str):

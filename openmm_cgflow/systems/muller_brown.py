@@ -5,18 +5,24 @@ temperature is chosen so that beta = 1/kT = 0.1 mol/kJ, as in the paper (T = 10 
 
 CG map: s = x1 - x2 (CG) and s_perp = x1 + x2 (fine-grained). Inverse: x1 = (s + s_perp)/2,
 x2 = (s_perp - s)/2, with the constant log|det J| = ln 0.5 of (s, s_perp) -> (x1, x2).
+
+The system owns its analytical answer: the exact PMF in s by numerical quadrature (:func:`exact_pmf`), the
+``exact`` reference its runs are scored against.
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as unit
+from scipy import integrate
 
 from .base import MOLAR_GAS_CONSTANT, CGSystem
-from .cg_definition import CGDefinition, LinearCV
+from .cg_definition import CGDefinition, LinearCV, ParticleReplica
+from .description import SystemDescription
 from .fine_grained import PlanarParticleCG
 
 #: Parameters of the standard (non-regularised) Müller-Brown potential, SPEC §2.1.
@@ -63,20 +69,55 @@ def _energy_expression() -> str:
     return "+".join(terms) + f"+0.5*{MB_Z_SPRING}*z^2"
 
 
+#: Integration range of y = x2 at fixed s (SPEC §2.1).
+Y_RANGE = (-1.0, 3.0)
+
+
+def exact_pmf(s: np.ndarray, beta: float = MB_BETA) -> np.ndarray:
+    """F(s) = -ln ∫ exp(-beta U(s + y, y)) dy in kT, up to an additive constant, at the points ``s`` (nm).
+
+    The constant is fixed so that min F = 0. Integrated with scipy.integrate.quad (relative tolerance 1e-11).
+    """
+    s = np.atleast_1d(np.asarray(s, dtype=np.float64))
+    values = np.empty(len(s))
+    for i, si in enumerate(s):
+        integral, _ = integrate.quad(
+            lambda y: np.exp(-beta * muller_brown_energy(si + y, y)), *Y_RANGE, epsabs=0.0, epsrel=1e-11, limit=200
+        )
+        values[i] = -np.log(integral)
+    return values - values.min()
+
+
+def bin_centres(n_bins: int = 100, domain=MB_CG_DOMAIN) -> np.ndarray:
+    """Centres of ``n_bins`` equal bins over ``domain`` (nm)."""
+    edges = np.linspace(domain[0], domain[1], n_bins + 1)
+    return 0.5 * (edges[1:] + edges[:-1])
+
+
+@lru_cache(maxsize=4)
+def _reference(n_bins: int, domain: tuple) -> np.ndarray:
+    return exact_pmf(bin_centres(n_bins, domain))
+
+
+def reference_probabilities(n_bins: int = 100, domain=MB_CG_DOMAIN) -> np.ndarray:
+    """Exact bin probabilities ∝ exp(-F(bin centre)), normalised over the bins."""
+    F = _reference(n_bins, tuple(domain))
+    w = np.exp(-F)
+    return w / w.sum()
+
+
 def cg_definition() -> CGDefinition:
     """s = x - y (nm) on the domain MB_CG_DOMAIN; the CG replica is one particle held near the line x + y = 0 and
     the plane z = 0 by springs of 10 kT/nm^2 (these change nothing in the marginal of s)."""
     return CGDefinition(
         (LinearCV("s", 0, (1.0, -1.0, 0.0), MB_CG_DOMAIN),),
-        {"kind": "particle", "mass": 1.0, "restraints": [[[1.0, 1.0, 0.0], 10.0], [[0.0, 0.0, 1.0], 10.0]], "wall_kT_per_nm2": 1000.0},
+        ParticleReplica(mass=1.0, restraints=(((1.0, 1.0, 0.0), 10.0), ((0.0, 0.0, 1.0), 10.0)), wall_kT_per_nm2=1000.0),
         n_atoms=1,
     )
 
 
 def exact_reference(n_bins: int, domain):
     """Bin centres (n_bins, 1) and exact bin probabilities of the Müller-Brown PMF over ``domain`` (nm)."""
-    from ..reference.muller_brown import bin_centres, reference_probabilities
-
     domain = tuple(domain)
     return bin_centres(n_bins, domain)[:, None], reference_probabilities(n_bins, domain)
 
@@ -110,10 +151,10 @@ def create_muller_brown_system(mass: float = 1.0) -> CGSystem:
         temperature=MB_TEMPERATURE,
         cg_definition=cg_definition(),
         fine_grained=PlanarParticleCG(MB_CG_ROW, MB_FG_ROW),
-        metadata={
+        description=SystemDescription(notes={
             "cg_map": "s = x1 - x2 (nm), s_perp = x1 + x2",
             "log_jacobian": MB_LOG_JACOBIAN,
             "beta_mol_per_kJ": MB_BETA,
-        },
+        }),
         references={"exact": exact_reference},
     )

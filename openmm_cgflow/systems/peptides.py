@@ -19,6 +19,7 @@ import torch
 
 from ..coordinates.geometry import place_atom
 from .base import CGSystem
+from .description import SystemDescription
 
 TEMPERATURE = 300.0  # K
 FORCE_FIELD = ("amber14-all.xml", "implicit/obc1.xml")
@@ -100,8 +101,9 @@ def create_capped_alanine_system(n_alanines: int = 2) -> CGSystem:
     order = [f"{kind}{k}" for k in range(1, n_alanines + 1) for kind in ("phi", "psi")]
     return CGSystem.from_openmm(system, topology, positions, TEMPERATURE, {name: dihedrals[name] for name in order},
                                 name=f"ace-ala{n_alanines}-nme",
-                                metadata={"hamiltonian": "amber ff14SB + OBC1 (OpenMM amber14-all.xml, implicit/obc1.xml), NoCutoff, no constraints",
-                                          "built": "ideal internal coordinates + Modeller.addHydrogens"})
+                                description=SystemDescription(
+                                    hamiltonian="amber ff14SB + OBC1 (OpenMM amber14-all.xml, implicit/obc1.xml), NoCutoff, no constraints",
+                                    notes={"built": "ideal internal coordinates + Modeller.addHydrogens"}))
 
 
 def create_ace_ala2_nme_system() -> CGSystem:

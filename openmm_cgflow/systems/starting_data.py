@@ -1,5 +1,5 @@
 """Starting data, made once and cached: the short MD a run starts from (its MD steps count in every evaluation
-budget, ``md_steps`` in the file).
+budget, ``md_steps`` in the file), simulated by :func:`run_langevin`.
 
 * Any system (:func:`cached_starting_frames`, what ``CGSystem.starting_frames`` uses by default and
   ``cgflow data start SYSTEM`` makes ahead of a run): minimise, then LangevinMiddle MD at the system's temperature.
@@ -17,15 +17,40 @@ import os
 import re
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 
+from ..dynamics import LangevinDynamics
+from ..platforms import openmm_random_seed
 from ..storage import atomic_write
-from .molecular_dynamics import run_langevin
 
 N_STEPS = 50_000
 SAVE_EVERY = 10
+
+
+@dataclass
+class MDResult:
+    """Frames (n_frames, n_atoms, 3) in nm and the number of integration steps (= energy evaluations)."""
+
+    frames: np.ndarray
+    n_steps: int
+
+
+def run_langevin(cg_system, n_steps: int, save_every: int, seed: int, timestep_fs: float = 1.0, friction_per_ps: float = 1.0,
+                 platform: str = "Reference", minimize: bool = True, positions: Optional[np.ndarray] = None,
+                 properties: Optional[dict] = None) -> MDResult:
+    """Minimise (optional), then run ``n_steps`` LangevinMiddle steps of ``cg_system`` at its temperature, saving every
+    ``save_every``-th frame (:class:`~openmm_cgflow.dynamics.LangevinDynamics`, seeded with
+    :func:`~openmm_cgflow.platforms.openmm_random_seed`). Minimiser force evaluations are not counted as MD steps."""
+    if n_steps < 1 or save_every < 1:
+        raise ValueError("n_steps and save_every must be >= 1")
+    dynamics = LangevinDynamics(cg_system.system, cg_system.temperature, timestep_fs, friction_per_ps, platform,
+                                random_seed=openmm_random_seed(seed), properties=properties)
+    start = cg_system.check_positions(cg_system.positions if positions is None else positions)[0]
+    dynamics.start(start, openmm_random_seed(seed), minimize=minimize)
+    return MDResult(dynamics.frames(n_steps // save_every, save_every), (n_steps // save_every) * save_every)
 
 
 def default_cache_dir() -> Path:

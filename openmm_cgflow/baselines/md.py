@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-import openmm
-import openmm.unit as unit
 from tqdm.auto import tqdm
 
 from ..storage import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
-from ..energy.oracle import default_properties, openmm_random_seed, resolve_platform
+from ..dynamics import LangevinDynamics
+from ..platforms import openmm_random_seed
 from ..systems import CGSystem
-from .grid import MD_PSEUDOCOUNT, default_bins, histogram_counts, kld_of_histogram, load_reference
+from ..scoring.grid import MD_PSEUDOCOUNT, default_bins, histogram_counts, kld_of_histogram, load_reference
 
 
 #: what an MD-baseline checkpoint must hold to be resumed
@@ -39,7 +38,7 @@ def run_md_baseline(
     progress: bool = True,
 ) -> Dict[str, object]:
     """Run (or resume) the MD baseline of ``cg_system`` (1-3 dihedral CG coordinates, histogrammed on the grid of
-    :func:`~openmm_cgflow.reference.grid.default_bins` per dihedral) into ``out``; returns the summary written to
+    :func:`~openmm_cgflow.scoring.grid.default_bins` per dihedral) into ``out``; returns the summary written to
     ``out/md_baseline.json``."""
     out = Path(out)
     if cg_system.cg_definition.kind != "dihedral" or cg_system.cg_dim > 3:
@@ -47,9 +46,7 @@ def run_md_baseline(
                          f"{cg_system.cg_definition.kind} CG coordinate(s) ({', '.join(cg_system.cg_definition.names)})")
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "md_checkpoint.pt"
-    integrator = openmm.LangevinMiddleIntegrator(cg_system.temperature * unit.kelvin, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
-    integrator.setRandomNumberSeed(openmm_random_seed(seed))
-    context = openmm.Context(cg_system.system, integrator, resolve_platform(platform), default_properties(platform))
+    dynamics = LangevinDynamics(cg_system.system, cg_system.temperature, 1.0, 1.0, platform, random_seed=openmm_random_seed(seed))
     if resume:
         state = load_checkpoint(checkpoint_path, MD_CHECKPOINT_KEYS)
         if state.get("system", "alanine-dipeptide") != cg_system.name:
@@ -60,18 +57,16 @@ def run_md_baseline(
             raise ValueError(f"{checkpoint_path} already holds {state['steps_done']} steps; --steps must be at least that to resume or extend it")
         state["steps_target"] = steps  # a larger --steps extends the run: MD accumulates across sessions
         try:
-            context.loadCheckpoint(state["openmm_checkpoint"])
+            dynamics.restore(state["openmm_checkpoint"])
         except Exception as error:  # OpenMM raises its own exception type for a foreign or damaged state
             raise CheckpointError(f"{checkpoint_path}: OpenMM cannot restore its simulation state ({' '.join(str(error).split())[:160]})") from None
     else:
         if checkpoint_path.exists():
             raise ValueError(f"{checkpoint_path} exists: use --resume to continue it, or another --out")
-        context.setPositions(cg_system.positions)
-        openmm.LocalEnergyMinimizer.minimize(context)
-        context.setVelocitiesToTemperature(cg_system.temperature * unit.kelvin, openmm_random_seed(seed))
+        dynamics.start(cg_system.positions, openmm_random_seed(seed), minimize=True)
         state = {
             "steps_target": steps, "seed": seed, "record_every": record_every, "platform": platform, "system": cg_system.name,
-            "temperature_K": cg_system.temperature, "hamiltonian": str(cg_system.metadata.get("hamiltonian", "")),
+            "temperature_K": cg_system.temperature, "hamiltonian": cg_system.description.hamiltonian,
             "steps_done": 0, "counts": np.zeros((default_bins(cg_system.cg_dim),) * cg_system.cg_dim), "snapshots": {}, "wall_s": 0.0,
         }
     wanted = [s for s in snapshot_steps(steps) if s % record_every == 0]
@@ -81,8 +76,8 @@ def run_md_baseline(
         chunk = min(CHUNK_STEPS, steps - state["steps_done"])
         frames = []
         for _ in range(chunk // record_every):
-            integrator.step(record_every)
-            frames.append(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
+            dynamics.step(record_every)
+            frames.append(dynamics.positions())
             state["steps_done"] += record_every
             if state["steps_done"] in wanted:
                 state["counts"] += histogram_counts(cg_system.cg_values(np.asarray(frames)))
@@ -91,7 +86,7 @@ def run_md_baseline(
         if frames:
             state["counts"] += histogram_counts(cg_system.cg_values(np.asarray(frames)))
         state["wall_s"] += time.perf_counter() - start
-        state["openmm_checkpoint"] = context.createCheckpoint()
+        state["openmm_checkpoint"] = dynamics.checkpoint()
         save_checkpoint(checkpoint_path, state)
         _write_outputs(out, state)
         bar.update(chunk)
@@ -124,7 +119,7 @@ def _write_outputs(out: Path, state: Dict[str, object]) -> Dict[str, object]:
 
 def score_md_baseline(out: Path, reference_path: Path, frame: str = "paper") -> List[Dict[str, float]]:
     """KLD(reference || MD prefix) at every stored snapshot (``frame``: the reference's CG frame, see
-    :func:`~openmm_cgflow.reference.grid.load_reference`); written to ``out/md_baseline_kld.json``."""
+    :func:`~openmm_cgflow.scoring.grid.load_reference`); written to ``out/md_baseline_kld.json``."""
     data = np.load(Path(out) / "md_histograms.npz")
     grid = data["counts"].shape[1:]
     reference = load_reference(reference_path, grid[0], frame=frame, dim=len(grid))

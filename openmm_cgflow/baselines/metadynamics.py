@@ -23,11 +23,12 @@ import openmm.app as app
 import openmm.unit as unit
 from tqdm.auto import tqdm
 
-from ..energy.oracle import default_properties, openmm_random_seed, resolve_platform
-from ..reference.kld import forward_kld
+from ..dynamics import LangevinDynamics
+from ..platforms import openmm_random_seed
+from ..scoring.kld import forward_kld
 from ..storage import atomic_write, load_checkpoint, save_checkpoint, write_json
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
-from .md_baseline import snapshot_steps
+from .md import snapshot_steps
 
 CHECKPOINT_NAME = "metad_checkpoint.pt"
 #: F (kT, float32) on the scoring grid at every snapshot, so the curve can be rescored against another reference
@@ -135,10 +136,9 @@ def run_metadynamics(
     kT = kT_in_kJ_per_mol(cg_system.temperature)
     meta = app.Metadynamics(system, variables, cg_system.temperature * unit.kelvin, protocol.bias_factor,
                             protocol.height_kT * kT * unit.kilojoule_per_mole, protocol.deposit_every)
-    integrator = openmm.LangevinMiddleIntegrator(cg_system.temperature * unit.kelvin, protocol.friction_per_ps / unit.picosecond,
-                                                 protocol.timestep_fs * unit.femtosecond)
-    integrator.setRandomNumberSeed(openmm_random_seed(seed))
-    simulation = app.Simulation(cg_system.topology, system, integrator, resolve_platform(platform), default_properties(platform))
+    dynamics = LangevinDynamics(system, cg_system.temperature, protocol.timestep_fs, protocol.friction_per_ps, platform,
+                                random_seed=openmm_random_seed(seed), topology=cg_system.topology)
+    simulation = dynamics.simulation
     if resume:
         state = load_checkpoint(path, CHECKPOINT_KEYS)
         if state["protocol"] != asdict(protocol) or state["seed"] != seed:
@@ -146,13 +146,11 @@ def run_metadynamics(
         if steps < state["steps_done"]:
             raise ValueError(f"{path} already holds {state['steps_done']} steps; --steps must be at least that to resume or extend it")
         state["steps_target"] = steps  # a larger --steps extends a finished or running run
-        simulation.context.loadCheckpoint(state["openmm_checkpoint"])
+        dynamics.restore(state["openmm_checkpoint"])
         _restore_bias(meta, np.asarray(state["bias"]), simulation.context)
         simulation.currentStep = state["steps_done"]
     else:
-        simulation.context.setPositions(cg_system.positions)
-        openmm.LocalEnergyMinimizer.minimize(simulation.context)
-        simulation.context.setVelocitiesToTemperature(cg_system.temperature * unit.kelvin, openmm_random_seed(seed))
+        dynamics.start(cg_system.positions, openmm_random_seed(seed), minimize=True)
         state = {"protocol": asdict(protocol), "steps_target": steps, "seed": seed, "steps_done": 0, "curve": [], "wall_s": 0.0}
     wanted = [s for s in snapshot_steps(steps, first=min(10_000, steps)) if s > state["steps_done"]]
     bar = tqdm(total=steps, initial=state["steps_done"], unit="step", disable=not progress, desc="metadynamics")
@@ -169,7 +167,7 @@ def run_metadynamics(
             state["curve"].append({"md_steps": target, "forward_kld": forward_kld(p_reference, F) if p_reference is not None else None})
             state["snapshots"] = np.vstack([state.get("snapshots", np.empty((0, len(F)), np.float32)), F.astype(np.float32)[None]])
         state["bias"] = np.array(meta._selfBias)
-        state["openmm_checkpoint"] = simulation.context.createCheckpoint()
+        state["openmm_checkpoint"] = dynamics.checkpoint()
         save_checkpoint(path, state)
     bar.close()
     F = free_energy_at(meta, variables, centres, kT)

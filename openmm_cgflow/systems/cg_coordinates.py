@@ -3,12 +3,15 @@ PMF defined on them). Every module maps positions (n_replicas * atoms_per_replic
 (n_replicas, cg_dim); several replicas of the molecule in one System are evaluated in one call."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..coordinates.geometry import dihedral_angles, wrap_angle
+
+if TYPE_CHECKING:  # for the annotation only: the definition imports this module to compute its values
+    from .cg_definition import CGDefinition
 
 
 class DihedralCG(nn.Module):
@@ -65,19 +68,15 @@ class DifferenceCG(LinearCG):
         super().__init__([particle], [(1.0, -1.0, 0.0)], atoms_per_replica, n_replicas)
 
 
-def cg_module_from_definition(definition, n_replicas: int = 1, atoms_per_replica: int = 0,
+def cg_module_from_definition(definition: "CGDefinition", n_replicas: int = 1, atoms_per_replica: int = 0,
                               replica_atoms: Optional[Sequence[int]] = None) -> nn.Module:
-    """The CG-coordinate module of a :class:`~openmm_cgflow.systems.cg_definition.CGDefinition` (or its dict).
+    """The CG-coordinate module of a :class:`~openmm_cgflow.systems.cg_definition.CGDefinition`.
 
     ``atoms_per_replica``: particles per copy of the molecule (default: just enough for the CG atoms).
     ``replica_atoms``: the atom of the model's molecule that each particle of one replica stands for, when the
     System holds only some of its atoms (e.g. the backbone atoms of a CG replica); default: every atom in the
     model's order. A CG atom that no particle stands for is an error naming it.
     """
-    from ..systems.cg_definition import CGDefinition
-
-    if isinstance(definition, dict):
-        definition = CGDefinition.from_dict(definition)
     coordinates = definition.coordinates
     atoms_of = [list(cv.atoms) if cv.kind == "dihedral" else [cv.particle] for cv in coordinates]
     if replica_atoms is not None:
@@ -95,13 +94,4 @@ def cg_module_from_definition(definition, n_replicas: int = 1, atoms_per_replica
     return LinearCG([a[0] for a in atoms_of], [cv.coefficients for cv in coordinates], atoms_per_replica, n_replicas)
 
 
-def cg_module_from_metadata(metadata: dict, n_replicas: int = 1, atoms_per_replica: int = 0,
-                            replica_atoms: Optional[Sequence[int]] = None) -> nn.Module:
-    """The CG-coordinate module a model's metadata describes (its ``cg_definition``; files written before
-    version 0.2 are read through :func:`openmm_cgflow.systems.definition_from_metadata`)."""
-    from ..systems import definition_from_metadata
-
-    return cg_module_from_definition(definition_from_metadata(metadata), n_replicas, atoms_per_replica, replica_atoms)
-
-
-__all__ = ["DihedralCG", "DifferenceCG", "LinearCG", "cg_module_from_definition", "cg_module_from_metadata"]
+__all__ = ["DihedralCG", "DifferenceCG", "LinearCG", "cg_module_from_definition"]

@@ -24,12 +24,6 @@ N_BINS = 100
 #: bins per dimension of a grid of d CG dihedrals (3-D: 10-degree bins, 46,656 in all)
 DEFAULT_BINS = {1: 100, 2: N_BINS, 3: 36}
 FRAME = "paper"
-PACKAGED_REFERENCE = "reference_aldp.npz"
-
-
-def packaged_reference_path() -> Path:
-    """The alanine-dipeptide reference shipped in the package (``openmm_cgflow/data/reference_aldp.npz``)."""
-    return Path(__file__).resolve().parent.parent / "data" / PACKAGED_REFERENCE
 
 
 def grid_edges(n_bins: int = N_BINS) -> np.ndarray:
