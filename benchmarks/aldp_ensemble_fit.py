@@ -7,9 +7,11 @@ From the run's own labels (its config's ``labels`` settings) and against its own
   labels       label minus reference free energy at each labelled CG point (nearest reference bin; the offset
                removed with the reference's weights): rms by reference-free-energy band; a floor on any fit
   checkpoint   the checkpoint's ensemble: forward KLD and rms of the fit to the labels
-  scratch N    a fresh ensemble (the run's ensemble settings, seed 0) fitted for N L-BFGS iterations
+  scratch N    a fresh ensemble (the run's ensemble settings, seeds ``--fit-seeds``) fitted for N L-BFGS iterations,
+               to every label (cell width 0) or to the labels merged in cells of each ``--cell-widths`` (labels.cell_width)
   warm k       the checkpoint's ensemble continued for another ``--warm-iterations`` per round (ensemble.warm_start)
-CPU time per fit (this process; member groups on a spare core are not counted). Writes JSON and prints a table.
+CPU time per fit (this process; member groups on a spare core are not counted) and wall time. Writes JSON and prints
+a table.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 from openmm_cgflow.active_learning.dataset import ActiveLearningDataset
 from openmm_cgflow.active_learning.checkpoint import read_run_checkpoint
 from openmm_cgflow.active_learning.scoring import metric_grid_for_config
+from openmm_cgflow.pmf import merge_in_cells
 from openmm_cgflow.pmf.ensemble import PMFEnsemble
 from openmm_cgflow.scoring.kld import forward_kld
 
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=None, help="member groups (default: the run's ensemble.lbfgs_groups)")
     parser.add_argument("--clip-k", type=int, default=None,
                         help="label weight clipping (default: the run's labels.clip_k; 0 = none) for the labels and fits")
+    parser.add_argument("--cell-widths", type=float, nargs="*", default=[0.0], help="labels.cell_width of the scratch fits (0: every label)")
+    parser.add_argument("--fit-seeds", type=int, nargs="*", default=[0], help="generator seeds of the scratch fits")
     parser.add_argument("--warm-rounds", type=int, default=4)
     parser.add_argument("--warm-iterations", type=int, default=250)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "aldp_ensemble_fit.json")
@@ -82,21 +87,23 @@ def main() -> None:
     p = grid.p_reference
     rows = []
 
-    def score(tag: str, ensemble: PMFEnsemble, cpu_s: float) -> None:
+    def score(tag: str, ensemble: PMFEnsemble, cpu_s: float, wall_s: float = 0.0, **extra) -> None:
         mean, _ = ensemble.predict(grid.centres)
         fit, _ = ensemble.predict(s)
         rows.append({"fit": tag, "forward_kld": forward_kld(p, mean), "fit_rms_kT": float(np.sqrt(np.mean((fit - labels) ** 2))),
-                     "cpu_s": cpu_s})
-        print(f"  {tag:28s} KLD {rows[-1]['forward_kld']:.3e}  fit rms {rows[-1]['fit_rms_kT']:.3f} kT  cpu {cpu_s:.0f} s", flush=True)
+                     "cpu_s": cpu_s, "wall_s": wall_s, **extra})
+        print(f"  {tag:36s} KLD {rows[-1]['forward_kld']:.3e}  fit rms {rows[-1]['fit_rms_kT']:.3f} kT  cpu {cpu_s:.0f} s  wall {wall_s:.1f} s",
+              flush=True)
 
     def fresh() -> PMFEnsemble:
         return PMFEnsemble(s.shape[1], ens["n_members"], ens["hidden"], periodic=True)
 
-    def fit(ensemble: PMFEnsemble, iterations: int, generator: torch.Generator, warm: bool) -> float:
-        start = time.process_time()
-        ensemble.fit(s, labels, iterations, ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], generator, "lbfgs",
-                     ens["precision"], groups, warm_start=warm)
-        return time.process_time() - start
+    def fit(ensemble: PMFEnsemble, iterations: int, generator: torch.Generator, warm: bool, cell_width: float = 0.0):
+        start, wall = time.process_time(), time.perf_counter()
+        rows_s, rows_f, weights = (s, labels, None) if not cell_width else merge_in_cells(s, labels, cell_width, True)
+        ensemble.fit(rows_s, rows_f, iterations, ens["batch_size"], ens["lr"], ens["strategy"], ens["init"], generator, "lbfgs",
+                     ens["precision"], groups, warm_start=warm, weights=weights)
+        return time.process_time() - start, time.perf_counter() - wall, len(rows_f)
 
     print(f"{len(labels)} labels from {args.checkpoint} (iteration {checkpoint['state']['iteration']}, clip_k {clip_k}); "
           f"{groups} member group(s)")
@@ -105,12 +112,17 @@ def main() -> None:
     ensemble = fresh()
     ensemble.load_state_dict(checkpoint["ensemble"])
     score("checkpoint", ensemble, 0.0)
-    for iterations in args.scratch:
-        scratch = fresh()
-        score(f"scratch {iterations}", scratch, fit(scratch, iterations, torch.Generator().manual_seed(0), False))
+    for width in args.cell_widths:
+        for iterations in args.scratch:
+            for seed in args.fit_seeds:
+                scratch = fresh()
+                cpu, wall, n_rows = fit(scratch, iterations, torch.Generator().manual_seed(seed), False, width)
+                score(f"scratch {iterations} cells {width:g} seed {seed} ({n_rows} rows)", scratch, cpu, wall, cell_width=width, seed=seed,
+                      iterations=iterations, n_rows=n_rows)
     generator = torch.Generator().manual_seed(0)
     for k in range(args.warm_rounds):
-        score(f"warm +{(k + 1) * args.warm_iterations}", ensemble, fit(ensemble, args.warm_iterations, generator, True))
+        cpu, wall, _ = fit(ensemble, args.warm_iterations, generator, True)
+        score(f"warm +{(k + 1) * args.warm_iterations}", ensemble, cpu, wall)
     record = {"benchmark": "aldp_ensemble_fit", "checkpoint": str(args.checkpoint), "iteration": checkpoint["state"]["iteration"],
               "n_labels": int(len(labels)), "clip_k": clip_k, "groups": groups, "label_residual_by_band": bands, "fits": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

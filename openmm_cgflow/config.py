@@ -42,7 +42,7 @@ _CHOICES = {
     "search.acquisition": ("stop_at_uncertainty", "uncertainty_weighted"),
 }
 _FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
-_NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "labels.accumulate_from_epoch", "search.min_steps", "starting_data.equilibration_steps", "seed")
+_NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "labels.accumulate_from_epoch", "labels.cell_width", "search.min_steps", "starting_data.equilibration_steps", "seed")
 
 
 class ConfigError(ValueError):
@@ -226,7 +226,7 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
 
 #: Keys added after runs were already stored, with the value that reproduces those runs (a stored config that
 #: lacks one ran with this value, whatever today's default is).
-LEGACY_VALUES = {"ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "flow.precision": "float64", "flow.compile": False}
+LEGACY_VALUES = {"labels.cell_width": 0.0, "ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "flow.precision": "float64", "flow.compile": False}
 
 
 def validate_config(config: Any) -> Dict[str, Any]:

@@ -204,3 +204,36 @@ def test_warm_started_fits_after_the_first(tmp_path, monkeypatch):
     overrides[-1] = "loop.max_iterations=3"
     ActiveLearningRun(load_config("muller-brown", overrides), tmp_path, progress=False).run(resume=True)
     assert calls[2:] == [(40, True)]
+
+
+def test_history_keeps_labels_of_the_last_iteration_only_and_legacy_checkpoints_resume(tmp_path):
+    """The checkpoint keeps the PMF on the scoring grid for every iteration but the per-label arrays only for the
+    latest (so writing it costs the same at 40,000 labels as at 2,000); a checkpoint of an earlier version, whose
+    history holds lists of every iteration's labels, resumes and continues exactly as the current one does."""
+    import shutil
+
+    from openmm_cgflow.storage import save_checkpoint
+
+    config = load_config("muller-brown", SMALL + ["loop.max_iterations=2"], seed=1)
+    ActiveLearningRun(config, tmp_path / "new", progress=False).run()
+    checkpoint = load_checkpoint(tmp_path / "new" / "checkpoint.pt")
+    history = checkpoint["state"]["history"]
+    assert all("mean" in h and "std" in h for h in history)
+    assert "labels" not in history[0] and "label_points" not in history[0] and len(history[-1]["labels"]) == history[-1]["n_labels"]
+
+    legacy = dict(checkpoint)  # as 0.1.0 wrote it: lists, every iteration's labels, no stage times or fit-row counts
+    legacy["state"] = dict(checkpoint["state"])
+    legacy["state"]["history"] = []
+    for h in history:
+        record = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in h.items() if k not in ("stage_wall_s", "n_fit_rows")}
+        for key in ("label_points", "label_iteration", "labels", "label_mean"):
+            record.setdefault(key, [x for x in (history[-1][key].tolist())])
+        legacy["state"]["history"].append(record)
+    shutil.copytree(tmp_path / "new", tmp_path / "legacy")
+    save_checkpoint(tmp_path / "legacy" / "checkpoint.pt", legacy)
+    extended = load_config("muller-brown", SMALL + ["loop.max_iterations=3"], seed=1)
+    a = ActiveLearningRun(extended, tmp_path / "new", progress=False).run(resume=True)
+    b = ActiveLearningRun(extended, tmp_path / "legacy", progress=False).run(resume=True)
+    strip = [[{k: v for k, v in row.items() if k != "n_fit_rows"} for row in _comparable(m)] for m in (a, b)]
+    assert len(a["iterations"]) == 3 and strip[0] == strip[1]  # (0.1.0 recorded no fit-row counts)
+    assert a["iterations"][2]["n_fit_rows"] == b["iterations"][2]["n_fit_rows"] == a["iterations"][2]["n_labels"]

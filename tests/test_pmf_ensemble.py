@@ -163,3 +163,37 @@ def test_warm_start_continues_the_previous_fit():
     assert torch.equal(warm.input_mean, mean) and torch.equal(warm.input_std, std) and torch.equal(warm.output_offset, offset)
     assert warm_history[0] < 1.5 * cold_history[-1] < 0.5 * cold_history[0]  # started where the first fit ended
     assert rms(warm) < 0.7 * rms(cold)  # 40 + 40 accumulated iterations beat 40 from scratch
+
+
+def test_a_row_of_weight_k_is_k_identical_rows():
+    """Weighted fit rows (labels merged in cells): one member group's L-BFGS on 40 rows, every 4th of weight 3,
+    follows the same path as on the 50 rows with those repeated (the same objective up to rounding); the ensemble's
+    fit takes the weights for either optimizer and refuses weights that are not positive."""
+    from openmm_cgflow.pmf import member_groups
+
+    s = np.linspace(-2.0, 1.0, 40)[:, None]
+    F = np.sin(2 * s[:, 0])
+    weights = np.ones(40)
+    weights[::4] = 3.0
+    repeated = np.repeat(np.arange(40), weights.astype(int))
+    ens = PMFEnsemble(1, n_members=2, hidden=(8,)).double()
+    ens.reset_parameters("xavier", torch.Generator().manual_seed(0))
+    params = {}
+    for i, layer in enumerate(ens.layers):
+        params[f"w{i}"], params[f"b{i}"] = layer.weight.detach().clone(), layer.bias.detach().clone()
+    X = ens.features(torch.as_tensor(s))[None].expand(2, -1, -1)
+    Y = torch.as_tensor(F)[None].expand(2, -1)
+    offset = torch.tensor(0.0, dtype=torch.float64)
+    W = torch.as_tensor(weights)[None].expand(2, -1)
+    weighted, _ = member_groups.lbfgs_group(params, X, Y, offset, 2, 40, 1.0, W)
+    plain, _ = member_groups.lbfgs_group(params, X[:, repeated], Y[:, repeated], offset, 2, 40, 1.0)
+    for key in params:
+        torch.testing.assert_close(weighted[key], plain[key], rtol=1e-6, atol=1e-8)
+    assert not torch.equal(weighted["w0"], member_groups.lbfgs_group(params, X, Y, offset, 2, 40, 1.0)[0]["w0"])  # weights matter
+    for optimizer in ("lbfgs", "adam"):
+        fitted = PMFEnsemble(1, n_members=2, hidden=(8,)).double()
+        fitted.fit(s, F, 30, 8, 1e-2 if optimizer == "adam" else 1.0, "bagging", "xavier", torch.Generator().manual_seed(0), optimizer,
+                   lbfgs_groups=1, weights=weights)
+        assert np.isfinite(fitted.predict(s)[0]).all()
+    with pytest.raises(ValueError, match="finite positive"):
+        fitted.fit(s, F, 30, 8, 1.0, "bagging", "xavier", torch.Generator().manual_seed(0), "lbfgs", weights=np.zeros(40))

@@ -86,3 +86,26 @@ def test_accumulated_labels_equal_labels_of_all_samples():
         legacy = ActiveLearningDataset.from_state_dict(old)
         assert np.isnan(legacy.accumulated_effective_samples(clip_k)[1]).all()
         np.testing.assert_allclose(legacy.accumulated_labels(clip_k)[1], labels, atol=0)
+
+
+def test_labels_merged_in_cells():
+    """merge_in_cells: every label lands in exactly one row, rows sit at their points' mean position with their mean
+    label and count as weight; a weighted fit of a smooth F to the rows has the pointwise one's minimum up to the
+    variation of F inside a cell; periodic cells tile [-pi, pi) and never straddle the boundary."""
+    from openmm_cgflow.pmf import merge_in_cells
+
+    rng = np.random.default_rng(0)
+    s = rng.uniform(-np.pi, np.pi, (5000, 2))
+    F = np.cos(s[:, 0]) + 0.5 * np.sin(2 * s[:, 1])
+    rows, labels, weights = merge_in_cells(s, F, 2 * np.pi / 16, periodic=True)
+    assert weights.sum() == len(F) and len(rows) <= 16 * 16 and (weights >= 1).all()
+    assert abs((weights * labels).sum() - F.sum()) < 1e-9  # the labels' sum is kept
+    # the row label is the mean of its points' labels, so it differs from F at the mean position by O(width^2)
+    assert np.abs(labels - (np.cos(rows[:, 0]) + 0.5 * np.sin(2 * rows[:, 1]))).max() < 0.05
+    edge = np.array([[-np.pi, 0.0], [np.pi - 1e-9, 0.0]])
+    r, _, w = merge_in_cells(edge, np.zeros(2), 2 * np.pi / 16, periodic=True)
+    assert len(r) == 2  # the two ends of the circle are different cells (no cell wraps around)
+    linear, _, w = merge_in_cells(np.array([[0.01], [0.09], [0.11]]), np.array([1.0, 2.0, 3.0]), 0.1, periodic=False)
+    np.testing.assert_allclose(linear[:, 0], [0.05, 0.11]) and np.testing.assert_allclose(w, [2, 1])
+    with pytest.raises(ValueError, match="> 0"):
+        merge_in_cells(s, F, 0.0, periodic=True)

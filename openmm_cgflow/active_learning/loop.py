@@ -127,12 +127,17 @@ class ActiveLearningRun:
                     stage(run, work)
 
     def _save(self) -> None:
+        """Write the checkpoint; its time counts in the run's wall time (from the next checkpoint on: a file cannot
+        hold the time it takes to write itself) and in the iteration's ``stage_wall_s``."""
         start = time.perf_counter()
         write_run_checkpoint(self.checkpoint_path, self.context)
         seconds = time.perf_counter() - start
-        if self.context.state.history:
-            self.context.state.history[-1].stage_wall_s["checkpoint"] = seconds
-        self._report(self.context.state.iteration, "checkpoint", seconds)
+        state = self.context.state
+        state.wall_s += seconds
+        if state.history:
+            state.history[-1].stage_wall_s["checkpoint"] = seconds
+            state.history[-1].wall_s = state.wall_s
+        self._report(state.iteration, "checkpoint", seconds)
 
     # ------------------------------------------------------------------ output directory
     def check_output_dir(self, resume: bool = False, overwrite: bool = False) -> None:

@@ -63,14 +63,14 @@ def score_points(metrics: MetricsSettings, cg_dim: int, grid: Optional[MetricGri
     return grid_points(metrics.domain, metrics.n_bins, cg_dim, cell_centres=True)
 
 
-def convergence_signals(ensemble, dataset, labels: LabelSettings, label_points: np.ndarray, label_mean: np.ndarray,
+def convergence_signals(dataset, labels: LabelSettings, label_points: np.ndarray, label_mean: np.ndarray, std: np.ndarray,
                         previous: Optional[IterationRecord]) -> ConvergenceSignals:
-    """The ensemble std over the labelled (visited) CG points, the effective sample size of each CG point's latest
+    """From the ensemble's ``label_mean`` and ``std`` (kT) at the labelled CG points: the ensemble std over the
+    labelled (visited) CG points, the effective sample size of each CG point's latest
     entry samples (as a fraction of its entries), the effective number of samples behind each label (Kish's ESS of
     every sample the label uses: ``labels.samples`` all, or the latest ones; with ~2 % ESS per sample a label of 200
     samples is worth ~4), and the RMS change of the PMF since ``previous`` at the CG points both iterations labelled
     (offset removed: a PMF is defined up to a constant)."""
-    _, std = ensemble.predict(label_points)
     entries = dataset.labelled_train_entries()
     entry_point = dataset.entry_point[entries]
     order = np.argsort(entry_point, kind="stable")

@@ -364,13 +364,29 @@ class DatasetSettings:
 
 
 # ---------------------------------------------------------------------------------------------------- labels
+class _FitRows:
+    """What the labels' settings share: how labels become the ensemble's fit rows (``cell_width``)."""
+
+    def fit_rows(self, s: np.ndarray, labels: np.ndarray, periodic: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """(positions, labels, weights) the ensemble is fitted to: one row per labelled point (weights None), or with
+        ``cell_width`` > 0 the labels of each grid cell merged into one row weighted by its count
+        (:func:`~openmm_cgflow.pmf.labels.merge_in_cells`)."""
+        if not self.cell_width:
+            return s, labels, None
+        from ..pmf import merge_in_cells
+
+        return merge_in_cells(s, labels, self.cell_width, periodic)
+
+
 @dataclass(frozen=True)
-class LatestSampleLabels:
+class LatestSampleLabels(_FitRows):
     """``labels.samples: last``: each training entry's latest sample (the paper), the ``clip_k`` largest weights of a
-    point clipped. The dataset still accumulates samples from epoch ``accumulate_from_epoch`` on (for no label)."""
+    point clipped. The dataset still accumulates samples from epoch ``accumulate_from_epoch`` on (for no label).
+    ``cell_width``: see :meth:`fit_rows`."""
 
     clip_k: int
     accumulate_from_epoch: int
+    cell_width: float = 0.0
 
     samples = "last"
 
@@ -383,16 +399,19 @@ class LatestSampleLabels:
         return entry_ess_count
 
     def to_config(self) -> Dict[str, Any]:
-        return {"clip_k": self.clip_k, "samples": self.samples, "accumulate_from_epoch": self.accumulate_from_epoch}
+        return {"clip_k": self.clip_k, "samples": self.samples, "accumulate_from_epoch": self.accumulate_from_epoch,
+                "cell_width": self.cell_width}
 
 
 @dataclass(frozen=True)
-class AccumulatedLabels:
+class AccumulatedLabels(_FitRows):
     """``labels.samples: all``: every sample a CG point ever received, accumulated from epoch
-    ``accumulate_from_epoch`` of training by energy on (counted over the run), ``clip_k`` largest clipped."""
+    ``accumulate_from_epoch`` of training by energy on (counted over the run), ``clip_k`` largest clipped.
+    ``cell_width``: see :meth:`fit_rows`."""
 
     clip_k: int
     accumulate_from_epoch: int
+    cell_width: float = 0.0
 
     samples = "all"
 
@@ -404,14 +423,15 @@ class AccumulatedLabels:
         return ess[np.isfinite(ess)]  # NaN: points accumulated by an older version
 
     def to_config(self) -> Dict[str, Any]:
-        return {"clip_k": self.clip_k, "samples": self.samples, "accumulate_from_epoch": self.accumulate_from_epoch}
+        return {"clip_k": self.clip_k, "samples": self.samples, "accumulate_from_epoch": self.accumulate_from_epoch,
+                "cell_width": self.cell_width}
 
 
 LabelSettings = Union[LatestSampleLabels, AccumulatedLabels]
 
 
 def label_settings(c: Mapping[str, Any]) -> LabelSettings:
-    return (AccumulatedLabels if c["samples"] == "all" else LatestSampleLabels)(c["clip_k"], c["accumulate_from_epoch"])
+    return (AccumulatedLabels if c["samples"] == "all" else LatestSampleLabels)(c["clip_k"], c["accumulate_from_epoch"], c["cell_width"])
 
 
 # ---------------------------------------------------------------------------------------------------- ensemble

@@ -32,6 +32,7 @@ class IterationWork:
 
     groups: Optional[np.ndarray] = None
     labels: Optional[np.ndarray] = None
+    n_fit_rows: int = 0
     candidates: Optional[np.ndarray] = None
 
 
@@ -97,8 +98,10 @@ class FitPMF:
     def __call__(self, run: "RunContext", work: IterationWork) -> None:
         ens = run.settings.ensemble
         warm = ens.warm_start and bool(run.state.history)  # the run's first fit starts from scratch
-        run.ensemble.fit(run.dataset.point_s[work.groups], work.labels, ens.fit_epochs(warm), ens.batch_size, ens.lr, ens.strategy, ens.init,
-                         run.torch_gen, ens.optimizer, ens.precision, ens.lbfgs_groups, warm_start=warm)
+        s, labels, weights = run.settings.labels.fit_rows(run.dataset.point_s[work.groups], work.labels, run.cg_system.cg_periodic)
+        work.n_fit_rows = len(labels)
+        run.ensemble.fit(s, labels, ens.fit_epochs(warm), ens.batch_size, ens.lr, ens.strategy, ens.init, run.torch_gen, ens.optimizer,
+                         ens.precision, ens.lbfgs_groups, warm_start=warm, weights=weights)
 
 
 class Score:
@@ -113,12 +116,13 @@ class Score:
         mean, std = run.ensemble.predict(at) if at is not None else (np.zeros(0), np.zeros(0))
         kld = forward_kld(run.grid.p_reference, mean) if run.grid is not None else None
         points = run.dataset.point_s[work.groups]
-        label_mean, _ = run.ensemble.predict(points)
+        label_mean, label_std = run.ensemble.predict(points)
         previous = st.history[-1] if st.history else None
-        signals = convergence_signals(run.ensemble, run.dataset, run.settings.labels, points, label_mean, previous)
-        st.history.append(IterationRecord(
+        signals = convergence_signals(run.dataset, run.settings.labels, points, label_mean, label_std, previous)
+        st.append(IterationRecord(
             iteration=st.iteration, energy_evaluations=st.energy_evaluations, energy_evaluations_computed=st.energy_evaluations_computed,
             forward_kld=kld, signals=signals, n_cg_points=int(len(run.dataset.point_s)), n_labels=int(len(work.labels)),
+            n_fit_rows=work.n_fit_rows,
             skipped_batches=st.skipped_batches, mean=np.asarray(mean), std=np.asarray(std), label_points=points,
             label_iteration=run.dataset.point_iteration[work.groups], labels=np.asarray(work.labels), label_mean=np.asarray(label_mean),
         ))

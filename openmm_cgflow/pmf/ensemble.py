@@ -8,7 +8,7 @@ parameters (``warm_start``; ``ensemble.warm_start`` in a run's config).
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -114,6 +114,7 @@ class PMFEnsemble(nn.Module):
         precision: str = "float64",
         lbfgs_groups: int = member_groups.N_GROUPS,
         warm_start: bool = False,
+        weights: Optional[np.ndarray] = None,
     ) -> List[float]:
         """Train all members from scratch on labels ``F`` (kT) at CG points ``s`` (n, cg_dim).
 
@@ -132,6 +133,9 @@ class PMFEnsemble(nn.Module):
         of an earlier fit, or of a loaded state) instead of re-initialising them; only the members' data subsets are
         drawn anew. Across active-learning iterations the optimisation then accumulates: a from-scratch L-BFGS fit of
         ``epochs`` iterations stops far from its minimum once there are thousands of labels (benchmarks/aldp_ensemble_fit.py).
+        ``weights`` (n,) > 0: each row's weight in the members' mean squared errors (e.g. the number of labels a row
+        stands for, :func:`~openmm_cgflow.pmf.labels.merge_in_cells`); None: every row counts once (the same
+        arithmetic as before weights existed).
         Returns the mean training MSE (kT^2) per epoch (per function evaluation for L-BFGS).
         """
         if precision not in PRECISIONS:
@@ -144,6 +148,11 @@ class PMFEnsemble(nn.Module):
             raise ValueError(f"the PMF ensemble needs at least 2 labelled CG points, got {n}")
         if not torch.isfinite(F_t).all():
             raise ValueError("PMF labels must be finite")
+        W_t = None
+        if weights is not None:
+            W_t = torch.as_tensor(np.asarray(weights), dtype=dtype).reshape(-1)
+            if len(W_t) != n or not (torch.isfinite(W_t).all() and (W_t > 0).all()):
+                raise ValueError(f"fit weights must be {n} finite positive numbers")
         if not warm_start:
             with torch.no_grad():
                 if not self.periodic:
@@ -167,15 +176,17 @@ class PMFEnsemble(nn.Module):
         F_t = F_t.to(compute)
         self.to(compute)
         try:
+            W_members = None if W_t is None else W_t.to(compute)[members]
             if optimizer == "lbfgs":
-                return self._fit_lbfgs(X[members], F_t[members], epochs, lr, lbfgs_groups)
-            return self._fit_adam(X, F_t, members, epochs, batch_size, lr, generator)
+                return self._fit_lbfgs(X[members], F_t[members], epochs, lr, lbfgs_groups, W_members)
+            return self._fit_adam(X, F_t, members, epochs, batch_size, lr, generator, None if W_t is None else W_t.to(compute))
         finally:
             self.to(dtype)
 
     def _fit_adam(self, X: torch.Tensor, F_t: torch.Tensor, members: torch.Tensor, epochs: int, batch_size: int, lr: float,
-                  generator: torch.Generator) -> List[float]:
-        """The paper's recipe: Adam on mini-batches, each member on its own resample ``members`` (M, n_member)."""
+                  generator: torch.Generator, W_t: Optional[torch.Tensor] = None) -> List[float]:
+        """The paper's recipe: Adam on mini-batches, each member on its own resample ``members`` (M, n_member); rows
+        weighted by ``W_t`` (n,) within each batch where given."""
         M, n_member = members.shape
         batch_size = min(batch_size, n_member)
         n_batches = n_member // batch_size
@@ -189,7 +200,10 @@ class PMFEnsemble(nn.Module):
             for b in range(n_batches):
                 idx = shuffled[:, b * batch_size : (b + 1) * batch_size]
                 pred = self._members(X[idx])
-                loss = ((pred - F_t[idx]) ** 2).mean(1).sum()
+                if W_t is None:
+                    loss = ((pred - F_t[idx]) ** 2).mean(1).sum()
+                else:
+                    loss = ((W_t[idx] * (pred - F_t[idx]) ** 2).sum(1) / W_t[idx].sum(1)).sum()
                 adam.zero_grad(set_to_none=True)
                 loss.backward()
                 adam.step()
@@ -197,7 +211,8 @@ class PMFEnsemble(nn.Module):
             history.append(total / (n_batches * M))
         return history
 
-    def _fit_lbfgs(self, X: torch.Tensor, Y: torch.Tensor, iterations: int, lr: float, n_groups: int) -> List[float]:
+    def _fit_lbfgs(self, X: torch.Tensor, Y: torch.Tensor, iterations: int, lr: float, n_groups: int,
+                   W: Optional[torch.Tensor] = None) -> List[float]:
         """Full-batch L-BFGS on the members' MSEs, in ``n_groups`` independent groups of members (members never
         interact; the first half of the groups runs on a spare core where the run has one). Returns the mean
         member MSE per function evaluation of the group that made the most evaluations, the others padded with
@@ -212,7 +227,7 @@ class PMFEnsemble(nn.Module):
             for i, layer in enumerate(self.layers):
                 params[f"w{i}"] = layer.weight.detach()[rows]
                 params[f"b{i}"] = layer.bias.detach()[rows]
-            jobs.append((params, X[rows], Y[rows], offset, n_layers, iterations, lr))
+            jobs.append((params, X[rows], Y[rows], offset, n_layers, iterations, lr, None if W is None else W[rows]))
         results = member_groups.run_groups(jobs)
         with torch.no_grad():
             for group, (params, _) in zip(groups, results):

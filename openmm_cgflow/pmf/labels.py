@@ -47,3 +47,32 @@ def free_energy_labels(log_w: np.ndarray, group: np.ndarray, clip_k: int = 0) ->
     sums = np.add.reduceat(np.exp(log_w - group_max), start)
     labels = -(log_w[start] + np.log(sums / counts))
     return groups, labels
+
+
+def merge_in_cells(s: np.ndarray, labels: np.ndarray, width: float, periodic: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labels of CG points that share a cell of a regular grid merged into one fit row each.
+
+    ``s`` (n, d) CG points (rad on [-pi, pi) where ``periodic``, else any units), ``labels`` (n,) kT, ``width`` the
+    cell width in the same units (periodic: the circle is cut into round(2 pi / width) equal cells, so cells never
+    straddle the boundary). A row is at the mean position of its points with their mean label, and its weight is
+    their number: a weighted least-squares fit to the rows equals one to the points up to the variation of F
+    across a cell (second order in ``width`` at the mean position), while its cost is bounded by the number of
+    cells instead of growing with every label. Rows come in the order of their cells.
+
+    Returns (row positions (m, d), row labels (m,), row weights (m,)).
+    """
+    s = np.asarray(s, dtype=np.float64).reshape(len(labels), -1)
+    labels = np.asarray(labels, dtype=np.float64)
+    if not width > 0:
+        raise ValueError(f"cell width must be > 0, got {width}")
+    if periodic:
+        n_cells = max(1, int(round(2 * np.pi / width)))
+        cell = np.clip(np.floor((s + np.pi) / (2 * np.pi) * n_cells).astype(np.int64), 0, n_cells - 1)
+    else:
+        cell = np.floor(s / width).astype(np.int64)
+    _, row, counts = np.unique(cell, axis=0, return_inverse=True, return_counts=True)
+    row = row.reshape(-1)
+    positions = np.zeros((len(counts), s.shape[1]))
+    np.add.at(positions, row, s)
+    merged = np.bincount(row, weights=labels, minlength=len(counts))
+    return positions / counts[:, None], merged / counts, counts.astype(np.float64)

@@ -51,11 +51,11 @@ def members_forward(params: Dict[str, torch.Tensor], X: torch.Tensor, n_layers: 
 
 
 def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor, n_layers: int,
-                iterations: int, lr: float) -> Tuple[Dict[str, torch.Tensor], List[float]]:
+                iterations: int, lr: float, W: Optional[torch.Tensor] = None) -> Tuple[Dict[str, torch.Tensor], List[float]]:
     """Full-batch L-BFGS (:func:`.lbfgs.minimize`: strong-Wolfe line search, history 50, ``lr`` = initial step) of
     one member group on the sum of its members' MSEs between their outputs plus ``offset`` and the targets Y (M, B)
-    (kT), on one flat parameter vector. Returns the trained parameters and the group's mean member MSE (kT^2) per
-    function evaluation."""
+    (kT), each row weighted by W (M, B) where given, on one flat parameter vector. Returns the trained parameters and
+    the group's mean member MSE (kT^2) per function evaluation."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -70,7 +70,8 @@ def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tenso
 
         def objective(flat: torch.Tensor) -> Tuple[float, torch.Tensor]:
             flat = flat.detach().requires_grad_(True)
-            loss = ((members_forward(unflatten(flat), X, n_layers) + offset - Y) ** 2).mean(1).sum()
+            squared = (members_forward(unflatten(flat), X, n_layers) + offset - Y) ** 2
+            loss = squared.mean(1).sum() if W is None else ((W * squared).sum(1) / W.sum(1)).sum()
             (grad,) = torch.autograd.grad(loss, flat)
             value = float(loss.detach())
             history.append(value / n_members)
@@ -84,14 +85,15 @@ def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tenso
 
 
 def lbfgs_group_numpy(params: Dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray, offset: np.ndarray, n_layers: int,
-                      iterations: int, lr: float) -> Tuple[Dict[str, np.ndarray], List[float]]:
+                      iterations: int, lr: float, W: Optional[np.ndarray] = None) -> Tuple[Dict[str, np.ndarray], List[float]]:
     """:func:`lbfgs_group` on numpy arrays (what crosses the worker connection)."""
     trained, history = lbfgs_group({k: torch.from_numpy(v) for k, v in params.items()}, torch.from_numpy(X), torch.from_numpy(Y),
-                                   torch.from_numpy(np.asarray(offset)), n_layers, iterations, lr)
+                                   torch.from_numpy(np.asarray(offset)), n_layers, iterations, lr, None if W is None else torch.from_numpy(W))
     return {k: v.numpy() for k, v in trained.items()}, history
 
 
-def run_groups(jobs: Sequence[Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, int, int, float]]
+def run_groups(jobs: Sequence[Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, int, int, float,
+                                    Optional[torch.Tensor]]]
                ) -> List[Tuple[Dict[str, torch.Tensor], List[float]]]:
     """Run :func:`lbfgs_group` on every job, in order; the first half of the jobs (rounded up) goes to the spare-core
     worker when there is one, as one request, while the others run here. If the worker fails or dies, its jobs run
@@ -101,8 +103,9 @@ def run_groups(jobs: Sequence[Tuple[Dict[str, torch.Tensor], torch.Tensor, torch
     if worker is not None:
         n_remote = (len(jobs) + 1) // 2
         request = [
-            ({k: v.numpy() for k, v in params.items()}, X.numpy(), Y.numpy(), offset.numpy(), n_layers, iterations, lr)
-            for params, X, Y, offset, n_layers, iterations, lr in jobs[:n_remote]
+            ({k: v.numpy() for k, v in params.items()}, X.numpy(), Y.numpy(), offset.numpy(), n_layers, iterations, lr,
+             None if W is None else W.numpy())
+            for params, X, Y, offset, n_layers, iterations, lr, W in jobs[:n_remote]
         ]
         try:
             worker[1].send(("fit", request))
