@@ -8,8 +8,9 @@ The run reports every stage to a callback (``ActiveLearningRun(callbacks=...)``,
 (split here into the OpenMM oracle's share, ``EnergyOracle.evaluation_s``, and the rest: sampling, Z-matrix, loss,
 backward, optimiser), labels, fit_pmf, score, search, spread, checkpoint. Nothing in the package is patched. With
 ``--continue`` the copied checkpoint is resumed with ``loop.max_iterations`` raised by ``--iterations`` (and
-``loop.stop_kld`` off), so the profiled iterations are those of a run with that many labels; the run directory
-itself is never touched.
+``loop.stop_kld`` off), so the profiled iterations are those of a run with that many labels; ``--set`` overrides are
+written into the copy's stored config as well, so the same state can be profiled under other settings (e.g.
+``labels.cell_width``); the run directory itself is never touched.
 
 Writes ``profile_<name>.json`` (per iteration: labels, CG points, entries, seconds by stage) and prints a table.
 The process pins itself as ``cgflow run`` does (this process on one core, OpenMM workers on the others).
@@ -17,6 +18,7 @@ The process pins itself as ``cgflow run`` does (this process on one core, OpenMM
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -33,20 +35,27 @@ from openmm_cgflow.active_learning import ActiveLearningRun, StageTiming
 from openmm_cgflow.active_learning.checkpoint import CHECKPOINT_NAME, read_run_checkpoint
 from openmm_cgflow.config import load_config, parse_override, validate_config
 from openmm_cgflow.platforms import pin_driver
+from openmm_cgflow.storage import save_checkpoint
 
 STAGES = ("oracle", "flow", "labels", "fit_pmf", "score", "search", "spread", "checkpoint")
 
 
-def continued_config(run_dir: Path, iterations: int, overrides):
-    """The stored config of ``run_dir``'s checkpoint, extended by ``iterations`` (stop_kld off), with overrides."""
+def continued_config(run_dir: Path, iterations: int, overrides, copy: Path):
+    """The stored config of ``run_dir``'s checkpoint, extended by ``iterations`` (stop_kld off), with overrides; the
+    checkpoint is copied to ``copy`` with the overrides in its stored config."""
     checkpoint = read_run_checkpoint(run_dir / CHECKPOINT_NAME)
-    config = checkpoint["config"]
+    config = copy.deepcopy(checkpoint["config"])  # the copy's stored config keeps its own loop limits: extending them reopens it
     config["loop"]["max_iterations"] = checkpoint["state"]["iteration"] + iterations
     config["loop"]["stop_kld"] = None
     for text in overrides:
         key, value = parse_override(text)
         section, leaf = key.split(".", 1)
         config[section][leaf] = value
+        checkpoint["config"][section][leaf] = value
+    if overrides:
+        save_checkpoint(copy, checkpoint)
+    else:
+        shutil.copy(run_dir / CHECKPOINT_NAME, copy)
     return validate_config(config), checkpoint["state"]["iteration"]
 
 
@@ -67,9 +76,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch) / "run"
         if args.run_dir is not None:
-            config, first = continued_config(args.run_dir, args.iterations, args.overrides)
             work.mkdir()
-            shutil.copy(args.run_dir / CHECKPOINT_NAME, work / CHECKPOINT_NAME)
+            config, first = continued_config(args.run_dir, args.iterations, args.overrides, work / CHECKPOINT_NAME)
             name = args.name or args.run_dir.name
         else:
             config, first, name = load_config(args.config, args.overrides, args.seed), 0, args.name or args.config
