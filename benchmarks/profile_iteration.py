@@ -40,9 +40,9 @@ from openmm_cgflow.storage import save_checkpoint
 STAGES = ("oracle", "flow", "labels", "fit_pmf", "score", "search", "spread", "checkpoint")
 
 
-def continued_config(run_dir: Path, iterations: int, overrides, copy: Path):
+def continued_config(run_dir: Path, iterations: int, overrides, copy_to: Path):
     """The stored config of ``run_dir``'s checkpoint, extended by ``iterations`` (stop_kld off), with overrides; the
-    checkpoint is copied to ``copy`` with the overrides in its stored config."""
+    checkpoint is copied to ``copy_to`` with the overrides in its stored config."""
     checkpoint = read_run_checkpoint(run_dir / CHECKPOINT_NAME)
     config = copy.deepcopy(checkpoint["config"])  # the copy's stored config keeps its own loop limits: extending them reopens it
     config["loop"]["max_iterations"] = checkpoint["state"]["iteration"] + iterations
@@ -53,9 +53,9 @@ def continued_config(run_dir: Path, iterations: int, overrides, copy: Path):
         config[section][leaf] = value
         checkpoint["config"][section][leaf] = value
     if overrides:
-        save_checkpoint(copy, checkpoint)
+        save_checkpoint(copy_to, checkpoint)
     else:
-        shutil.copy(run_dir / CHECKPOINT_NAME, copy)
+        shutil.copy(run_dir / CHECKPOINT_NAME, copy_to)
     return validate_config(config), checkpoint["state"]["iteration"]
 
 
