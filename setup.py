@@ -35,7 +35,7 @@ setup(
         "tqdm",
         "pyyaml",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "zuko==1.6.0"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "zuko==1.6.0", "hypothesis"]},
     entry_points={"console_scripts": ["cgflow = openmm_cgflow.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -102,7 +102,7 @@ class Backmapper:
             log_q = self.flow.base_log_prob(z) - logdet
             positions, log_jacobian = self.cg_system.to_cartesian(s, x_fg)
         positions = positions.numpy()
-        with EnergyOracle(self.cg_system, self.platform) as oracle:
+        with EnergyOracle(self.cg_system, self.platform, nonfinite="nan") as oracle:
             u, _ = oracle.evaluate(positions)
             log_w = -u + log_jacobian.numpy() - log_q.numpy()  # weights of the flow's own samples
             if refine == "minimize":

@@ -156,8 +156,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         from .active_learning.settings import RunSettings
 
-        if args.command == "run" and args.resume and not args.overrides and args.seed is None:
-            # a plain --resume continues with the config stored in the checkpoint
+        if args.command == "run" and args.resume and not args.overrides and args.seed is None and args.config in builtin_configs():
+            # a plain --resume of a built-in config continues with the config stored in the checkpoint (a YAML file is
+            # compared with it: its stopping limits may have changed, and the run applies and reports them)
             from .active_learning.checkpoint import CHECKPOINT_NAME, read_run_checkpoint
 
             settings = RunSettings.from_config(read_run_checkpoint(args.out / CHECKPOINT_NAME)["config"])
@@ -265,10 +266,13 @@ def _md_baseline(args) -> int:
     from .baselines.md import run_md_baseline, score_md_baseline
 
     record_every = getattr(args, "record_every", 10)
-    if args.steps < record_every:
-        raise ValueError("--steps must be >= --record-every")
+    if args.steps < record_every or args.steps % record_every:
+        raise ValueError(f"--steps ({args.steps}) must be a multiple of --record-every ({record_every})")
     _check_reference(args.reference)
     _, cg_system = _resolve_system(args.system, None)
+    if args.reference is not None:  # a reference that does not fit the system is refused before the MD starts
+        from .baselines.md import reference_for
+        reference_for(args.reference, cg_system)
     summary = run_md_baseline(cg_system, args.out, args.steps, args.seed, args.platform, record_every, args.resume, not args.quiet)
     print(f"{summary['steps']} MD steps at {summary['steps_per_s']:.0f} steps/s; histograms in {args.out}")
     if args.reference is not None:

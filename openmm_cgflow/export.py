@@ -1,12 +1,15 @@
 """Write and read self-describing TorchScript model files.
 
 A model file is a ``torch.jit.save`` archive with an extra file ``metadata.json`` (system, model kind,
-CG definition, units, temperature, package version). Loading never unpickles Python objects: TorchScript
-archives hold code and tensors only, and the metadata is parsed as JSON and validated.
+CG definition, units, temperature, package version, and the SHA-256 of the model's tensors and metadata). Loading
+never unpickles Python objects: TorchScript archives hold code and tensors only, the metadata is parsed as JSON and
+validated, and the checksum is verified (a damaged file is refused; files written before checksums load with a
+notice).
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -14,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from ._version import __version__
-from .storage import atomic_write
+from .storage import IntegrityError, atomic_write, check_digest, content_digest, notice_unverified
 from .systems import CGDefinition, CGSystem, available_systems, create_system, kT_in_kJ_per_mol
 
 METADATA_FILE = "metadata.json"
@@ -67,6 +70,15 @@ class ModelMetadata:
         if missing:
             raise ValueError(f"metadata is missing the field(s) {', '.join(missing)}")
         known = {f.name for f in fields(cls)} - {"extra"}
+        temperature = record["temperature_K"]
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+            raise ValueError(f"metadata field temperature_K must be a finite positive number of kelvin, got {temperature!r}")
+        for key, unit_name in (("energy_unit", "kT"), ("length_unit", "nm")):
+            if record[key] != unit_name:
+                raise ValueError(f"metadata field {key} must be '{unit_name}' (the unit this openmm-cgflow writes), got {record[key]!r}")
+        cg_dim = record.get("cg_dim")
+        if cg_dim is not None and (isinstance(cg_dim, bool) or not isinstance(cg_dim, int) or cg_dim < 1):
+            raise ValueError(f"metadata field cg_dim must be a positive integer, got {cg_dim!r}")
         try:
             definition = record.get("cg_definition")
             return cls(
@@ -122,8 +134,19 @@ def save_model(module: torch.nn.Module, path: Union[str, Path], metadata: Option
                                             "package_version": __version__, **fields_})
     elif fields_:
         raise TypeError("give either metadata or its fields, not both")
-    scripted = torch.jit.script(module)
-    extra = {METADATA_FILE: json.dumps(metadata.to_dict(), sort_keys=True)}
+    scripted = torch.jit.script(module) if not isinstance(module, torch.jit.ScriptModule) else module
+    return write_model_file(scripted, path, metadata.to_dict())
+
+
+def model_digest(module: torch.jit.ScriptModule, record: Dict[str, Any]) -> str:
+    """SHA-256 of a model's tensors (its state dict) and its metadata record (without the digest itself)."""
+    return content_digest({"state": dict(module.state_dict()), "metadata": {k: v for k, v in record.items() if k != "sha256"}})
+
+
+def write_model_file(scripted: torch.jit.ScriptModule, path: Union[str, Path], record: Dict[str, Any]) -> Path:
+    """Write a scripted module with its metadata ``record`` and their checksum (atomically)."""
+    record = {**{k: v for k, v in record.items() if k != "sha256"}, "sha256": model_digest(scripted, record)}
+    extra = {METADATA_FILE: json.dumps(record, sort_keys=True)}
     return atomic_write(Path(path), lambda handle: torch.jit.save(scripted, handle, _extra_files=extra))
 
 
@@ -145,10 +168,19 @@ def load_model(path: Union[str, Path], expected_kind: str = None, expected_syste
         raise ModelFileError(f"{path} has no {METADATA_FILE}: not written by openmm-cgflow's export")
     try:
         record = json.loads(extra[METADATA_FILE])
-    except json.JSONDecodeError:
-        raise ModelFileError(f"{path}: {METADATA_FILE} is not valid JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFileError(f"{path}: {METADATA_FILE} is not valid JSON (damaged?)") from None
     if not isinstance(record, dict):
         raise ModelFileError(f"{path}: {METADATA_FILE} is not a mapping")
+    if "sha256" in record:
+        try:
+            check_digest(path, record["sha256"], {"state": dict(module.state_dict()), "metadata": {k: v for k, v in record.items() if k != "sha256"}},
+                         "model tensors and metadata")
+        except IntegrityError as error:
+            raise ModelFileError(str(error)) from None
+        record = {k: v for k, v in record.items() if k != "sha256"}
+    else:
+        notice_unverified(path, "a model file")
     try:
         metadata = ModelMetadata.from_dict(record)
     except ValueError as error:

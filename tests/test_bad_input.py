@@ -269,3 +269,137 @@ def test_positions_with_wrong_units_shape_or_atom_count():
     with pytest.raises(ValueError, match="must have shape"):
         system.check_positions(np.zeros((4, 1, 2)))
     np.testing.assert_allclose(system.check_positions(unit.Quantity(np.full((1, 3), 10.0), unit.angstrom)), np.ones((1, 1, 3)))
+
+
+# ---------------------------------------------------------------- round 3: damage, wrong molecule, boundaries, fail fast
+def _damage(path: Path, n_bytes: int = 4096, seed: int = 0) -> None:
+    """4 KiB of random bytes written into the middle of a file (the zip container usually still opens)."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2 - n_bytes // 2
+    data[start:start + n_bytes] = np.random.default_rng(seed).integers(0, 256, n_bytes, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_checkpoint_is_refused_and_nothing_is_written(tmp_path, finished_run):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("checkpoint.pt", "metrics.json"):
+        (run_dir / name).write_bytes((finished_run / name).read_bytes())
+    _damage(run_dir / CHECKPOINT_NAME)
+    before = digest(run_dir)
+    status, lines = cgflow("run", "muller-brown", "--out", run_dir, "--resume", "--quiet", "--set", "loop.max_iterations=2", "--seed", "1")
+    assert status == 2 and len(lines) == 1 and str(run_dir / CHECKPOINT_NAME) in lines[0]
+    assert "damaged" in lines[0] or "corrupted" in lines[0]
+    assert digest(run_dir) == before
+
+
+def test_damaged_model_and_reference_files_are_refused(tmp_path, finished_run):
+    from openmm_cgflow.scoring.grid import load_reference
+    from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path
+
+    model = tmp_path / "pmf.pt"
+    model.write_bytes((finished_run / "models" / "pmf_ensemble.pt").read_bytes())
+    _damage(model, 512)
+    with pytest.raises(ModelFileError) as info:
+        load_model(model)
+    assert "\n" not in str(info.value) and str(model) in str(info.value)
+    reference = tmp_path / "reference.npz"
+    data = bytearray(packaged_reference_path().read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit pattern in the compressed probabilities
+    reference.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as info:
+        load_reference(reference)
+    assert "\n" not in str(info.value) and str(reference) in str(info.value)
+
+
+def test_files_written_before_checksums_load_with_a_one_line_notice(tmp_path, caplog):
+    from openmm_cgflow.scoring.grid import load_reference
+    from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path
+
+    legacy = tmp_path / "legacy.npz"
+    with np.load(packaged_reference_path()) as data:
+        np.savez_compressed(legacy, **{k: data[k] for k in data.files if k != "sha256"})
+    with caplog.at_level("WARNING", logger="openmm_cgflow"):
+        reference = load_reference(legacy)
+    assert reference.n_bins == 100
+    notes = [r.getMessage() for r in caplog.records if "checksum" in r.getMessage()]
+    assert len(notes) == 1 and "\n" not in notes[0] and str(legacy) in notes[0]
+
+
+def test_a_model_is_refused_on_a_system_it_was_not_made_for():
+    from openmm_cgflow.forces import create_pmf_force
+
+    root = Path(__file__).parents[1] / "torchscript_models"
+    aldp, mb = create_system("alanine-dipeptide"), create_system("muller-brown")
+    with pytest.raises(ValueError, match=r"PMF model of 'muller-brown' does not fit this System: its CG atom 0 has mass 1 Da"):
+        create_pmf_force(root / "muller-brown" / "pmf_ensemble.pt", system=aldp.system)
+    with pytest.raises(ValueError, match=r"PMF model of 'alanine-dipeptide' needs 22 particles .* the System has 1"):
+        create_pmf_force(root / "alanine-dipeptide" / "pmf_ensemble.pt", system=mb.system)
+    with pytest.raises(ValueError, match="atom 99 is out of range for the model's molecule of 22 atoms"):
+        create_pmf_force(root / "alanine-dipeptide" / "pmf_ensemble.pt", replica_atoms=(99, -1))
+    with pytest.raises(ValueError, match="must be distinct"):
+        create_pmf_force(root / "alanine-dipeptide" / "pmf_ensemble.pt", replica_atoms=(4, 4, 6, 8, 14, 16))
+    create_pmf_force(root / "alanine-dipeptide" / "pmf_ensemble.pt", system=aldp.system)  # its own molecule fits
+
+
+@pytest.mark.parametrize("temperature, message", [(-300.0, "finite positive number of kelvin"), ("300 K", "finite positive number of kelvin"),
+                                                  (float("nan"), "finite positive number of kelvin")])
+def test_model_metadata_values_are_validated(tmp_path, temperature, message):
+    from openmm_cgflow.export import ModelMetadata
+
+    record = {"format_version": 1, "kind": "pmf_ensemble", "system": "x", "temperature_K": temperature, "energy_unit": "kT",
+              "length_unit": "nm", "package_version": "0"}
+    with pytest.raises(ValueError, match=message):
+        ModelMetadata.from_dict(record)
+    with pytest.raises(ValueError, match="energy_unit must be 'kT'"):
+        ModelMetadata.from_dict(dict(record, temperature_K=300.0, energy_unit="kJ/mol"))
+
+
+def test_reference_files_with_bad_values_are_refused(tmp_path):
+    from openmm_cgflow.scoring.grid import load_reference, save_reference
+    from openmm_cgflow.storage import save_arrays
+
+    p = np.full((10, 10), 0.01)
+    for name, bad in (("nan", np.where(np.arange(100).reshape(10, 10) == 3, np.nan, p)), ("negative", p - 0.02 * (np.arange(100).reshape(10, 10) == 5))):
+        save_arrays(tmp_path / f"{name}.npz", probabilities=bad, edges=np.linspace(-np.pi, np.pi, 11), frame="paper", provenance="{}")
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            load_reference(tmp_path / f"{name}.npz", None)
+        with pytest.raises(ValueError, match="finite non-negative"):
+            save_reference(tmp_path / "x.npz", bad, {})
+    np.save(tmp_path / "plain.npy", p)
+    with pytest.raises(ValueError, match="not a reference file .* a single array"):
+        load_reference(tmp_path / "plain.npy", None)
+
+
+def test_commands_with_bad_input_fail_at_once(tmp_path):
+    """Inputs are checked before any minimisation, MD or training: each command below fails within seconds."""
+    import time
+
+    (tmp_path / "dup.yaml").write_text("system: muller-brown\nloop:\n  max_iterations: 3\nloop:\n  stop_kld: 0.1\n")
+    cases = [
+        (["md-baseline", "aldp", "--steps", "25", "--record-every", "10", "--out", tmp_path / "md"], "must be a multiple of --record-every"),
+        (["md-baseline", "aldp", "--steps", "100", "--out", tmp_path / "md2", "--reference",
+          Path(__file__).parents[1] / "benchmarks" / "results" / "reference_aldp-vacuum.npz"], "expected the paper frame"),
+        (["run", tmp_path / "dup.yaml", "--out", tmp_path / "dup"], "key 'loop' appears twice"),
+    ]
+    for args, message in cases:
+        start = time.monotonic()
+        status, lines = cgflow(*args)
+        assert status == 2 and len(lines) == 1 and message in lines[0], lines
+        assert time.monotonic() - start < 60
+    assert not (tmp_path / "md").exists() and not (tmp_path / "dup").exists()
+
+
+def test_resume_with_an_edited_yaml_file_applies_and_reports_stopping_limits(tmp_path):
+    config = tmp_path / "mine.yaml"
+    text = "system: muller-brown\nseed: 1\npretraining:\n  epochs: 5\nenergy_training:\n  epochs_first_iteration: 1\nensemble:\n  epochs: 30\n"
+    config.write_text(text + "loop:\n  max_iterations: 1\n")
+    assert cgflow("run", config, "--out", tmp_path / "run", "--quiet")[0] == 0
+    config.write_text(text + "loop:\n  max_iterations: 2\n")
+    result = subprocess.run([sys.executable, "-m", "openmm_cgflow.cli", "run", str(config), "--out", str(tmp_path / "run"), "--quiet", "--resume"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "resuming" in result.stderr and "loop.max_iterations 1 -> 2" in result.stderr
+    assert "finished after 2 iterations" in result.stdout
+    config.write_text(text.replace("seed: 1", "seed: 2") + "loop:\n  max_iterations: 3\n")
+    status, lines = cgflow("run", config, "--out", tmp_path / "run", "--quiet", "--resume")
+    assert status == 2 and len(lines) == 1 and "different config (keys: seed)" in lines[0]

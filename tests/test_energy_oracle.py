@@ -77,13 +77,25 @@ def test_cpu_platform_agrees_with_reference(mb):
 
 
 def test_non_finite_positions_give_nan_and_are_not_counted(mb):
+    """With nonfinite='nan' (training, backmapping) a NaN configuration gets u = NaN, zero forces, and is neither
+    sent to OpenMM nor counted; by default (users) it is refused, as is a configuration OpenMM cannot evaluate."""
     pos = random_positions(3)
     pos[1, 0, 0] = np.nan
-    with EnergyOracle(mb, "Reference") as oracle:
+    with EnergyOracle(mb, "Reference", nonfinite="nan") as oracle:
         u, f = oracle.evaluate(pos)
         assert oracle.n_evaluations == 2
     assert np.isnan(u[1]) and np.isfinite(u[[0, 2]]).all()
     assert np.all(f[1] == 0.0)
+    with EnergyOracle(mb, "Reference") as oracle:
+        with pytest.raises(ValueError, match=r"positions contain NaN or inf \(configuration 1 of 3\)"):
+            oracle.evaluate(pos)
+        with pytest.raises(ValueError, match="could not compute the energy of configuration 0"):
+            oracle.evaluate(random_positions(2) * 1e20)
+        with pytest.raises(ValueError, match="positions must be numbers"):
+            oracle.evaluate([[["a", "b", "c"]]])
+    for bad in ("2", 1.5, True, 0):
+        with pytest.raises(ValueError, match="n_workers must be an integer >= 1"):
+            EnergyOracle(mb, "Reference", n_workers=bad)
 
 
 def test_bad_input_gives_clear_errors(mb):

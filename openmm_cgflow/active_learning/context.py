@@ -80,7 +80,7 @@ class RunContext:
         torch.set_default_dtype(torch.float64)
         cg_system = settings.create_system()
         check_dimensions(settings, cg_system)
-        oracle = EnergyOracle(cg_system, settings.energy.platform, settings.energy.n_workers)
+        oracle = EnergyOracle(cg_system, settings.energy.platform, settings.energy.n_workers, nonfinite="nan")  # flow samples can be anything
         try:
             grid = metric_grid(settings.metrics, cg_system)
         except BaseException:

@@ -3,6 +3,7 @@ labels, fit the PMF, score, search, spread}, checkpointing atomically after ever
 exactly. Counters and records: :mod:`.state`; settings: :mod:`.settings`; outputs: :mod:`.outputs`."""
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from .checkpoint import CHECKPOINT_NAME, changed_keys, read_run_checkpoint, writ
 from .context import RunContext
 from .settings import RunSettings
 from .stages import SEARCH_STAGES, STAGES, IterationWork, Stage, StageTiming
+
+_LOG = logging.getLogger("openmm_cgflow")
 
 #: files and folders a run writes into its output directory (``overwrite=True`` removes exactly these)
 RUN_OUTPUTS = (CHECKPOINT_NAME,) + outputs.OUTPUT_FILES
@@ -106,6 +109,10 @@ class ActiveLearningRun:
     def _resume(self) -> None:
         checkpoint = read_run_checkpoint(self.checkpoint_path)
         differences = changed_keys(self.checkpoint_path, checkpoint["config"], self.settings)
+        if differences:
+            stored = RunSettings.from_config(checkpoint["config"]).loop
+            changes = [f"{key} {getattr(stored, key.split('.')[1])} -> {getattr(self.settings.loop, key.split('.')[1])}" for key in differences]
+            _LOG.warning(f"note: resuming {self.checkpoint_path} with {', '.join(changes)}")
         self.context = RunContext.build(self.settings, self.progress)
         self.context.restore(checkpoint, self.checkpoint_path)
         if differences:

@@ -14,7 +14,7 @@ from typing import Dict, List
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..storage import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
+from ..storage import CheckpointError, load_arrays, load_checkpoint, save_arrays, save_checkpoint, write_json
 from ..dynamics import LangevinDynamics
 from ..platforms import openmm_random_seed
 from ..systems import CGSystem
@@ -41,6 +41,11 @@ def run_md_baseline(
     :func:`~openmm_cgflow.scoring.grid.default_bins` per dihedral) into ``out``; returns the summary written to
     ``out/md_baseline.json``."""
     out = Path(out)
+    if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1 or isinstance(steps, bool) or not isinstance(steps, int):
+        raise ValueError(f"steps and record_every must be integers >= 1, got {steps!r} and {record_every!r}")
+    if steps < record_every or steps % record_every:
+        raise ValueError(f"--steps ({steps}) must be a multiple of --record-every ({record_every}): the histogram records every "
+                         f"{record_every}th step")
     if cg_system.cg_definition.kind != "dihedral" or cg_system.cg_dim > 3:
         raise ValueError(f"the MD baseline histograms 1-3 dihedral CG coordinates; {cg_system.name} has {cg_system.cg_dim} "
                          f"{cg_system.cg_definition.kind} CG coordinate(s) ({', '.join(cg_system.cg_definition.names)})")
@@ -98,7 +103,7 @@ def _write_outputs(out: Path, state: Dict[str, object]) -> Dict[str, object]:
     """Histogram snapshots so far (``md_histograms.npz``) and the summary (``md_baseline.json``)."""
     steps_list = sorted(state["snapshots"])
     counts = np.array([state["snapshots"][s] for s in steps_list], dtype=np.int64).reshape((-1,) + state["counts"].shape)
-    atomic_write(out / "md_histograms.npz", lambda handle: np.savez_compressed(handle, steps=np.array(steps_list, dtype=np.int64), counts=counts))
+    save_arrays(out / "md_histograms.npz", steps=np.array(steps_list, dtype=np.int64), counts=counts)
     summary = {
         "system": state.get("system", "alanine-dipeptide"),
         "protocol": (f"minimise, Langevin (LangevinMiddle) 1 fs, {state.get('temperature_K', 300.0):g} K, friction 1/ps, "
@@ -117,10 +122,17 @@ def _write_outputs(out: Path, state: Dict[str, object]) -> Dict[str, object]:
     return summary
 
 
+def reference_for(reference_path: Path, cg_system: CGSystem):
+    """The reference file an MD baseline of ``cg_system`` is scored against: its CG frame and the histogram grid of
+    its number of CG dihedrals (:func:`~openmm_cgflow.scoring.grid.default_bins`), or a one-line ValueError."""
+    dim = cg_system.cg_dim
+    return load_reference(reference_path, default_bins(dim) if 1 <= dim <= 3 else None, frame=cg_system.cg_definition.frame, dim=dim)
+
+
 def score_md_baseline(out: Path, reference_path: Path, frame: str = "paper") -> List[Dict[str, float]]:
     """KLD(reference || MD prefix) at every stored snapshot (``frame``: the reference's CG frame, see
     :func:`~openmm_cgflow.scoring.grid.load_reference`); written to ``out/md_baseline_kld.json``."""
-    data = np.load(Path(out) / "md_histograms.npz")
+    data = load_arrays(Path(out) / "md_histograms.npz", ("steps", "counts"), what="MD-baseline histograms")
     grid = data["counts"].shape[1:]
     reference = load_reference(reference_path, grid[0], frame=frame, dim=len(grid))
     curve = [{"md_steps": int(s), "forward_kld": kld_of_histogram(reference.probabilities, c)} for s, c in zip(data["steps"], data["counts"])]

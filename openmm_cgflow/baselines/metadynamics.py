@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..dynamics import LangevinDynamics
 from ..platforms import openmm_random_seed
 from ..scoring.kld import forward_kld
-from ..storage import atomic_write, load_checkpoint, save_checkpoint, write_json
+from ..storage import load_checkpoint, save_arrays, save_checkpoint, write_json
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
 from .md import snapshot_steps
 
@@ -180,5 +180,5 @@ def run_metadynamics(
     write_json(out / "metad_baseline.json", summary)
     snapshots = state.get("snapshots", np.empty((0, len(F)), np.float32))
     steps_at = np.array([point["md_steps"] for point in state["curve"]], dtype=np.int64)
-    atomic_write(out / SNAPSHOTS_NAME, lambda handle: np.savez_compressed(handle, steps=steps_at, free_energy_kT=snapshots, centres=centres))
+    save_arrays(out / SNAPSHOTS_NAME, steps=steps_at, free_energy_kT=snapshots, centres=centres)
     return summary

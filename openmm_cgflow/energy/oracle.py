@@ -5,8 +5,11 @@ Context each (``n_workers == 1`` evaluates in-process, without a pool). Inside t
 are reduced, u = U / kT (dimensionless), and forces are returned as f = F / kT in 1/nm, so that
 du/dx = -f.
 
-Every configuration handed to OpenMM is counted in :attr:`EnergyOracle.n_evaluations`.
-Configurations with non-finite coordinates are not sent to OpenMM: they get u = NaN and zero forces.
+Every configuration handed to OpenMM is counted in :attr:`EnergyOracle.n_evaluations`. What happens to a
+configuration with non-finite coordinates, or one whose energy OpenMM cannot compute (NaN, e.g. coordinates scaled
+to 1e20), is the oracle's ``nonfinite`` setting: ``"raise"`` (the default for users) refuses the batch with one line
+naming the first such configuration; ``"nan"`` (what training and backmapping ask for, with flow samples that can be
+wildly distorted) gives it u = NaN and zero forces, and non-finite coordinates are not sent to OpenMM (nor counted).
 """
 from __future__ import annotations
 
@@ -99,6 +102,8 @@ class EnergyOracle:
     pin_workers:
         Pin each worker process to its own core (``os.sched_setaffinity``). The CPU platform with
         Threads=1 is ~10x slower when unpinned.
+    nonfinite:
+        ``"raise"`` (default) or ``"nan"``: see the module docstring.
 
     Use as a context manager or call :meth:`close`; pools are also closed at interpreter exit.
     """
@@ -111,10 +116,18 @@ class EnergyOracle:
         properties: Optional[Dict[str, str]] = None,
         pin_workers: bool = True,
         in_process: Optional[bool] = None,
+        nonfinite: str = "raise",
     ):
-        if n_workers < 1:
-            raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+        if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+            raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+        if not isinstance(platform, str):
+            raise ValueError(f"platform must be an OpenMM platform name (a string), got {platform!r}")
+        if nonfinite not in ("raise", "nan"):
+            raise ValueError(f"nonfinite must be 'raise' or 'nan', got {nonfinite!r}")
+        if properties is not None and (not isinstance(properties, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in properties.items())):
+            raise ValueError(f"properties must map OpenMM property names to strings, got {properties!r}")
         resolve_platform(platform)
+        self.nonfinite = nonfinite
         self.cg_system = cg_system
         self.platform = platform
         self.n_workers = int(n_workers)
@@ -201,12 +214,18 @@ class EnergyOracle:
         energies = np.full(len(positions), np.nan)
         forces = np.zeros(positions.shape)
         finite = np.isfinite(positions).all(axis=(1, 2))
+        if self.nonfinite == "raise" and not finite.all():
+            raise ValueError(f"positions contain NaN or inf (configuration {int(np.flatnonzero(~finite)[0])} of {len(positions)}); "
+                             "EnergyOracle(..., nonfinite='nan') gives such configurations u = NaN instead")
         index = np.flatnonzero(finite)
         if len(index):
             e, f = self._evaluate_finite(positions[index])
             energies[index], forces[index] = e, f
             self.n_evaluations += len(index)
         bad = ~np.isfinite(energies)
+        if self.nonfinite == "raise" and bad.any():
+            raise ValueError(f"OpenMM could not compute the energy of configuration {int(np.flatnonzero(bad)[0])} of {len(positions)} "
+                             f"(NaN or inf; {int(bad.sum())} in all): coordinates far outside a molecule's range (nm expected)?")
         forces[bad] = 0.0
         self.evaluation_s += time.perf_counter() - start
         return energies, forces

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import openmm
+import openmm.unit as unit
 import torch
 from torch import nn
 
@@ -76,14 +77,26 @@ def flow_energy_module(flow: Union[str, Path], pmf: Union[str, Path], n_replicas
 
 
 def create_flow_force(flow: Union[str, Path], pmf: Union[str, Path], backend: str = "torchforce", n_replicas: int = 1,
-                      system: Optional[openmm.System] = None) -> openmm.Force:
+                      system: Optional[openmm.System] = None, check_masses: bool = True) -> openmm.Force:
     """An OpenMM Force with energy U_theta (kJ/mol) on ``n_replicas`` copies of the model's molecule (the System's
     first particles, in the model system's atom order). ``flow``/``pmf``: ``cgflow run``'s ``models/flow.pt`` and
-    ``models/pmf_ensemble.pt``. Put it in its own force group to read U_theta beside the force field's U."""
+    ``models/pmf_ensemble.pt``. Put it in its own force group to read U_theta beside the force field's U. ``system``:
+    if given, it must hold the molecule first (the particle count, and every atom's mass within 0.1 % of the flow
+    file's molecule; ``check_masses=False`` for hydrogen-mass repartitioning)."""
     module, meta = flow_energy_module(flow, pmf, n_replicas)
     if system is not None and system.getNumParticles() < module.n_particles:
         raise ValueError(f"the flow model of '{meta.system}' needs {module.n_particles} particles ({n_replicas} replica(s)), "
                          f"but the System has {system.getNumParticles()}")
+    if system is not None and check_masses:
+        molecule = meta.cg_system_model().system
+        n_atoms = molecule.getNumParticles()
+        for particle in range(module.n_particles):
+            expected = molecule.getParticleMass(particle % n_atoms).value_in_unit(unit.dalton)
+            found = system.getParticleMass(particle).value_in_unit(unit.dalton)
+            if abs(found - expected) > 1e-3 * max(expected, 1.0):
+                raise ValueError(f"the flow model of '{meta.system}' does not fit this System: its atom {particle % n_atoms} has mass {expected:g} Da, "
+                                 f"the System's particle {particle} {found:g} Da (another molecule or atom order? for hydrogen-mass "
+                                 "repartitioning use check_masses=False)")
     force = force_from_module(module, backend, module.n_particles, system)
     force.setName(f"cgflow flow free energy ({meta.system})")
     return force

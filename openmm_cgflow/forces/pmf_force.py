@@ -23,8 +23,9 @@ import math
 
 import io
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import openmm
 import openmm.unit as unit
 import torch
@@ -92,6 +93,64 @@ def load_torch_plugins() -> None:
                 pass
 
 
+def check_replica_atoms(definition, replica_atoms: Optional[Sequence[int]]) -> Optional[List[int]]:
+    """``replica_atoms`` as distinct atom indices of the model's molecule, or a ValueError naming the bad entry."""
+    if replica_atoms is None:
+        return None
+    atoms = []
+    for a in replica_atoms:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise ValueError(f"replica_atoms must be atom indices (integers), got {a!r}")
+        if a < 0 or (definition.n_atoms and a >= definition.n_atoms):
+            raise ValueError(f"replica_atoms: atom {int(a)} is out of range for the model's molecule of {definition.n_atoms} atoms (0-based)")
+        atoms.append(int(a))
+    if len(set(atoms)) != len(atoms):
+        raise ValueError(f"replica_atoms must be distinct, got {list(replica_atoms)}")
+    return atoms
+
+
+def check_model_fits_system(metadata: ModelMetadata, system: openmm.System, n_replicas: int, replica_atoms: Optional[Sequence[int]] = None,
+                            check_masses: bool = True) -> None:
+    """Refuse (one line naming the model and the System) a System the model was not made for: fewer particles than
+    ``n_replicas`` copies of the model's molecule (or of its ``replica_atoms``); CG atoms whose masses differ from
+    those the model recorded (beyond 0.1 %; ``check_masses=False`` for hydrogen-mass repartitioning); consecutive
+    atoms of a CG dihedral that the System does not bond (where it has bonds at all)."""
+    definition = metadata.definition()
+    local = list(replica_atoms) if replica_atoms is not None else list(range(definition.n_atoms or (max(definition.atoms) + 1)))
+    size = len(local)
+    if system.getNumParticles() < size * n_replicas:
+        raise ValueError(f"the PMF model of '{metadata.system}' needs {size * n_replicas} particles ({n_replicas} replica(s) of {size}), "
+                         f"but the System has {system.getNumParticles()}")
+    replica = definition.replica
+    recorded = dict(zip(replica.atoms, replica.masses)) if hasattr(replica, "atoms") else (
+        {definition.coordinates[0].particle: replica.mass} if replica is not None else {})
+    if check_masses:
+        for atom, mass in recorded.items():
+            if atom not in local:
+                continue
+            for r in range(n_replicas):
+                particle = r * size + local.index(atom)
+                found = system.getParticleMass(particle).value_in_unit(unit.dalton)
+                if abs(found - mass) > 1e-3 * max(abs(mass), 1.0):
+                    raise ValueError(f"the PMF model of '{metadata.system}' does not fit this System: its CG atom {atom} has mass {mass:g} Da, "
+                                     f"the System's particle {particle} {found:g} Da (another molecule or atom order? for "
+                                     "hydrogen-mass repartitioning use check_masses=False)")
+    bonded = set()
+    for force in system.getForces():
+        if isinstance(force, openmm.HarmonicBondForce):
+            bonded.update(frozenset(force.getBondParameters(i)[:2]) for i in range(force.getNumBonds()))
+    bonded.update(frozenset(system.getConstraintParameters(i)[:2]) for i in range(system.getNumConstraints()))
+    if bonded and definition.kind == "dihedral":
+        for cv in definition.coordinates:
+            if not all(a in local for a in cv.atoms):
+                continue
+            for a, b in zip(cv.atoms[:-1], cv.atoms[1:]):
+                pa, pb = local.index(a), local.index(b)
+                if frozenset((pa, pb)) not in bonded:
+                    raise ValueError(f"the PMF model of '{metadata.system}' does not fit this System: its CG dihedral '{cv.name}' needs "
+                                     f"particles {pa} and {pb} bonded, and the System does not bond them")
+
+
 def pmf_energy_module(model: Union[str, Path, nn.Module], metadata: Optional[ModelMetadata] = None, scale: float = 1.0,
                       n_replicas: int = 1, replica_atoms: Optional[Sequence[int]] = None) -> Tuple[torch.jit.ScriptModule, ModelMetadata]:
     """The scripted :class:`PMFEnergy` of a PMF model file (or a live ensemble with its
@@ -110,6 +169,7 @@ def pmf_energy_module(model: Union[str, Path, nn.Module], metadata: Optional[Mod
         definition = metadata.definition()
     except ValueError as error:
         raise ModelFileError(str(error)) from None
+    replica_atoms = check_replica_atoms(definition, replica_atoms)
     cg = cg_module_from_definition(definition, n_replicas, replica_atoms=replica_atoms)
     module = PMFEnergy(cg, ensemble, metadata.kT, scale)
     probe = cg(torch.zeros(cg.n_particles, 3, dtype=torch.float64))
@@ -144,14 +204,15 @@ class TorchScriptEnergy:
 
 def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[ModelMetadata] = None, backend: str = "torchforce",
                      scale: float = 1.0, n_replicas: int = 1, system: Optional[openmm.System] = None,
-                     replica_atoms: Optional[Sequence[int]] = None) -> openmm.Force:
+                     replica_atoms: Optional[Sequence[int]] = None, check_masses: bool = True) -> openmm.Force:
     """An OpenMM Force applying ``scale`` x the learned PMF (kJ/mol) to a System of ``n_replicas`` copies of the
     model's molecule (its particles first, in the model system's order; or, with ``replica_atoms``, copies of a
     subset of its atoms: ``replica_atoms[j]`` is the model atom that particle j of a replica stands for).
 
     ``model``: a PMF model file from :func:`openmm_cgflow.export.save_model` (or ``cgflow run``'s
     ``models/pmf_ensemble.pt``), or a live ``PMFEnsemble`` with its :class:`~openmm_cgflow.export.ModelMetadata`. ``system``: if given,
-    its particle count is checked against the model. ``scale``: e.g. -0.5 for a bias of half the PMF's depth.
+    the model is checked to fit it (:func:`check_model_fits_system`: particle count, the CG atoms' masses, the CG
+    dihedrals' bonds). ``scale``: e.g. -0.5 for a bias of half the PMF's depth.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
@@ -160,14 +221,12 @@ def create_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[Mode
     if not math.isfinite(float(scale)):
         raise ValueError(f"scale must be a finite number, got {scale!r}")
     if backend == "cmap":
-        return tabulated_pmf_force(model, metadata, scale, n_replicas=n_replicas, system=system, replica_atoms=replica_atoms)
+        return tabulated_pmf_force(model, metadata, scale, n_replicas=n_replicas, system=system, replica_atoms=replica_atoms,
+                                   check_masses=check_masses)
     module, metadata = pmf_energy_module(model, metadata, scale, n_replicas, replica_atoms)
     n_particles = module.cg.n_particles
-    if system is not None and system.getNumParticles() < n_particles:
-        raise ValueError(
-            f"the PMF model of '{metadata.system}' needs {n_particles} particles ({n_replicas} replica(s)), "
-            f"but the System has {system.getNumParticles()}"
-        )
+    if system is not None:
+        check_model_fits_system(metadata, system, n_replicas, replica_atoms, check_masses)
     force = force_from_module(module, backend, n_particles, system)
     force.setName(f"cgflow PMF ({metadata.system}, scale {scale:g})")
     return force
@@ -181,7 +240,7 @@ CMAP_GRID = 36
 
 def tabulated_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[ModelMetadata] = None, scale: float = 1.0, grid: int = CMAP_GRID,
                         n_replicas: int = 1, system: Optional[openmm.System] = None,
-                        replica_atoms: Optional[Sequence[int]] = None) -> openmm.CMAPTorsionForce:
+                        replica_atoms: Optional[Sequence[int]] = None, check_masses: bool = True) -> openmm.CMAPTorsionForce:
     """``scale`` x the PMF (kJ/mol) of a model on two dihedral CG coordinates, tabulated on a ``grid`` x ``grid``
     periodic map of the IUPAC torsions (OpenMM's convention: entry i + grid * j at angles (2 pi i / grid,
     2 pi j / grid)) as a ``CMAPTorsionForce`` on every replica. See :data:`CMAP_GRID` for the cost of the grid
@@ -201,9 +260,8 @@ def tabulated_pmf_force(model: Union[str, Path, nn.Module], metadata: Optional[M
     force.addMap(grid, energy.T.reshape(-1).tolist())  # element i + grid * j
     quadruples = cg.indices[0].tolist()
     n_atoms = cg.n_particles
-    if system is not None and system.getNumParticles() < n_atoms * n_replicas:
-        raise ValueError(f"the PMF model of '{metadata.system}' needs {n_atoms * n_replicas} particles ({n_replicas} replica(s)), "
-                         f"but the System has {system.getNumParticles()}")
+    if system is not None:
+        check_model_fits_system(metadata, system, n_replicas, replica_atoms, check_masses)
     for r in range(n_replicas):
         a, b = ([atom + r * n_atoms for atom in q] for q in quadruples)
         force.addTorsion(0, *a, *b)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..coordinates.geometry import frame_dihedrals, periodic_difference
 from ..dynamics import LangevinDynamics
-from ..storage import atomic_write, write_json
+from ..storage import load_arrays, save_arrays, write_json
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
 from ..scoring.grid import grid_centres
 from .mean_force import generalized_forces
@@ -102,15 +102,16 @@ class UmbrellaRun:
 
     # -- state ----------------------------------------------------------------------------------------------
     def load_state(self) -> Dict[str, object]:
-        data = np.load(self.state_path, allow_pickle=False)
+        data = load_arrays(self.state_path, ("positions", "velocities", "passes_done", "protocol_keys", "protocol_values"),
+                           what="an umbrella run's state")
         protocol = dict(zip(data["protocol_keys"].tolist(), data["protocol_values"].tolist()))
         mine = {key: str(value) for key, value in asdict(self.protocol).items()}
         if protocol != mine:
             raise ValueError(f"{self.state_path} was written with another protocol ({protocol}); use a new --out")
-        if "cg_atoms" in data.files and data["cg_atoms"].tolist() != [list(a) for a in self.dihedrals]:
+        if "cg_atoms" in data and data["cg_atoms"].tolist() != [list(a) for a in self.dihedrals]:
             raise ValueError(f"{self.state_path} restrains other CG dihedrals ({data['cg_atoms'].tolist()}) than this system's "
                              f"({[list(a) for a in self.dihedrals]}); use a new --out")
-        if "openmm_checkpoint" in data.files:  # the random-number state too: a resumed pass is the uninterrupted one
+        if "openmm_checkpoint" in data:  # the random-number state too: a resumed pass is the uninterrupted one
             self.dynamics.restore(data["openmm_checkpoint"].tobytes())
         return {key: data[key] for key in ("positions", "velocities")} | {
             "passes_done": int(data["passes_done"]), "wall_s": float(data["wall_s"]), "md_steps": int(data["md_steps"])
@@ -119,14 +120,11 @@ class UmbrellaRun:
     def save_state(self, state: Dict[str, object]) -> None:
         keys = list(asdict(self.protocol))
         values = [str(v) for v in asdict(self.protocol).values()]
-        atomic_write(
-            self.state_path,
-            lambda handle: np.savez(
-                handle, positions=state["positions"], velocities=state["velocities"], passes_done=state["passes_done"],
-                wall_s=state["wall_s"], md_steps=state["md_steps"], seed=self.seed,
-                protocol_keys=np.array(keys), protocol_values=np.array(values), cg_atoms=np.array(self.dihedrals),
-                openmm_checkpoint=np.frombuffer(self.dynamics.checkpoint(), dtype=np.uint8),
-            ),
+        save_arrays(
+            self.state_path, compressed=False, positions=state["positions"], velocities=state["velocities"],
+            passes_done=state["passes_done"], wall_s=state["wall_s"], md_steps=state["md_steps"], seed=self.seed,
+            protocol_keys=np.array(keys), protocol_values=np.array(values), cg_atoms=np.array(self.dihedrals),
+            openmm_checkpoint=np.frombuffer(self.dynamics.checkpoint(), dtype=np.uint8),
         )
 
     # -- simulation -----------------------------------------------------------------------------------------
@@ -187,8 +185,7 @@ class UmbrellaRun:
             samples[k] = frame_dihedrals(frames, self.dihedrals)
             generalized[k] = self.unbiased_forces(frames, forces, centres[k])
         index = state["passes_done"] + 1
-        atomic_write(self.out / f"pass_{index:03d}.npz",
-                     lambda handle: np.savez_compressed(handle, dihedrals=samples, forces=generalized, centres=centres))
+        save_arrays(self.out / f"pass_{index:03d}.npz", dihedrals=samples, forces=generalized, centres=centres)
         new = {"positions": positions, "velocities": velocities, "passes_done": index,
                "wall_s": state["wall_s"] + time.perf_counter() - start, "md_steps": state["md_steps"] + len(centres) * p.steps_per_pass}
         self.save_state(new)
@@ -245,17 +242,17 @@ def load_run(out: Path, seed: int) -> Dict[str, object]:
     state_path = Path(out) / f"seed{seed}" / "state.npz"
     if not state_path.is_file():
         raise FileNotFoundError(f"no umbrella run for seed {seed} in {out} (missing {state_path})")
-    state = np.load(state_path, allow_pickle=False)
+    state = load_arrays(state_path, ("protocol_keys", "protocol_values", "passes_done"), what="an umbrella run's state")
     protocol = dict(zip(state["protocol_keys"].tolist(), state["protocol_values"].tolist()))
     passes = int(state["passes_done"])
     samples, forces = [], []
     centres = None
     for index in range(1, passes + 1):
-        data = np.load(Path(out) / f"seed{seed}" / f"pass_{index:03d}.npz")
-        samples.append(data["dihedrals" if "dihedrals" in data.files else "phi_psi"].astype(np.float64))
-        forces.append(data["forces"].astype(np.float64) if "forces" in data.files else None)
+        data = load_arrays(Path(out) / f"seed{seed}" / f"pass_{index:03d}.npz", ("centres",), what="an umbrella pass")
+        samples.append(data["dihedrals" if "dihedrals" in data else "phi_psi"].astype(np.float64))
+        forces.append(data["forces"].astype(np.float64) if "forces" in data else None)
         centres = data["centres"]
-    dim = len(state["cg_atoms"]) if "cg_atoms" in state.files else 2  # runs written before the atoms were stored are 2-D
+    dim = len(state["cg_atoms"]) if "cg_atoms" in state else 2  # runs written before the atoms were stored are 2-D
     n_windows = int(protocol["windows_per_dim"]) ** dim
     return {
         "samples": samples,

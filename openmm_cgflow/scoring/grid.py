@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..coordinates.geometry import periodic_difference
-from ..storage import atomic_write
+from ..storage import load_arrays, save_arrays
 from .kld import forward_kld
 
 N_BINS = 100
@@ -97,14 +97,11 @@ class ReferencePMF:
 
 
 def save_reference(path: Path, probabilities: np.ndarray, provenance: Dict[str, object], frame: str = FRAME) -> Path:
-    """Write a reference file atomically (``frame``: the CG frame of its axes, "paper" or "iupac")."""
+    """Write a reference file atomically, with its checksum (``frame``: the CG frame of its axes, "paper" or "iupac")."""
     p = np.asarray(probabilities, dtype=np.float64)
-    if not 1 <= p.ndim <= 3 or len(set(p.shape)) != 1 or abs(p.sum() - 1) > 1e-8 or (p < 0).any():
-        raise ValueError("reference probabilities must be an (n,) * d grid (d = 1-3) of non-negative values summing to 1")
-    return atomic_write(
-        Path(path),
-        lambda handle: np.savez_compressed(handle, probabilities=p, edges=grid_edges(p.shape[0]), frame=frame, provenance=json.dumps(provenance)),
-    )
+    if not 1 <= p.ndim <= 3 or len(set(p.shape)) != 1 or not np.isfinite(p).all() or abs(p.sum() - 1) > 1e-8 or (p < 0).any():
+        raise ValueError("reference probabilities must be an (n,) * d grid (d = 1-3) of finite non-negative values summing to 1")
+    return save_arrays(Path(path), probabilities=p, edges=grid_edges(p.shape[0]), frame=frame, provenance=json.dumps(provenance))
 
 
 def load_reference(path: Path, n_bins: Optional[int] = N_BINS, frame: str = FRAME, dim: int = 2) -> ReferencePMF:
@@ -113,14 +110,12 @@ def load_reference(path: Path, n_bins: Optional[int] = N_BINS, frame: str = FRAM
     ``CGSystem.from_openmm``); one clear ValueError otherwise."""
     expected_frame = frame
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference file not found: {path}")
+    data = load_arrays(path, ("probabilities", "edges", "frame", "provenance"), what="a reference file")
     try:
-        data = np.load(path, allow_pickle=False)
-        probabilities, edges, found_frame = data["probabilities"], data["edges"], str(data["frame"])
+        probabilities, edges, found_frame = data["probabilities"].astype(np.float64), data["edges"], str(data["frame"])
         provenance = json.loads(str(data["provenance"]))
-    except (KeyError, ValueError, OSError) as error:
-        raise ValueError(f"{path} is not a reference file ({error})") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a reference file ({' '.join(str(error).split())[:120]})") from None
     if probabilities.ndim != dim or len(set(probabilities.shape)) != 1:
         raise ValueError(f"{path} is a reference on a {'x'.join(map(str, probabilities.shape))} grid, expected {dim} CG dihedral(s) "
                          f"with equal bins")
@@ -129,6 +124,8 @@ def load_reference(path: Path, n_bins: Optional[int] = N_BINS, frame: str = FRAM
         raise ValueError(f"{path} is a reference on a {'x'.join(map(str, probabilities.shape))} grid, expected {'x'.join([str(n_bins)] * dim)}")
     if found_frame != expected_frame or not np.allclose(edges, grid_edges(n_bins)):
         raise ValueError(f"{path} uses frame '{found_frame}' or other bin edges; expected the {expected_frame} frame over [-pi, pi)")
+    if not np.isfinite(probabilities).all() or (probabilities < 0).any():
+        raise ValueError(f"{path}: probabilities must be finite and non-negative (found {'NaN or inf' if not np.isfinite(probabilities).all() else 'negative values'})")
     if abs(probabilities.sum() - 1) > 1e-8:
         raise ValueError(f"{path}: probabilities sum to {probabilities.sum():.6g}, not 1")
     return ReferencePMF(probabilities, provenance)

@@ -237,7 +237,11 @@ class CGSystem:
             positions = positions.value_in_unit(unit.nanometer)
         if isinstance(positions, torch.Tensor):
             positions = positions.detach().cpu().numpy()
-        array = np.asarray(positions, dtype=np.float64)
+        try:
+            array = np.asarray(positions, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.name}: positions must be numbers (nm), an (n_atoms, 3) or (n_configurations, n_atoms, 3) array "
+                             "or a Quantity") from None
         if array.ndim == 2:
             array = array[None]
         if array.ndim != 3 or array.shape[2] != 3:

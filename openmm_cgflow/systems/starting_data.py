@@ -24,7 +24,7 @@ import numpy as np
 
 from ..dynamics import LangevinDynamics
 from ..platforms import openmm_random_seed
-from ..storage import atomic_write
+from ..storage import load_arrays, save_arrays
 
 N_STEPS = 50_000
 SAVE_EVERY = 10
@@ -63,7 +63,7 @@ def aldp_starting_data(cg_system, seed: int = 0, platform: str = "CPU", path: Op
     it): load it, or make it. Returns {"frames": (n, n_atoms, 3) nm, "md_steps": int, "provenance": dict}."""
     path = Path(path) if path is not None else default_cache_dir() / f"aldp_start_seed{seed}_{n_steps}.npz"
     if path.is_file():
-        data = np.load(path)
+        data = load_arrays(path, ("frames", "md_steps", "provenance"), what="a starting-data file")
         return {"frames": data["frames"].astype(np.float64), "md_steps": int(data["md_steps"]), "provenance": json.loads(str(data["provenance"])), "path": path}
     start = time.perf_counter()
     md = run_langevin(cg_system, n_steps=n_steps, save_every=SAVE_EVERY, seed=seed, timestep_fs=1.0, friction_per_ps=1.0, platform=platform)
@@ -76,7 +76,7 @@ def aldp_starting_data(cg_system, seed: int = 0, platform: str = "CPU", path: Op
     }
     stored = md.frames.astype(np.float32)  # the cache's precision (~1e-7 nm), returned as the cache will return it:
     # a run must not depend on whether it made the cache or read it (the same seed gave different runs before)
-    atomic_write(path, lambda handle: np.savez_compressed(handle, frames=stored, md_steps=md.n_steps, provenance=json.dumps(provenance)))
+    save_arrays(path, frames=stored, md_steps=md.n_steps, provenance=json.dumps(provenance))
     return {"frames": stored.astype(np.float64), "md_steps": md.n_steps, "provenance": provenance, "path": path}
 
 
@@ -105,7 +105,7 @@ def cached_starting_frames(cg_system, n_frames: int, save_every: int, equilibrat
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"start_{name}_{key}.npz"
     if path.is_file():
-        data = np.load(path, allow_pickle=False)
+        data = load_arrays(path, ("frames", "md_steps"), what="a starting-data file")
         frames = data["frames"]
         if frames.shape != (n_frames, cg_system.n_atoms, 3):
             raise ValueError(f"{path} holds frames of shape {frames.shape}, expected {(n_frames, cg_system.n_atoms, 3)}; delete it")
@@ -124,5 +124,5 @@ def cached_starting_frames(cg_system, n_frames: int, save_every: int, equilibrat
         "key": key,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: np.savez_compressed(handle, frames=frames, md_steps=md.n_steps, provenance=json.dumps(provenance)))
+    save_arrays(path, frames=frames, md_steps=md.n_steps, provenance=json.dumps(provenance))
     return frames, md.n_steps, path
