@@ -34,6 +34,7 @@ setup(
         "matplotlib",
         "tqdm",
         "pyyaml",
+        "openmm-opes",
     ],
     extras_require={"test": ["pytest", "pytest-xdist", "zuko==1.6.0", "hypothesis"]},
     entry_points={"console_scripts": ["cgflow = openmm_cgflow.cli:main"]},

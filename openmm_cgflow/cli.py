@@ -4,8 +4,8 @@
     cgflow data start SYSTEM [--seed N] [--platform CPU]   make and cache a system's starting MD ahead of a run
                                         (for aldp: SPEC 2.2's 50 ps of MD, 5,000 frames)
     cgflow md-baseline SYSTEM --steps N --out DIR [--reference FILE] [--resume]   MD baseline (1-3 CG dihedrals)
-    cgflow baseline metad|md SYSTEM --steps N --out DIR [--reference FILE] [--resume] [--bias-factor G ...]
-                                        well-tempered metadynamics (or MD) on the CG coordinates, KLD vs steps
+    cgflow baseline metad|opes|md SYSTEM --steps N --out DIR [--reference FILE] [--resume] [--bias-factor G ...]
+                                        well-tempered metadynamics, OPES (or MD) on the CG coordinates, KLD vs steps
     cgflow reference SYSTEM --out DIR --passes N [--seeds 1 2] [--resume] [--fit-only] [--output FILE]
                                         umbrella-sampling reference PMF of any system with 1-3 CG dihedrals
                                         (runs, then fits and writes FILE in the system's CG frame)
@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     md.add_argument("--reference", type=Path, default=None, help="reference file to score the curve against")
     md.add_argument("--resume", action="store_true")
     md.add_argument("--quiet", action="store_true")
-    base = sub.add_parser("baseline", help="the baselines a user would run instead: well-tempered metadynamics or plain MD, scored by forward KLD against steps")
-    base.add_argument("method", choices=["metad", "md"], help="metad: well-tempered metadynamics on the CG coordinates (app.Metadynamics); md: plain MD (as md-baseline)")
+    base = sub.add_parser("baseline", help="the baselines a user would run instead: well-tempered metadynamics, OPES or plain MD, scored by forward KLD against steps")
+    base.add_argument("method", choices=["metad", "opes", "md"], help="metad: well-tempered metadynamics on the CG coordinates (app.Metadynamics); "
+                      "opes: OPES (openmm-opes); md: plain MD (as md-baseline)")
     base.add_argument("system", help="a registered system (muller-brown, alanine-dipeptide; aldp for short) or a YAML config describing a molecule")
     base.add_argument("--steps", type=_count(1), required=True, help="MD steps (= energy evaluations)")
     base.add_argument("--out", type=Path, required=True)
@@ -97,7 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--bias-factor", type=_positive_float, default=6.0, help="metad: gamma > 1 (CG coordinates sampled as at gamma T)")
     base.add_argument("--height", type=_positive_float, default=0.5, help="metad: initial Gaussian height in kT")
     base.add_argument("--width", type=_positive_float, default=0.35, help="metad: Gaussian width (std) in the CG units (rad or nm)")
-    base.add_argument("--deposit-every", type=_count(1), default=500, help="metad: MD steps between Gaussians")
+    base.add_argument("--deposit-every", type=_count(1), default=500, help="metad, opes: MD steps between Gaussians (kernels)")
+    base.add_argument("--barrier", type=_positive_float, default=20.0, help="opes: the barrier to overcome, kT (sets the bias factor barrier/kT)")
+    base.add_argument("--fixed-width", action="store_true", help="opes: kernels of the fixed --width instead of the adaptive variance")
+    base.add_argument("--variance-every", type=_count(0), default=0, help="opes: steps between variance updates (0: --deposit-every)")
+    base.add_argument("--explore", action="store_true", help="opes: OPES-explore")
     base.add_argument("--friction", type=_positive_float, default=1.0, help="Langevin friction in 1/ps")
     base.add_argument("--resume", action="store_true")
     base.add_argument("--quiet", action="store_true")
@@ -309,22 +314,28 @@ def _baseline(args) -> int:
     settings, cg_system = _resolve_system(args.system, args.reference)
     from .active_learning.scoring import metric_grid, score_points
     from .baselines.metadynamics import MetadynamicsProtocol, run_metadynamics
+    from .baselines.opes import OPESProtocol, run_opes
 
     metrics = settings.metrics
     grid = metric_grid(metrics, cg_system)
     # no reference: F is recorded on a regular grid over the domain (1-2 CG coordinates)
     p_reference, centres = (grid.p_reference if grid is not None else None), score_points(metrics, cg_system.cg_dim, grid)
-    protocol = MetadynamicsProtocol(bias_factor=args.bias_factor, height_kT=args.height, width=args.width, deposit_every=args.deposit_every,
-                                    friction_per_ps=args.friction)
-    summary = run_metadynamics(cg_system, args.out, args.steps, p_reference, centres, protocol, args.seed, args.platform,
-                               args.resume, not args.quiet)
+    if args.method == "opes":
+        protocol = OPESProtocol(barrier_kT=args.barrier, deposit_every=args.deposit_every, adaptive_variance=not args.fixed_width,
+                                variance_every=args.variance_every, width=args.width, explore=args.explore, friction_per_ps=args.friction)
+        run, name, summary_file = run_opes, "OPES", "opes_baseline.json"
+    else:
+        protocol = MetadynamicsProtocol(bias_factor=args.bias_factor, height_kT=args.height, width=args.width, deposit_every=args.deposit_every,
+                                        friction_per_ps=args.friction)
+        run, name, summary_file = run_metadynamics, "metadynamics", "metad_baseline.json"
+    summary = run(cg_system, args.out, args.steps, p_reference, centres, protocol, args.seed, args.platform, args.resume, not args.quiet)
     for point in summary["curve"]:
         if point["forward_kld"] is not None:
             print(f"{point['md_steps']:>12d} steps  forward KLD {point['forward_kld']:.4e}")
     final = summary["final_forward_kld"]
-    print(f"{summary['steps']} metadynamics steps at {summary['steps_per_s']:.0f} steps/s; "
+    print(f"{summary['steps']} {name} steps at {summary['steps_per_s']:.0f} steps/s; "
           + (f"final forward KLD {final:.4e}; " if final is not None else "no reference given (F on the grid is in the snapshots); ")
-          + f"{args.out / 'metad_baseline.json'}")
+          + f"{args.out / summary_file}")
     return 0
 
 

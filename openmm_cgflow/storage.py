@@ -99,7 +99,7 @@ def _encode(value: Any, where: str = "state") -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biuf":
             raise TypeError(f"{where}: numpy arrays of dtype {value.dtype} cannot be checkpointed")
-        return {_ARRAY_TAG: torch.from_numpy(np.ascontiguousarray(value).copy())}
+        return {_ARRAY_TAG: torch.from_numpy(np.array(value, copy=True, order="C"))}  # (ascontiguousarray makes 0-d arrays 1-d)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):

@@ -170,3 +170,16 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run_on_the_fast_path(tmp_
         return [{k: v for k, v in row.items() if k not in ("wall_s", "stage_wall_s")} for row in metrics["iterations"]]
 
     assert len(resumed["iterations"]) == 3 and comparable(resumed) == comparable(planned)
+
+
+def test_a_reference_file_on_its_own_grid_scores_and_plots_the_run(tmp_path):
+    """metrics.reference on a 50 x 50 grid (the packaged reference summed over 2 x 2 bins): the run scores on the
+    file's grid and finishes with its figures (a fixed 100 x 100 grid once made it fail at the end)."""
+    from openmm_cgflow.scoring.grid import load_reference, save_reference
+    from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path
+
+    coarse = load_reference(packaged_reference_path()).probabilities.reshape(50, 2, 50, 2).sum((1, 3))
+    save_reference(tmp_path / "coarse.npz", coarse, {"method": "the packaged reference on 2 x 2 bins"})
+    metrics = ActiveLearningRun(load_config("aldp", SMOKE + ["loop.max_iterations=1", f"metrics.reference={tmp_path / 'coarse.npz'}"]),
+                                tmp_path / "run", progress=False).run()
+    assert math.isfinite(metrics["totals"]["final_forward_kld"]) and (tmp_path / "run" / "pmf.png").stat().st_size > 10_000

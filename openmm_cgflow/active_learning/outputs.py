@@ -95,7 +95,8 @@ def plot_run(out_dir: Path, settings: RunSettings, cg_system: CGSystem, grid: Op
     if grid is not None:
         plot_kld(out_dir / "kld.png", [h.energy_evaluations for h in history], [h.forward_kld for h in history], target=1e-3)
     reference = -np.log(grid.p_reference) if grid is not None else None
-    n, domain = settings.metrics.n_bins, settings.metrics.domain
+    domain = settings.metrics.domain
+    n = int(round(np.sqrt(len(last.mean))))  # the scoring grid's own bins (a reference file may have other bins than metrics.n_bins)
     if cg_system.cg_dim == 2 and len(last.mean):
         plot_pmf_2d(out_dir / "pmf.png", np.linspace(domain[0], domain[1], n + 1), None if reference is None else reference.reshape(n, n),
                     last.mean.reshape(n, n), last.std.reshape(n, n), last.label_points, title=title, labels=names)

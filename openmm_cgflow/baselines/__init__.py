@@ -1,2 +1,3 @@
-"""The baselines a user would run instead of active learning, scored like it: plain MD (:mod:`.md`) and well-tempered
-metadynamics (:mod:`.metadynamics`), both KLD against MD steps (= energy evaluations)."""
+"""The baselines a user would run instead of active learning, scored like it: plain MD (:mod:`.md`), well-tempered
+metadynamics (:mod:`.metadynamics`) and OPES (:mod:`.opes`), each as KLD against MD steps (= energy evaluations) and
+wall-clock seconds."""

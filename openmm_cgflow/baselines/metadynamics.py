@@ -8,7 +8,8 @@ by forward KLD against the system's reference, at log-spaced step counts. Every 
 evaluation, so the curve is KLD against evaluations, like the MD baseline's.
 
 The run is resumable: the bias grid, the OpenMM state and the curve so far are checkpointed atomically (tensors
-and plain data, see :mod:`openmm_cgflow.storage`) after every chunk.
+and plain data, see :mod:`openmm_cgflow.storage`) after every chunk. :func:`run_biased` is the runner OPES shares
+(:mod:`.opes`); every point of a curve records the wall time of the run up to it.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from .md import snapshot_steps
 CHECKPOINT_NAME = "metad_checkpoint.pt"
 #: F (kT, float32) on the scoring grid at every snapshot, so the curve can be rescored against another reference
 SNAPSHOTS_NAME = "metad_snapshots.npz"
-CHECKPOINT_KEYS = ("protocol", "steps_target", "seed", "steps_done", "bias", "openmm_checkpoint", "curve", "wall_s")
 
 
 @dataclass(frozen=True)
@@ -104,81 +104,122 @@ def _restore_bias(meta: app.Metadynamics, bias: np.ndarray, context: openmm.Cont
     meta._force.updateParametersInContext(context)
 
 
-def run_metadynamics(
+class _MetadynamicsSampler:
+    """What the biased runner needs of well-tempered metadynamics: build it, step it, save and restore its bias."""
+
+    name = "metadynamics"
+    files = ("metad_checkpoint.pt", "metad_snapshots.npz", "metad_baseline.json")
+    state_key = "bias"
+    method = "well-tempered metadynamics (openmm.app.Metadynamics), F = -(gamma/(gamma-1)) V"
+
+    def __init__(self, protocol: MetadynamicsProtocol):
+        self.protocol = protocol
+
+    def build(self, system: openmm.System, cg_system: CGSystem):
+        protocol, kT = self.protocol, kT_in_kJ_per_mol(cg_system.temperature)
+        self.variables = bias_variables(cg_system, protocol)
+        self.meta = app.Metadynamics(system, self.variables, cg_system.temperature * unit.kelvin, protocol.bias_factor,
+                                     protocol.height_kT * kT * unit.kilojoule_per_mole, protocol.deposit_every)
+
+    def step(self, simulation: app.Simulation, steps: int) -> None:
+        self.meta.step(simulation, steps)
+
+    def state(self) -> np.ndarray:
+        return np.array(self.meta._selfBias)
+
+    def restore(self, state, context: openmm.Context) -> None:
+        _restore_bias(self.meta, np.asarray(state), context)
+
+    def free_energy(self, points: np.ndarray, kT: float) -> np.ndarray:
+        return free_energy_at(self.meta, self.variables, points, kT)
+
+
+def run_biased(
+    sampler,
     cg_system: CGSystem,
     out: Path,
     steps: int,
-    p_reference: np.ndarray,
+    p_reference: Optional[np.ndarray],
     centres: np.ndarray,
-    protocol: MetadynamicsProtocol = MetadynamicsProtocol(),
     seed: int = 0,
     platform: str = "CPU",
     resume: bool = False,
     progress: bool = True,
     chunk_steps: int = 100_000,
 ) -> Dict[str, Any]:
-    """Run (or resume) well-tempered metadynamics for ``steps`` MD steps into ``out``. Resuming with a larger
-    ``steps`` (same protocol and seed) extends the run, so sampling accumulates across sessions.
+    """Run (or resume) a biased simulation of ``cg_system`` on its CG coordinates for ``steps`` MD steps into ``out``
+    (the sampler: :class:`_MetadynamicsSampler`, or :class:`~openmm_cgflow.baselines.opes.OPESSampler`). Resuming with
+    a larger ``steps`` (same protocol and seed) extends the run, so sampling accumulates across sessions.
 
     ``p_reference`` (bin probabilities, or None: no scoring) and ``centres`` ((n_bins, cg_dim), model frame) define
-    the scoring grid, where F is recorded at every snapshot.
-    Writes ``out/metad_baseline.json`` (protocol, steps/s, the curve of forward KLD against steps, the final F on
-    the grid) and returns it, and ``out/metad_snapshots.npz`` (F on the grid at every snapshot).
+    the scoring grid, where the sampler's free-energy estimate is recorded at log-spaced step counts. Writes the
+    sampler's checkpoint (atomically, after every chunk), its snapshots (F on the grid at every snapshot, .npz) and
+    summary (.json), and returns the summary.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     out = Path(out)
-    path = out / CHECKPOINT_NAME
+    checkpoint_name, snapshots_name, summary_name = sampler.files
+    path = out / checkpoint_name
     if not resume and path.exists():
         raise ValueError(f"{path} exists: use --resume to continue it, or another --out")
     system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(cg_system.system))
-    variables = bias_variables(cg_system, protocol)
+    sampler.build(system, cg_system)
     kT = kT_in_kJ_per_mol(cg_system.temperature)
-    meta = app.Metadynamics(system, variables, cg_system.temperature * unit.kelvin, protocol.bias_factor,
-                            protocol.height_kT * kT * unit.kilojoule_per_mole, protocol.deposit_every)
+    protocol = sampler.protocol
     dynamics = LangevinDynamics(system, cg_system.temperature, protocol.timestep_fs, protocol.friction_per_ps, platform,
                                 random_seed=openmm_random_seed(seed), topology=cg_system.topology)
     simulation = dynamics.simulation
     if resume:
-        state = load_checkpoint(path, CHECKPOINT_KEYS)
+        state = load_checkpoint(path, ("protocol", "steps_target", "seed", "steps_done", sampler.state_key, "openmm_checkpoint", "curve", "wall_s"))
         if state["protocol"] != asdict(protocol) or state["seed"] != seed:
             raise ValueError(f"{path} belongs to a run with another protocol or --seed; use a new --out")
         if steps < state["steps_done"]:
             raise ValueError(f"{path} already holds {state['steps_done']} steps; --steps must be at least that to resume or extend it")
         state["steps_target"] = steps  # a larger --steps extends a finished or running run
         dynamics.restore(state["openmm_checkpoint"])
-        _restore_bias(meta, np.asarray(state["bias"]), simulation.context)
+        sampler.restore(state[sampler.state_key], simulation.context)
         simulation.currentStep = state["steps_done"]
     else:
         dynamics.start(cg_system.positions, openmm_random_seed(seed), minimize=True)
         state = {"protocol": asdict(protocol), "steps_target": steps, "seed": seed, "steps_done": 0, "curve": [], "wall_s": 0.0}
     wanted = [s for s in snapshot_steps(steps, first=min(10_000, steps)) if s > state["steps_done"]]
-    bar = tqdm(total=steps, initial=state["steps_done"], unit="step", disable=not progress, desc="metadynamics")
+    bar = tqdm(total=steps, initial=state["steps_done"], unit="step", disable=not progress, desc=sampler.name)
     while state["steps_done"] < steps:
         start = time.perf_counter()
         target = min(steps, state["steps_done"] + chunk_steps, *(wanted[:1] or [steps]))
-        meta.step(simulation, target - state["steps_done"])
+        sampler.step(simulation, target - state["steps_done"])
         state["wall_s"] += time.perf_counter() - start
         bar.update(target - state["steps_done"])
         state["steps_done"] = target
         if wanted and target == wanted[0]:
             wanted.pop(0)
-            F = free_energy_at(meta, variables, centres, kT)
-            state["curve"].append({"md_steps": target, "forward_kld": forward_kld(p_reference, F) if p_reference is not None else None})
+            F = sampler.free_energy(centres, kT)
+            state["curve"].append({"md_steps": target, "forward_kld": forward_kld(p_reference, F) if p_reference is not None and np.isfinite(F).all() else None,
+                                   "wall_s": state["wall_s"]})
             state["snapshots"] = np.vstack([state.get("snapshots", np.empty((0, len(F)), np.float32)), F.astype(np.float32)[None]])
-        state["bias"] = np.array(meta._selfBias)
+        state[sampler.state_key] = sampler.state()
         state["openmm_checkpoint"] = dynamics.checkpoint()
         save_checkpoint(path, state)
     bar.close()
-    F = free_energy_at(meta, variables, centres, kT)
+    F = sampler.free_energy(centres, kT)
     summary = {
-        "system": cg_system.name, "method": "well-tempered metadynamics (openmm.app.Metadynamics), F = -(gamma/(gamma-1)) V",
-        "protocol": asdict(protocol), "seed": seed, "platform": platform, "steps": state["steps_done"],
-        "wall_s": state["wall_s"], "steps_per_s": state["steps_done"] / max(state["wall_s"], 1e-9),
-        "curve": state["curve"], "final_forward_kld": forward_kld(p_reference, F) if p_reference is not None else None, "free_energy_kT": F.tolist(),
+        "system": cg_system.name, "method": sampler.method, "protocol": asdict(protocol), "seed": seed, "platform": platform,
+        "steps": state["steps_done"], "wall_s": state["wall_s"], "steps_per_s": state["steps_done"] / max(state["wall_s"], 1e-9),
+        "curve": state["curve"], "final_forward_kld": forward_kld(p_reference, F) if p_reference is not None and np.isfinite(F).all() else None,
+        "free_energy_kT": F.tolist(),
     }
-    write_json(out / "metad_baseline.json", summary)
+    write_json(out / summary_name, summary)
     snapshots = state.get("snapshots", np.empty((0, len(F)), np.float32))
     steps_at = np.array([point["md_steps"] for point in state["curve"]], dtype=np.int64)
-    save_arrays(out / SNAPSHOTS_NAME, steps=steps_at, free_energy_kT=snapshots, centres=centres)
+    save_arrays(out / snapshots_name, steps=steps_at, free_energy_kT=snapshots, centres=centres)
     return summary
+
+
+def run_metadynamics(cg_system: CGSystem, out: Path, steps: int, p_reference: Optional[np.ndarray], centres: np.ndarray,
+                     protocol: MetadynamicsProtocol = MetadynamicsProtocol(), seed: int = 0, platform: str = "CPU", resume: bool = False,
+                     progress: bool = True, chunk_steps: int = 100_000) -> Dict[str, Any]:
+    """Well-tempered metadynamics of ``cg_system`` for ``steps`` MD steps into ``out`` (:func:`run_biased`): writes
+    ``metad_checkpoint.pt``, ``metad_snapshots.npz`` and ``metad_baseline.json`` (protocol, steps/s, the curve of
+    forward KLD against steps, the final F on the grid) and returns the summary."""
+    return run_biased(_MetadynamicsSampler(protocol), cg_system, out, steps, p_reference, centres, seed, platform, resume, progress, chunk_steps)
