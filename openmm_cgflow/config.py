@@ -14,6 +14,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (the config's error type, defined with the others)
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys whose default is null accept these types too.
@@ -43,10 +45,6 @@ _CHOICES = {
 }
 _FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
 _NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "labels.accumulate_from_epoch", "labels.cell_width", "search.min_steps", "starting_data.equilibration_steps", "seed")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message is one line and names the offending key."""
 
 
 def builtin_configs() -> List[str]:

@@ -49,9 +49,9 @@ def test_resume_after_a_crash_matches_uninterrupted(tmp_path, monkeypatch):
 def test_refuses_to_overwrite_or_resume_mismatch_and_extends(tmp_path, monkeypatch):
     monkeypatch.setattr(md_baseline, "snapshot_steps", lambda total: [total])
     md_baseline.run_md_baseline(ALDP, tmp_path / "run", 200, seed=0, platform="Reference", progress=False)
-    with pytest.raises(ValueError, match="use --resume"):
+    with pytest.raises(ValueError, match="use resume=True"):
         md_baseline.run_md_baseline(ALDP, tmp_path / "run", 200, seed=0, platform="Reference", progress=False)
-    with pytest.raises(ValueError, match="other --seed"):
+    with pytest.raises(ValueError, match="other seed"):
         md_baseline.run_md_baseline(ALDP, tmp_path / "run", 400, seed=1, platform="Reference", resume=True, progress=False)
     extended = md_baseline.run_md_baseline(ALDP, tmp_path / "run", 400, seed=0, platform="Reference", resume=True, progress=False)
     assert extended["steps"] == 400  # a larger --steps extends a finished run

@@ -77,7 +77,7 @@ def test_interrupted_metadynamics_resumes_exactly(tmp_path, mb_grid, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run_metadynamics(create_system("muller-brown"), tmp_path / "split", 100_000, *args, **kwargs)
     monkeypatch.setattr(app.Metadynamics, "step", original)
-    with pytest.raises(ValueError, match="exists: use --resume"):
+    with pytest.raises(ValueError, match="exists: use resume=True"):
         run_metadynamics(create_system("muller-brown"), tmp_path / "split", 100_000, *args, **kwargs)
     resumed = run_metadynamics(create_system("muller-brown"), tmp_path / "split", 100_000, *args, resume=True, **kwargs)
     assert [p["md_steps"] for p in resumed["curve"]] == [p["md_steps"] for p in whole["curve"]]

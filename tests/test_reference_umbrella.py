@@ -167,7 +167,7 @@ def test_umbrella_run_resumes_and_builds_a_valid_reference(tmp_path):
     aldp = create_system("alanine-dipeptide")
     protocol = UmbrellaProtocol(windows_per_dim=3, equilibration_steps=50, steps_per_pass=100)
     run_umbrella(tmp_path, [1, 2], 1, protocol, aldp, progress=False)
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(ValueError, match="resume=True"):
         run_umbrella(tmp_path, [1, 2], 2, protocol, aldp, progress=False)
     with pytest.raises(ValueError, match="another protocol"):
         run_umbrella(tmp_path, [1, 2], 2, UmbrellaProtocol(windows_per_dim=4), aldp, resume=True, progress=False)

@@ -8,6 +8,7 @@ from typing import Any, Dict, List
 
 from .._version import __version__
 from ..config import ConfigError, config_differences, validate_config
+from ..errors import InterfaceError
 from ..storage import CheckpointError, load_checkpoint, save_checkpoint
 from .context import RunContext
 from .settings import GlobalCosineSchedule, RunSettings
@@ -56,8 +57,8 @@ def changed_keys(path: Path, stored: Dict[str, Any], settings: RunSettings) -> L
         extendable.discard("loop.max_iterations")
     fixed = [key for key in differences if key not in extendable]
     if fixed:
-        raise ConfigError(
+        raise InterfaceError(
             f"{path} was written with a different config (keys: {', '.join(fixed)}); "
-            "resume with the same config (only " + ", ".join(sorted(extendable)) + " may change) or start a new --out directory"
+            "resume with the same config (only " + ", ".join(sorted(extendable)) + " may change) or start a new {out} directory"
         )
     return differences

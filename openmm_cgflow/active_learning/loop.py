@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
-from ..config import ConfigError
+from ..errors import InterfaceError
 from . import outputs
 from .checkpoint import CHECKPOINT_NAME, changed_keys, read_run_checkpoint, write_run_checkpoint
 from .context import RunContext
@@ -151,19 +151,19 @@ class ActiveLearningRun:
         """Refuse to start a new run in a non-empty ``out_dir`` (nothing there is changed) unless ``overwrite``,
         which removes this package's run outputs (:data:`RUN_OUTPUTS`) and nothing else."""
         if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise ConfigError(f"--out {self.out_dir} is a file, not a directory")
+            raise InterfaceError(f"{{out}} {self.out_dir} is a file, not a directory")
         if resume:
             if overwrite:
-                raise ConfigError("--resume and --overwrite exclude each other")
+                raise InterfaceError("{resume} and {overwrite} exclude each other")
             return
         present = sorted(p.name for p in self.out_dir.iterdir()) if self.out_dir.is_dir() else []
         if not present:
             return
         if not overwrite:
             shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
-            raise ConfigError(
-                f"--out {self.out_dir} is not empty ({shown}): use --resume to continue the run there, --overwrite to replace it, "
-                "or another --out"
+            raise InterfaceError(
+                f"{{out}} {self.out_dir} is not empty ({shown}): use {{resume}} to continue the run there, {{overwrite}} to replace it, "
+                "or another {out}"
             )
         for name in RUN_OUTPUTS:
             target = self.out_dir / name

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..storage import CheckpointError, load_arrays, load_checkpoint, save_arrays, save_checkpoint, write_json
 from ..dynamics import LangevinDynamics
+from ..errors import InterfaceError
 from ..platforms import openmm_random_seed
 from ..systems import CGSystem
 from ..scoring.grid import MD_PSEUDOCOUNT, default_bins, histogram_counts, kld_of_histogram, load_reference
@@ -44,8 +45,8 @@ def run_md_baseline(
     if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1 or isinstance(steps, bool) or not isinstance(steps, int):
         raise ValueError(f"steps and record_every must be integers >= 1, got {steps!r} and {record_every!r}")
     if steps < record_every or steps % record_every:
-        raise ValueError(f"--steps ({steps}) must be a multiple of --record-every ({record_every}): the histogram records every "
-                         f"{record_every}th step")
+        raise InterfaceError(f"{{steps}} ({steps}) must be a multiple of {{record_every}} ({record_every}): the histogram records every "
+                             f"{record_every}th step")
     if cg_system.cg_definition.kind != "dihedral" or cg_system.cg_dim > 3:
         raise ValueError(f"the MD baseline histograms 1-3 dihedral CG coordinates; {cg_system.name} has {cg_system.cg_dim} "
                          f"{cg_system.cg_definition.kind} CG coordinate(s) ({', '.join(cg_system.cg_definition.names)})")
@@ -55,9 +56,9 @@ def run_md_baseline(
     if resume:
         state = load_checkpoint(checkpoint_path, MD_CHECKPOINT_KEYS)
         if state.get("system", "alanine-dipeptide") != cg_system.name:
-            raise ValueError(f"{checkpoint_path} is an MD baseline of '{state.get('system', 'alanine-dipeptide')}', not of '{cg_system.name}'; use a new --out")
+            raise InterfaceError(f"{checkpoint_path} is an MD baseline of '{state.get('system', 'alanine-dipeptide')}', not of '{cg_system.name}'; use a new {{out}}")
         if (state["seed"], state["record_every"]) != (seed, record_every):
-            raise ValueError(f"{checkpoint_path} belongs to a run with other --seed/--record-every; use a new --out")
+            raise InterfaceError(f"{checkpoint_path} belongs to a run with other {{seed}}/{{record_every}}; use a new {{out}}")
         if steps < state["steps_done"]:
             raise ValueError(f"{checkpoint_path} already holds {state['steps_done']} steps; --steps must be at least that to resume or extend it")
         state["steps_target"] = steps  # a larger --steps extends the run: MD accumulates across sessions
@@ -67,7 +68,7 @@ def run_md_baseline(
             raise CheckpointError(f"{checkpoint_path}: OpenMM cannot restore its simulation state ({' '.join(str(error).split())[:160]})") from None
     else:
         if checkpoint_path.exists():
-            raise ValueError(f"{checkpoint_path} exists: use --resume to continue it, or another --out")
+            raise InterfaceError(f"{checkpoint_path} exists: use {{resume}} to continue it, or another {{out}}")
         dynamics.start(cg_system.positions, openmm_random_seed(seed), minimize=True)
         state = {
             "steps_target": steps, "seed": seed, "record_every": record_every, "platform": platform, "system": cg_system.name,

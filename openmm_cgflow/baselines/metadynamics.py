@@ -25,6 +25,7 @@ import openmm.unit as unit
 from tqdm.auto import tqdm
 
 from ..dynamics import LangevinDynamics
+from ..errors import InterfaceError
 from ..platforms import openmm_random_seed
 from ..scoring.kld import forward_kld
 from ..storage import load_checkpoint, save_arrays, save_checkpoint, write_json
@@ -162,7 +163,7 @@ def run_biased(
     checkpoint_name, snapshots_name, summary_name = sampler.files
     path = out / checkpoint_name
     if not resume and path.exists():
-        raise ValueError(f"{path} exists: use --resume to continue it, or another --out")
+        raise InterfaceError(f"{path} exists: use {{resume}} to continue it, or another {{out}}")
     system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(cg_system.system))
     sampler.build(system, cg_system)
     kT = kT_in_kJ_per_mol(cg_system.temperature)
@@ -173,9 +174,9 @@ def run_biased(
     if resume:
         state = load_checkpoint(path, ("protocol", "steps_target", "seed", "steps_done", sampler.state_key, "openmm_checkpoint", "curve", "wall_s"))
         if state["protocol"] != asdict(protocol) or state["seed"] != seed:
-            raise ValueError(f"{path} belongs to a run with another protocol or --seed; use a new --out")
+            raise InterfaceError(f"{path} belongs to a run with another protocol or {{seed}}; use a new {{out}}")
         if steps < state["steps_done"]:
-            raise ValueError(f"{path} already holds {state['steps_done']} steps; --steps must be at least that to resume or extend it")
+            raise InterfaceError(f"{path} already holds {state['steps_done']} steps; {{steps}} must be at least that to resume or extend it")
         state["steps_target"] = steps  # a larger --steps extends a finished or running run
         dynamics.restore(state["openmm_checkpoint"])
         sampler.restore(state[sampler.state_key], simulation.context)

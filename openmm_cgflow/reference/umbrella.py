@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..coordinates.geometry import frame_dihedrals, periodic_difference
 from ..dynamics import LangevinDynamics
+from ..errors import InterfaceError
 from ..storage import load_arrays, save_arrays, write_json
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
 from ..scoring.grid import grid_centres
@@ -107,10 +108,10 @@ class UmbrellaRun:
         protocol = dict(zip(data["protocol_keys"].tolist(), data["protocol_values"].tolist()))
         mine = {key: str(value) for key, value in asdict(self.protocol).items()}
         if protocol != mine:
-            raise ValueError(f"{self.state_path} was written with another protocol ({protocol}); use a new --out")
+            raise InterfaceError(f"{self.state_path} was written with another protocol ({protocol}); use a new {{out}}")
         if "cg_atoms" in data and data["cg_atoms"].tolist() != [list(a) for a in self.dihedrals]:
-            raise ValueError(f"{self.state_path} restrains other CG dihedrals ({data['cg_atoms'].tolist()}) than this system's "
-                             f"({[list(a) for a in self.dihedrals]}); use a new --out")
+            raise InterfaceError(f"{self.state_path} restrains other CG dihedrals ({data['cg_atoms'].tolist()}) than this system's "
+                                 f"({[list(a) for a in self.dihedrals]}); use a new {{out}}")
         if "openmm_checkpoint" in data:  # the random-number state too: a resumed pass is the uninterrupted one
             self.dynamics.restore(data["openmm_checkpoint"].tobytes())
         return {key: data[key] for key in ("positions", "velocities")} | {
@@ -206,7 +207,7 @@ def run_umbrella(out: Path, seeds: Sequence[int], passes: int, protocol: Umbrell
     for run in runs:
         if run.state_path.exists():
             if not resume:
-                raise ValueError(f"{run.state_path} exists: use --resume to continue it, or another --out")
+                raise InterfaceError(f"{run.state_path} exists: use {{resume}} to continue it, or another {{out}}")
             states.append(run.load_state())
         else:
             state = run.initialise()
