@@ -17,8 +17,7 @@ args = parser.parse_args()
 
 model = cgflow.CGFlowModel.load(args.model)
 iupac_degrees = np.array([[-150.0, 155.0], [-70.0, 140.0], [-70.0, -40.0], [60.0, 45.0]])   # beta, PII, alphaR, alphaL
-cg = model.cg_definition.from_dihedrals(np.radians(iupac_degrees))                          # the model's CG frame
-result = model.backmap(cg, n_per_frame=2 if args.quick else 20, refine="minimize")
+result = model.backmap(np.radians(iupac_degrees), n_per_frame=2 if args.quick else 20, refine="minimize")  # frame="iupac"
 result.trajectory.save(args.out)
 for (phi, psi), ess in zip(iupac_degrees, result.ess):
     print(f"phi {phi:7.1f}  psi {psi:7.1f}: ESS {ess:.2f}")

@@ -38,7 +38,7 @@ for _ in range(steps // 100):
 frames = np.asarray(frames)
 s = aldp.cg_values(frames)                                              # (phi, psi) in the model's CG frame
 phi_iupac = model.cg_definition.to_dihedrals(s)[:, 0]
-F, _ = model.free_energy(s)                                             # kT
+F, _ = model.free_energy(s, frame="model")                              # kT
 weights = np.exp(-args.alpha * (F - F.min()))
 weights /= weights.sum()
 transitions = int(np.count_nonzero(np.diff(np.sign(phi_iupac)) != 0))

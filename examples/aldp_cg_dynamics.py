@@ -23,13 +23,13 @@ model = cgflow.CGFlowModel.load(args.model)
 n_bins, sub = 20, 5                                            # 20 x 20 bins, exp(-F) integrated on 5 x 5 points each
 fine = np.linspace(-math.pi, math.pi, n_bins * sub, endpoint=False) + math.pi / (n_bins * sub)
 grid = np.stack(np.meshgrid(fine, fine, indexing="ij"), -1).reshape(-1, 2)   # (phi, psi) in the model's CG frame, rad
-F, _ = model.free_energy(grid)                                 # kT
+F, _ = model.free_energy(grid, frame="model")                  # kT
 p_fine = np.exp(-(F - F.min()))
 p_fine /= p_fine.sum()
 p_model = p_fine.reshape(n_bins, sub, n_bins, sub).sum((1, 3)).ravel()
 
 start = grid[np.random.default_rng(0).choice(len(grid), size=args.replicas, p=p_fine)]          # replicas start from exp(-F)
-s = model.cg_dynamics(start, n_steps=steps, record_every=20, timestep_fs=2.0)   # (frames, replicas, 2), one batched call per step
+s = model.cg_dynamics(start, n_steps=steps, record_every=20, timestep_fs=2.0, frame="model")   # (frames, replicas, 2), one batched call per step
 s = s[len(s) // 5:].reshape(-1, 2)
 edges = np.linspace(-math.pi, math.pi, n_bins + 1)
 counts = np.histogram2d(s[:, 0], s[:, 1], bins=[edges, edges])[0].ravel()

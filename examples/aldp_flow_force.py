@@ -40,8 +40,7 @@ def log_weight(positions):
     return (U_theta - U) / kT
 
 
-cg = model.cg_definition.from_dihedrals(np.radians([[-150.0, 155.0], [-70.0, -40.0]]))   # beta and alphaR, in the model's frame
-backmapped = model.backmap(cg, n_per_frame=2 if args.quick else 10)
+backmapped = model.backmap(np.radians([[-150.0, 155.0], [-70.0, -40.0]]), n_per_frame=2 if args.quick else 10)  # beta, alphaR (IUPAC)
 log_w = np.array([log_weight(x) for x in backmapped.trajectory.xyz])
 print(f"backmapped structures: ln w spread (std) {log_w.std():.2f} kT")
 context.setPositions(aldp.positions)

@@ -85,10 +85,11 @@ class Backmapper:
         return array
 
     def backmap(self, cg: np.ndarray, n_per_frame: int = 10, seed: int = 0, refine: Optional[str] = None,
-                restraint_kT_per_rad2: float = 1000.0) -> BackmapResult:
-        """``cg``: (n_frames, cg_dim) CG coordinates in the model's frame (rad for dihedrals, nm for linear ones;
-        the built-in alanine dipeptide uses the paper's frame)."""
-        cg = self.check_cg_frames(cg)
+                restraint_kT_per_rad2: float = 1000.0, frame: str = "iupac") -> BackmapResult:
+        """``cg``: (n_frames, cg_dim) CG coordinates, rad for dihedrals (nm for linear ones), in ``frame``: "iupac"
+        (plain IUPAC dihedrals, the default) or "model" (the model's own CG frame; the built-in alanine dipeptide's
+        is the paper's shifted, sign-flipped frame)."""
+        cg = self.cg_system.cg_definition.to_model_frame(self.check_cg_frames(cg), frame)
         if isinstance(n_per_frame, bool) or int(n_per_frame) != n_per_frame or n_per_frame < 1:
             raise ValueError(f"n_per_frame must be a positive integer, got {n_per_frame!r}")
         n_per_frame = int(n_per_frame)

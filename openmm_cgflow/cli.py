@@ -25,6 +25,7 @@ from typing import List, Optional
 import yaml
 
 from .config import ConfigError, builtin_configs, load_config
+from .errors import InterfaceError
 
 
 def _count(minimum: int):
@@ -127,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--quiet", action="store_true")
     bm = sub.add_parser("backmap", help="all-atom structures from CG frames with a trained flow")
     bm.add_argument("model", type=Path, help="flow model file (a run's models/flow.pt)")
-    bm.add_argument("cg_file", type=Path, help=".npy or text file of CG frames (n, cg_dim), in the model's CG frame")
+    bm.add_argument("cg_file", type=Path, help=".npy or text file of CG frames (n, cg_dim), rad (nm for linear CG coordinates)")
+    bm.add_argument("--frame", choices=["iupac", "model"], default="iupac",
+                    help="the CG frames' frame: iupac (plain IUPAC dihedrals, default) or model (the model's own CG frame)")
     bm.add_argument("--out", type=Path, required=True, help="trajectory to write (.pdb or .dcd); weights go to OUT.weights.npz")
     bm.add_argument("--n-per-frame", type=_count(1), default=10)
     bm.add_argument("--seed", type=_count(0), default=0)
@@ -203,8 +206,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    """An exception as one line (OSError's own text already names the file)."""
-    text = " ".join(str(error).split())
+    """An exception as one line (OSError's own text already names the file; usage errors name the flags)."""
+    text = " ".join((error.for_cli() if isinstance(error, InterfaceError) else str(error)).split())
     return text if text else type(error).__name__
 
 
@@ -220,12 +223,14 @@ def _backmap(args) -> int:
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"{args.out} exists: use --overwrite to replace it, or another --out")
     cg = np.load(args.cg_file, allow_pickle=False) if args.cg_file.suffix == ".npy" else np.loadtxt(args.cg_file, ndmin=2)
-    result = Backmapper(args.model, args.platform).backmap(cg, args.n_per_frame, args.seed, args.refine)
+    backmapper = Backmapper(args.model, args.platform)
+    result = backmapper.backmap(cg, args.n_per_frame, args.seed, args.refine, frame=args.frame)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.trajectory.save(str(args.out))
     np.savez_compressed(f"{args.out}.weights.npz", cg_index=result.cg_index, log_weights=result.log_weights, weights=result.weights,
                         ess=result.ess, reduced_energies=result.reduced_energies)
-    print(f"{result.trajectory.n_frames} structures for {len(result.ess)} CG frames in {args.out}; ESS per frame: "
+    used = args.frame if backmapper.cg_system.cg_definition.kind == "dihedral" else "nm"
+    print(f"{result.trajectory.n_frames} structures for {len(result.ess)} CG frames ({used} frame) in {args.out}; ESS per frame: "
           f"median {np.median(result.ess):.2f} of {args.n_per_frame}; weights in {args.out}.weights.npz")
     return 0
 

@@ -5,9 +5,10 @@
     s = model.cg_dynamics(s_start, n_steps=10_000)           # CG Langevin dynamics on the PMF
     result = model.backmap(s[-1], n_per_frame=10)            # all-atom structures with importance weights
 
-Units are OpenMM's at the boundary (nm, kJ/mol, K, fs, 1/ps); free energies are in kT. CG values are in the model's
-own CG frame (``model.cg_definition``: radians for dihedrals, nm for linear coordinates); for dihedrals,
-``model.cg_definition.from_dihedrals(iupac)`` and ``.to_dihedrals(s)`` convert from and to IUPAC angles.
+Units are OpenMM's at the boundary (nm, kJ/mol, K, fs, 1/ps); free energies are in kT. CG values are radians for
+dihedrals (nm for linear coordinates) in the ``frame`` each method takes: "iupac" (plain IUPAC dihedrals, the
+default) or "model" (the model's own CG frame, ``model.cg_definition``; the built-in alanine dipeptide's is the
+paper's shifted, sign-flipped frame). Values come back in the frame they were given in.
 """
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ from .systems import CGDefinition, CGSystem, available_systems, create_system
 
 PMF_FILE = "pmf_ensemble.pt"
 FLOW_FILE = "flow.pt"
-#: where the models shipped with the repository live (``torchscript_models/<system>/``)
-SHIPPED = Path(__file__).resolve().parent.parent / "torchscript_models"
+def shipped_models_dir() -> Path:
+    """Where the shipped models are: inside the installed package (``pip install``), else the repository's
+    ``torchscript_models/`` (a checkout or an editable install)."""
+    installed = Path(__file__).resolve().parent / "torchscript_models"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "torchscript_models"
 
 
 class CGFlowModel:
@@ -53,8 +57,8 @@ class CGFlowModel:
         """The models in ``path``: a run's output folder (its ``models/``), a folder holding ``pmf_ensemble.pt`` (and
         ``flow.pt``), a PMF model file, or the name of a system whose models ship with the repository."""
         path = Path(path)
-        if not path.exists() and str(path) in available_systems() and (SHIPPED / str(path)).is_dir():
-            path = SHIPPED / str(path)
+        if not path.exists() and str(path) in available_systems() and (shipped_models_dir() / str(path)).is_dir():
+            path = shipped_models_dir() / str(path)
         if path.is_file():
             flow = path.parent / FLOW_FILE
             return cls(path, flow if flow.is_file() and flow != path else None)
@@ -87,9 +91,11 @@ class CGFlowModel:
                                      "so the all-atom system is unknown")
         return self._cg_system
 
-    def free_energy(self, s) -> Tuple[np.ndarray, np.ndarray]:
-        """The PMF (ensemble mean) and its uncertainty (ensemble std), both in kT, at CG points ``s`` (n, cg_dim)."""
-        s = torch.as_tensor(np.asarray(s, dtype=np.float64).reshape(-1, self.cg_definition.dim))
+    def free_energy(self, s, frame: str = "iupac") -> Tuple[np.ndarray, np.ndarray]:
+        """The PMF (ensemble mean) and its uncertainty (ensemble std), both in kT, at CG points ``s`` (n, cg_dim) in
+        ``frame``."""
+        s = self.cg_definition.to_model_frame(np.asarray(s, dtype=np.float64).reshape(-1, self.cg_definition.dim), frame)
+        s = torch.as_tensor(s)
         with torch.no_grad():
             mean, std = self.ensemble.mean_std(s)
         return mean.numpy(), std.numpy()
@@ -107,17 +113,21 @@ class CGFlowModel:
 
     # ------------------------------------------------------------------ CG dynamics and backmapping
     def cg_dynamics(self, s_start, n_steps: int, record_every: int = 20, seed: int = 0, timestep_fs: float = 2.0,
-                    friction_per_ps: float = 10.0, platform: str = "CPU", backend: str = "torchforce") -> np.ndarray:
-        """Langevin dynamics of one CG replica per row of ``s_start`` (n_replicas, cg_dim) on the PMF, at the model's
-        temperature, in one OpenMM Context; returns s every ``record_every`` steps, (frames, n_replicas, cg_dim)."""
-        s_start = np.asarray(s_start, dtype=np.float64).reshape(-1, self.cg_definition.dim)
+                    friction_per_ps: float = 10.0, platform: str = "CPU", backend: str = "torchforce", frame: str = "iupac") -> np.ndarray:
+        """Langevin dynamics of one CG replica per row of ``s_start`` (n_replicas, cg_dim, in ``frame``) on the PMF, at
+        the model's temperature, in one OpenMM Context; returns s every ``record_every`` steps in the same frame,
+        (frames, n_replicas, cg_dim)."""
+        definition = self.cg_definition
+        s_start = definition.to_model_frame(np.asarray(s_start, dtype=np.float64).reshape(-1, definition.dim), frame)
         system = cg_dynamics_system(self.cg_system, self.pmf_path, len(s_start), backend=backend)
-        return run_cg_langevin(self.cg_system, system, s_start, n_steps, record_every, seed, timestep_fs, friction_per_ps, platform)
+        s = run_cg_langevin(self.cg_system, system, s_start, n_steps, record_every, seed, timestep_fs, friction_per_ps, platform)
+        return definition.from_model_frame(s.reshape(-1, definition.dim), frame).reshape(s.shape)
 
-    def backmap(self, cg_frames, n_per_frame: int = 10, seed: int = 0, refine: Optional[str] = None, platform: str = "CPU") -> BackmapResult:
-        """All-atom structures for CG frames (n, cg_dim) drawn from the flow, with their importance weights
-        (:class:`~openmm_cgflow.backmapping.Backmapper`); ``refine="minimize"`` relaxes them with s restrained."""
-        return Backmapper(self._require_flow(), platform).backmap(cg_frames, n_per_frame, seed, refine)
+    def backmap(self, cg_frames, n_per_frame: int = 10, seed: int = 0, refine: Optional[str] = None, platform: str = "CPU",
+                frame: str = "iupac") -> BackmapResult:
+        """All-atom structures for CG frames (n, cg_dim, in ``frame``) drawn from the flow, with their importance
+        weights (:class:`~openmm_cgflow.backmapping.Backmapper`); ``refine="minimize"`` relaxes them with s restrained."""
+        return Backmapper(self._require_flow(), platform).backmap(cg_frames, n_per_frame, seed, refine, frame=frame)
 
     def _require_flow(self) -> Path:
         if self.flow_path is None:

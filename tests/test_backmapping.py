@@ -14,7 +14,7 @@ from openmm_cgflow.cli import main
 from openmm_cgflow.export import ModelFileError, save_model
 from openmm_cgflow.flows import ConditionalSplineFlow
 from openmm_cgflow.systems import create_system
-from openmm_cgflow.systems.alanine_dipeptide import FLOW_CIRCULAR_INDICES, phi_psi, to_paper_frame
+from openmm_cgflow.systems.alanine_dipeptide import FLOW_CIRCULAR_INDICES, from_paper_frame, phi_psi, to_paper_frame
 
 CG = np.array([[0.0, 0.0], [0.4, -0.3], [-1.2, 2.0]])
 
@@ -36,8 +36,12 @@ def flow_file(tmp_path_factory):
 
 
 def test_structures_have_the_cg_frames_and_weights_are_consistent(flow_file):
-    result = Backmapper(flow_file, platform="Reference").backmap(CG, n_per_frame=4, seed=1)
+    result = Backmapper(flow_file, platform="Reference").backmap(CG, n_per_frame=4, seed=1, frame="model")
     assert isinstance(result.trajectory, mdtraj.Trajectory) and result.trajectory.n_frames == 12
+    iupac = Backmapper(flow_file, platform="Reference").backmap(from_paper_frame(CG), n_per_frame=4, seed=1)  # the default frame
+    np.testing.assert_allclose(iupac.trajectory.xyz, result.trajectory.xyz, atol=1e-5)
+    with pytest.raises(ValueError, match="frame must be one of iupac, model"):
+        Backmapper(flow_file, platform="Reference").backmap(CG, frame="paper")
     s = to_paper_frame(phi_psi(result.trajectory.xyz.astype(np.float64)))
     d = np.abs(np.angle(np.exp(1j * (s - np.repeat(CG, 4, axis=0)))))
     assert d.max() < 1e-5
@@ -54,8 +58,8 @@ def test_structures_have_the_cg_frames_and_weights_are_consistent(flow_file):
 
 def test_refinement_keeps_the_cg_frame_and_lowers_the_energy(flow_file):
     mapper = Backmapper(flow_file, platform="CPU")
-    raw = mapper.backmap(CG, n_per_frame=2, seed=2)
-    refined = mapper.backmap(CG, n_per_frame=2, seed=2, refine="minimize")
+    raw = mapper.backmap(CG, n_per_frame=2, seed=2, frame="model")
+    refined = mapper.backmap(CG, n_per_frame=2, seed=2, refine="minimize", frame="model")
     assert (refined.reduced_energies < raw.reduced_energies).all()
     np.testing.assert_allclose(refined.log_weights, raw.log_weights)  # weights belong to the flow samples
     s = to_paper_frame(phi_psi(refined.trajectory.xyz.astype(np.float64)))
@@ -64,7 +68,7 @@ def test_refinement_keeps_the_cg_frame_and_lowers_the_energy(flow_file):
 
 def test_cli_writes_a_trajectory_and_weights(flow_file, tmp_path):
     np.save(tmp_path / "cg.npy", CG)
-    assert main(["backmap", str(flow_file), str(tmp_path / "cg.npy"), "--out", str(tmp_path / "out.pdb"), "--n-per-frame", "2"]) == 0
+    assert main(["backmap", str(flow_file), str(tmp_path / "cg.npy"), "--out", str(tmp_path / "out.pdb"), "--n-per-frame", "2", "--frame", "model"]) == 0
     assert mdtraj.load(str(tmp_path / "out.pdb")).n_frames == 6
     assert np.load(str(tmp_path / "out.pdb") + ".weights.npz")["ess"].shape == (3,)
     assert main(["backmap", str(flow_file), str(tmp_path / "missing.npy"), "--out", str(tmp_path / "x.pdb")]) == 2

@@ -67,6 +67,24 @@ def test_shipped_pmfs_score_what_the_readme_says(system, config, kld):
 
     model = cgflow.CGFlowModel.load(system)
     grid = metric_grid_for_config(cgflow.load_config(config))
-    F, std = model.free_energy(grid.centres)
+    F, std = model.free_energy(grid.centres, frame="model")
     assert cgflow.forward_kld(grid.p_reference, F) == pytest.approx(kld, rel=0.01)
     assert np.isfinite(std).all()
+
+
+def test_the_shipped_alanine_pmf_reads_in_iupac_dihedrals():
+    """``free_energy`` takes plain IUPAC (phi, psi) by default: the same points given in the model's own frame give
+    the same F, and the global minimum lies in the left half of the Ramachandran plot (phi < 0), where alanine
+    dipeptide's C7eq/beta and alpha_R basins are."""
+    import openmm_cgflow as cgflow
+    from openmm_cgflow.active_learning.scoring import metric_grid_for_config
+
+    model = cgflow.CGFlowModel.load("alanine-dipeptide")
+    model_frame = metric_grid_for_config(cgflow.load_config("aldp-fast")).centres
+    iupac = model.cg_definition.from_model_frame(model_frame, "iupac")
+    F_model, _ = model.free_energy(model_frame, frame="model")
+    F_iupac, _ = model.free_energy(iupac)
+    np.testing.assert_allclose(F_iupac, F_model, rtol=1e-6, atol=1e-6)
+    phi, psi = iupac[np.argmin(F_iupac)]
+    assert -np.pi < phi < 0, (phi, psi)
+    assert float(F_iupac.min()) == pytest.approx(0.0, abs=0.5)   # exported PMFs are zeroed at their minimum

@@ -3,10 +3,13 @@ models with their metadata (``models/flow.pt``, ``models/pmf_ensemble.pt``) and 
 ``pmf_iterations.png``, ``kld.png``). ``cgflow export`` writes the models of any checkpoint the same way."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 
 from .._version import __version__
 from ..export import ModelMetadata, save_model
@@ -51,12 +54,31 @@ def write_metrics(out_dir: Path, settings: RunSettings, state: RunState) -> None
 
 def export_models(flow, ensemble: PMFEnsemble, cg_system: CGSystem, models_dir: Path) -> List[Path]:
     """Write a run's models as TorchScript with their metadata (:func:`~openmm_cgflow.export.save_model`):
-    ``models_dir/flow.pt`` (the conditional flow, with the system's atoms) and ``models_dir/pmf_ensemble.pt``."""
+    ``models_dir/flow.pt`` (the conditional flow, with the system's atoms) and ``models_dir/pmf_ensemble.pt``, the
+    PMF shifted so that its minimum over a grid of the CG domain is 0 kT (a PMF is defined up to a constant, and a
+    bias of ``scale`` x F should not carry hundreds of kT; the constant removed is in the metadata,
+    ``pmf_offset_removed_kT``)."""
     models_dir = Path(models_dir)
+    pmf = copy.deepcopy(ensemble)
+    mean, _ = pmf.predict(domain_grid(cg_system))
+    removed = float(mean.min())
+    with torch.no_grad():
+        pmf.output_offset -= removed
+    metadata = ModelMetadata.for_system(cg_system, "pmf_ensemble")
+    metadata = dataclasses.replace(metadata, extra={**metadata.extra, "pmf_offset_removed_kT": removed, "pmf_minimum": "0 kT on a grid of the CG domain"})
     return [
         save_model(flow, models_dir / "flow.pt", ModelMetadata.for_system(cg_system, "conditional_flow", include_system=True)),
-        save_model(ensemble, models_dir / "pmf_ensemble.pt", ModelMetadata.for_system(cg_system, "pmf_ensemble")),
+        save_model(pmf, models_dir / "pmf_ensemble.pt", metadata),
     ]
+
+
+def domain_grid(cg_system: CGSystem) -> np.ndarray:
+    """Cell centres of a regular grid over the system's CG domain (1,000 cells in 1-D, 100^2, 40^3, 20^4, 10^d)."""
+    dim = cg_system.cg_dim
+    n = {1: 1000, 2: 100, 3: 40, 4: 20}.get(dim, 10)
+    axes = [lo + (hi - lo) * (np.arange(n) + 0.5) / n for lo, hi in cg_system.cg_domain]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    return np.stack([m.ravel() for m in mesh], axis=-1)
 
 
 def export_checkpoint_models(checkpoint_path: Path, models_dir: Path) -> Dict[str, Any]:

@@ -281,6 +281,25 @@ class CGDefinition:
         signs, offsets = self._signs_offsets()
         return periodic_difference(signs * (np.asarray(s, dtype=np.float64) + offsets))
 
+    #: the frames CG values can be given and returned in: "iupac" (plain IUPAC dihedrals, the default for users) or
+    #: "model" (the definition's own: s = wrap(sign * IUPAC - offset)); linear coordinates are nm in either
+    FRAMES = ("iupac", "model")
+
+    def to_model_frame(self, values: np.ndarray, frame: str) -> np.ndarray:
+        """CG values (n, dim) given in ``frame`` as the definition's own CG coordinates (a ValueError names a frame
+        that is not one of :data:`FRAMES`)."""
+        values = np.asarray(values, dtype=np.float64)
+        if frame not in self.FRAMES:
+            raise ValueError(f"frame must be one of {', '.join(self.FRAMES)} (IUPAC dihedrals or the model's own CG frame), got {frame!r}")
+        return self.from_dihedrals(values) if frame == "iupac" and self.kind == "dihedral" else values
+
+    def from_model_frame(self, s: np.ndarray, frame: str) -> np.ndarray:
+        """The definition's CG coordinates ``s`` expressed in ``frame`` (inverse of :meth:`to_model_frame`)."""
+        s = np.asarray(s, dtype=np.float64)
+        if frame not in self.FRAMES:
+            raise ValueError(f"frame must be one of {', '.join(self.FRAMES)} (IUPAC dihedrals or the model's own CG frame), got {frame!r}")
+        return self.to_dihedrals(s) if frame == "iupac" and self.kind == "dihedral" else s
+
     def _signs_offsets(self) -> Tuple[np.ndarray, np.ndarray]:
         if self.kind != "dihedral":
             raise ValueError(f"CG coordinates {self.names} are {self.kind}, not dihedrals")
