@@ -28,3 +28,17 @@ def test_forward_kld_properties():
     assert forward_kld(p, F + 0.5 * np.sin(np.arange(100))) > 1e-3
     with pytest.raises(ValueError, match="bins"):
         forward_kld(p, F[:50])
+
+
+def test_forward_kld_agrees_with_scipy_and_stays_finite_far_uphill():
+    """The divergence is scipy's relative entropy of the two normalised distributions; a PMF that puts reference
+    bins 2000 kT uphill (exp underflows to 0) gives a large finite number, not inf."""
+    from scipy.stats import entropy
+
+    p = reference_probabilities()
+    F = -np.log(p) + 0.8 * np.cos(np.arange(100))
+    q = np.exp(-(F - F.min()))
+    assert forward_kld(p, F) == pytest.approx(entropy(p, q / q.sum()), rel=1e-12)
+    steep = np.where(np.arange(100) < 50, 0.0, 2000.0)
+    expected = np.sum(p * np.log(p)) + np.sum(p * steep) + np.log(50.0)   # ln q = -steep - ln 50 in closed form
+    assert forward_kld(p, steep) == pytest.approx(expected, rel=1e-12)

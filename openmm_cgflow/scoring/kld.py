@@ -17,7 +17,8 @@ def forward_kld(p_reference: np.ndarray, free_energy: np.ndarray) -> float:
     """KLD(p_ref || p_pred) = sum over bins with p_ref > 0 of p_ref ln(p_ref / p_pred) (nats).
 
     ``p_reference`` are reference bin probabilities (summing to 1); ``free_energy`` is the learned PMF (kT)
-    at the same bin centres (point evaluation, no integration within bins). p_pred is never 0.
+    at the same bin centres (point evaluation, no integration within bins). ln p_pred is computed in log space, so
+    a PMF that puts a reference bin far uphill gives a large finite divergence, never inf.
     """
     p_ref = np.asarray(p_reference, dtype=np.float64).ravel()
     F = np.asarray(free_energy, dtype=np.float64).ravel()
@@ -25,6 +26,9 @@ def forward_kld(p_reference: np.ndarray, free_energy: np.ndarray) -> float:
         raise ValueError(f"reference grid has {p_ref.size} bins but the PMF was given on {F.size}")
     if abs(p_ref.sum() - 1.0) > 1e-6:
         raise ValueError(f"reference probabilities must sum to 1, got {p_ref.sum():.6g}")
-    p_pred = pmf_to_probabilities(F)
+    if not np.isfinite(F).all():
+        raise ValueError("free energies must be finite to score them")
+    shifted = -(F - F.min())
+    log_p_pred = shifted - np.log(np.exp(shifted).sum())
     mask = p_ref > 0
-    return float(np.sum(p_ref[mask] * np.log(p_ref[mask] / p_pred[mask])))
+    return float(np.sum(p_ref[mask] * (np.log(p_ref[mask]) - log_p_pred[mask])))
