@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from openmm_cgflow._version import __version__ as cgflow_version
+
 VARIANTS = {
     "default": [],
     "paper": [
@@ -80,6 +82,7 @@ def main() -> None:
                       f"{r['process_wall_s']:.1f} s ({r['iterations']} iterations; {r['stop_reason']})", flush=True)
     record = {
         "benchmark": "muller_brown_al",
+        "package_version": cgflow_version,
         "machine": {"cpu_count": os.cpu_count(), "cores_available": len(os.sched_getaffinity(0)), "platform": platform.platform(), "python": platform.python_version()},
         "pinned_core": args.core,
         "runs": results,

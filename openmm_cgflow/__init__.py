@@ -12,6 +12,9 @@ Your own molecule: ``cgflow.CGSystem.from_openmm(system, topology, positions, te
 ``cgflow.register_system("my-molecule", factory)`` and ``system: my-molecule`` in a config. Units at the public API
 are OpenMM's (nm, kJ/mol, K); inside the math energies are reduced (kT). ``cgflow --help`` lists the command line.
 
+Start with the quickstart, ``docs/quickstart.md`` in the source tree (``mkdocs serve`` there builds the whole site:
+your own molecule, the models in OpenMM, the configuration reference, the API).
+
 torch is imported before openmm on purpose: openmm-torch's TorchForce kernels only register when torch's libraries
 are loaded first.
 """

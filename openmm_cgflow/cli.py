@@ -61,7 +61,9 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="cgflow", description="Coarse-grained free energies with conditional flows and OpenMM.")
+    parser = _OneLineParser(prog="cgflow", description="Coarse-grained free energies with conditional flows and OpenMM.",
+                            epilog="Start with `cgflow run muller-brown --out runs/muller-brown`; the quickstart is "
+                                   "docs/quickstart.md in the source tree (`mkdocs serve` builds the documentation site).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     run = sub.add_parser("run", help="run active learning on a built-in config or a YAML file")
     run.add_argument("config", help=f"built-in config ({', '.join(builtin_configs())}) or a YAML file")
@@ -140,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write the TorchScript models of a run's latest checkpoint (an interrupted or running run)")
     ex.add_argument("run_dir", type=Path, help="the run's --out directory (holding checkpoint.pt)")
     ex.add_argument("--out", type=Path, default=None, help="models directory to write (default: RUN_DIR/models, where a finished run writes them)")
-    sub.add_parser("configs", help="list the built-in configs")
+    sub.add_parser("configs", help="list the built-in configs, each with what it runs")
     show = sub.add_parser("show-config", help="print a resolved config")
     show.add_argument("config")
     show.add_argument("--seed", type=_count(0), default=None)
@@ -160,7 +162,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command in handlers:
             return handlers[args.command](args)
         if args.command == "configs":
-            print("\n".join(builtin_configs()))
+            from .config import config_summary
+
+            for name in builtin_configs():
+                print(f"{name:14s} {config_summary(name)}")
             return 0
         from .active_learning.settings import RunSettings
 
@@ -259,7 +264,7 @@ def _data(args) -> int:
     seed = settings.seed if args.seed is None else args.seed
     platform = args.platform or settings.energy.platform
     frames, md_steps = cg_system.starting_frames(sd.n_frames, sd.save_every, sd.equilibration_steps, sd.timestep_fs, sd.friction_per_ps,
-                                                 seed, platform)
+                                                 seed, platform, progress=True)
     print(f"{cg_system.name}: {len(frames)} starting frames from {md_steps} MD steps (seed {seed}, {platform}); "
           f"`cgflow run {args.system} --seed {seed}` starts from them")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -50,6 +51,17 @@ _NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_
 def builtin_configs() -> List[str]:
     """Names of the configs shipped with the package."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_summary(name: str) -> str:
+    """The first sentence of a built-in config's header comment (what ``cgflow configs`` prints beside its name)."""
+    header = []
+    for line in (CONFIG_DIR / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    text = " ".join(header)
+    return re.split(r"(?<=[a-z)])[.:] ", text, maxsplit=1)[0].rstrip(".")
 
 
 class _DuplicateKeyError(yaml.YAMLError):

@@ -12,7 +12,7 @@ checkpoints stay resumable bit for bit).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import openmm
@@ -77,12 +77,15 @@ class LangevinDynamics:
         self.context.setPositions(positions)
         self.context.setVelocities(velocities)
 
-    def frames(self, n_frames: int, every: int) -> np.ndarray:
-        """Run ``n_frames * every`` steps and return the positions after every ``every`` steps, (n_frames, n, 3) nm."""
+    def frames(self, n_frames: int, every: int, on_frame: Optional[Callable[[int], None]] = None) -> np.ndarray:
+        """Run ``n_frames * every`` steps and return the positions after every ``every`` steps, (n_frames, n, 3) nm.
+        ``on_frame(every)`` is called after each frame (a progress bar's ``update``)."""
         frames = []
         for _ in range(int(n_frames)):
             self.step(every)
             frames.append(self.positions())
+            if on_frame is not None:
+                on_frame(every)
         return np.asarray(frames)
 
     def checkpoint(self) -> bytes:

@@ -222,9 +222,11 @@ def test_compiled_energy_training_step_equals_the_eager_one(aldp):
     s = torch.tensor([[0.1, 0.2], [-1.0, 2.5], [2.0, -0.5], [0.7, 0.7]], dtype=torch.float64)
     with EnergyOracle(aldp, "Reference") as oracle:
         eager, compiled = _energy_trainers(aldp, oracle, True)
+        assert compiled.compiling and not eager.compiling  # the first compiled step compiles (the run says so)
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
             results = [t.step(s, torch.Generator().manual_seed(5), 100.0) for t in (eager, compiled)]
+    assert not compiled.compiling
     assert not results[0].skipped
     np.testing.assert_allclose(results[1].log_w, results[0].log_w, rtol=1e-5, atol=1e-4)
     assert abs(results[1].loss - results[0].loss) < 1e-4 * abs(results[0].loss)

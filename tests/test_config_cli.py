@@ -120,3 +120,24 @@ def test_the_registry_names_each_systems_config_and_aliases(tmp_path, monkeypatc
         systems.register_system("other", "openmm_cgflow.systems.muller_brown:create_muller_brown_system", aliases=("aldp",))
     systems.register_system("plain", "openmm_cgflow.systems.muller_brown:create_muller_brown_system")
     assert schema_name("plain") == MOLECULE_DEFAULTS and systems.registered_name("nothing") is None
+
+
+def test_cgflow_configs_says_what_each_config_runs():
+    result = subprocess.run([sys.executable, "-m", "openmm_cgflow.cli", "configs"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert set(lines) == set(builtin_configs())
+    assert "paper's recipe" in lines["aldp"] and "this project's recipe" in lines["aldp-fast"]
+    assert all(len(text) > 10 for text in lines.values())
+
+
+def test_the_starting_md_shows_its_progress(capsys):
+    """A user waits for minimisation and 1e4-1e5 MD steps before iteration 1: the steps are shown as they run."""
+    from openmm_cgflow.systems import create_system
+    from openmm_cgflow.systems.starting_data import run_langevin
+
+    md = run_langevin(create_system("muller-brown"), n_steps=2000, save_every=100, seed=3, progress=True)
+    err = capsys.readouterr().err
+    assert "starting MD of muller-brown: minimising" in err and "/2000" in err and md.frames.shape == (20, 1, 3)
+    run_langevin(create_system("muller-brown"), n_steps=2000, save_every=100, seed=3)
+    assert "starting MD" not in capsys.readouterr().err

@@ -61,7 +61,7 @@ def test_the_public_api_is_small_and_complete():
 @pytest.mark.parametrize("system, config, kld", [("alanine-dipeptide", "aldp-fast", 1.004e-3), ("muller-brown", "muller-brown", 2.28e-4)])
 def test_shipped_pmfs_score_what_the_readme_says(system, config, kld):
     """The shipped PMFs against the references their systems are scored on (ALDP: the packaged umbrella reference,
-    README: KLD 1.0e-3; Müller-Brown: the exact PMF)."""
+    docs/openmm.md: KLD 1.0e-3; Müller-Brown: the exact PMF, 2.3e-4)."""
     import openmm_cgflow as cgflow
     from openmm_cgflow.active_learning.scoring import metric_grid_for_config
 

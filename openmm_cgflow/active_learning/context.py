@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..config import MAX_GRID_POINTS, ConfigError
 from ..energy import EnergyOracle
@@ -108,13 +109,17 @@ class RunContext:
         self.state = RunState()
         try:
             frames, self.state.md_steps = self.cg_system.starting_frames(sd.n_frames, sd.save_every, sd.equilibration_steps, sd.timestep_fs,
-                                                                         sd.friction_per_ps, settings.seed, settings.energy.platform)
+                                                                         sd.friction_per_ps, settings.seed, settings.energy.platform,
+                                                                         progress=self.progress)
         except ValueError as error:
             raise ConfigError(f"config section 'starting_data': {error}") from None
         s0, x0 = self.cg_system.from_cartesian(torch.as_tensor(frames))
         self.build_flow(float(s0.mean()), float(s0.std(unbiased=False)))
         pt = settings.pretraining
-        train_by_example(self.flow, self.optimizer, s0, x0, pt.epochs, pt.batch_size, self.torch_gen)
+        with tqdm(total=pt.epochs, desc="pre-training the flow on the starting frames", unit="epoch", leave=False,
+                  disable=not self.progress) as bar:
+            train_by_example(self.flow, self.optimizer, s0, x0, pt.epochs, pt.batch_size, self.torch_gen,
+                             progress=lambda epoch, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)))
         for group in self.optimizer.param_groups:
             group["lr"] = settings.energy_training.lr
         self.dataset = ActiveLearningDataset(self.cg_system.cg_dim, top_k=settings.labels.clip_k)

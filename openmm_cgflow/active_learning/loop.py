@@ -43,6 +43,7 @@ class ActiveLearningRun:
         self.stages = list(stages)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         self.context: Optional[RunContext] = None
+        self._bar = None  # the iteration progress bar while run() goes on (it names the stage under way)
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -60,6 +61,7 @@ class ActiveLearningRun:
             self._resume() if resume else self._start()
             run = self.context
             bar = tqdm(total=self.settings.loop.max_iterations, initial=run.state.iteration, desc="active learning", disable=not self.progress)
+            self._bar = bar
             while not run.state.finished:
                 self.iterate()
                 self._save()
@@ -87,6 +89,8 @@ class ActiveLearningRun:
         for stage in self.stages:
             if stage.name in SEARCH_STAGES and (run.state.finished or not run.searches):
                 continue
+            if self._bar is not None:
+                self._bar.set_description(f"active learning ({stage.name.replace('_', ' ')})")
             start = time.perf_counter()
             stage(run, work)
             timings[stage.name] = time.perf_counter() - start

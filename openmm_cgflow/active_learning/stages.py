@@ -63,6 +63,8 @@ class TrainByEnergy:
         et, st, loop = run.settings.energy_training, run.state, run.settings.loop
         iteration = st.iteration + 1
         bar = tqdm(range(et.epochs_of(iteration)), desc=f"iteration {iteration}: training by energy", leave=False, disable=not run.progress)
+        if run.trainer.compiling:
+            bar.set_postfix_str("compiling the flow's training step (once per process, tens of seconds)")
         for epoch in bar:
             lr = et.lr_at(iteration, epoch, st.epochs_done, loop.max_iterations)
             for group in run.optimizer.param_groups:

@@ -94,6 +94,12 @@ class EnergyTrainer:
         self.optimizer = optimizer
         self.skip_top_k = int(skip_top_k)
         self.sample_filter = sample_filter
+        self.steps_done = 0
+
+    @property
+    def compiling(self) -> bool:
+        """True until the first step of a compiled trainer: that step compiles (tens of seconds, once per process)."""
+        return self._compiled is not None and self.steps_done == 0
 
     def step(self, s: torch.Tensor, generator: torch.Generator, clip_norm: Optional[float]) -> EnergyStep:
         """Sample one x_fg per row of ``s`` (B, cg_dim), evaluate energies, and take one optimizer step.
@@ -101,6 +107,7 @@ class EnergyTrainer:
         With ``compile``, a step whose compiled forward or backward fails (no C++ compiler on the machine, a
         compiler bug for this flow's shapes) warns once and is redone eagerly, as is every later step; the
         optimizer has not moved by then (a failed step's energies are counted twice)."""
+        self.steps_done += 1
         if self._compiled is None:
             return self._step(s, generator, clip_norm, self.flow, self.cg_system.to_cartesian)
         state = generator.get_state()

@@ -140,7 +140,7 @@ def cg_definition(positions: np.ndarray, masses) -> CGDefinition:
 
 
 def cached_starting_data(n_frames: int, save_every: int, equilibration_steps: int, timestep_fs: float, friction_per_ps: float,
-                         seed: int, platform: str):
+                         seed: int, platform: str, progress: bool = False):
     """SPEC §2.2 starting data from the cache (:func:`~openmm_cgflow.systems.starting_data.aldp_starting_data`):
     1 fs MD at friction 1/ps, saved every multiple of 10 steps."""
     from .starting_data import SAVE_EVERY, aldp_starting_data
@@ -150,7 +150,8 @@ def cached_starting_data(n_frames: int, save_every: int, equilibration_steps: in
     n_steps = equilibration_steps + n_frames * save_every
     from . import create_system
 
-    data = aldp_starting_data(create_system("alanine-dipeptide"), seed, platform if platform in ("CPU", "Reference") else "CPU", n_steps=n_steps)
+    data = aldp_starting_data(create_system("alanine-dipeptide"), seed, platform if platform in ("CPU", "Reference") else "CPU", n_steps=n_steps,
+                              progress=progress)
     return data["frames"][save_every // SAVE_EVERY - 1 :: save_every // SAVE_EVERY][-n_frames:], data["md_steps"]
 
 

@@ -1,6 +1,8 @@
 """The CGSystem abstraction: an OpenMM System plus everything the method needs to know about it."""
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -56,7 +58,7 @@ class CGSystem:
         Named reference PMFs for scoring: ``name -> f(n_bins, domain) -> (bin centres (n, cg_dim), p (n,))``.
     starting_data:
         Optional replacement of the default starting MD (e.g. a cached trajectory); same signature as
-        :meth:`starting_frames` without ``self``.
+        :meth:`starting_frames` without ``self`` (``progress`` is passed only to a callable that takes it).
     """
 
     name: str
@@ -146,17 +148,19 @@ class CGSystem:
         raise ValueError(f"sample filter {kind!r} is not defined for {self.name} (available: {', '.join(known)})")
 
     def starting_frames(self, n_frames: int, save_every: int, equilibration_steps: int, timestep_fs: float,
-                        friction_per_ps: float, seed: int, platform: str) -> Tuple[np.ndarray, int]:
+                        friction_per_ps: float, seed: int, platform: str, progress: bool = False) -> Tuple[np.ndarray, int]:
         """Starting data: (frames (n_frames, n_atoms, 3) nm, MD steps they cost). Default: minimise, then
         LangevinMiddle MD at the system's temperature, keeping the last ``n_frames`` frames saved every
         ``save_every`` steps after ``equilibration_steps``; made once and cached
-        (:func:`~openmm_cgflow.systems.starting_data.cached_starting_frames`)."""
+        (:func:`~openmm_cgflow.systems.starting_data.cached_starting_frames`). ``progress``: a progress bar on
+        stderr while the MD runs (nothing when the frames come from the cache)."""
         if self.starting_data is not None:
-            return self.starting_data(n_frames, save_every, equilibration_steps, timestep_fs, friction_per_ps, seed, platform)
+            extra = {"progress": progress} if "progress" in inspect.signature(self.starting_data).parameters else {}
+            return self.starting_data(n_frames, save_every, equilibration_steps, timestep_fs, friction_per_ps, seed, platform, **extra)
         from .starting_data import cached_starting_frames
 
         frames, md_steps, _ = cached_starting_frames(self, n_frames, save_every, equilibration_steps, timestep_fs, friction_per_ps,
-                                                     seed, platform)
+                                                     seed, platform, progress=progress)
         return frames, md_steps
 
     @classmethod

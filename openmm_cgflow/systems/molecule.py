@@ -33,8 +33,21 @@ from .cg_definition import CGDefinition, DihedralCV, chain_replica
 from .description import SystemDescription
 from .fine_grained import ZMatrixCG
 
-#: Keys of a ``system:`` mapping in a config.
-SYSTEM_KEYS = ("name", "prmtop", "inpcrd", "implicit_solvent", "openmmtools", "cg_dihedrals", "cg_names", "temperature")
+#: Keys of a ``system:`` mapping in a config, and what each does (the configuration reference shows them).
+SYSTEM_KEY_DOCS = {
+    "name": "the molecule's name in outputs and model files (default: the prmtop file's stem, or the openmmtools class name)",
+    "prmtop": "Amber topology file, relative to the config file (or absolute); the System is built with constraints=None "
+              "and no cutoff",
+    "inpcrd": "Amber coordinates for the prmtop: the structure that is minimised and starts the starting MD",
+    "implicit_solvent": "with prmtop: OBC1 | OBC2 | HCT | GBn | GBn2 | null (vacuum)",
+    "openmmtools": "instead of prmtop/inpcrd: the name of an openmmtools test system, e.g. AlanineDipeptideVacuum "
+                   "(built with constraints=None)",
+    "cg_dihedrals": "the CG coordinates: 0-based atom quadruples [i, j, k, l], bonded i-j-k-l, one per CG dihedral "
+                    "(IUPAC sign, rad)",
+    "cg_names": "names of the CG dihedrals, used in plots and model files (default: phi, psi for two dihedrals, else d0, d1, ...)",
+    "temperature": "K (default 300.0); the free energies are in kT at this temperature",
+}
+SYSTEM_KEYS = tuple(SYSTEM_KEY_DOCS)
 IMPLICIT_SOLVENTS = {"OBC1": app.OBC1, "OBC2": app.OBC2, "HCT": app.HCT, "GBn": app.GBn, "GBn2": app.GBn2}
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..dynamics import LangevinDynamics
 from ..platforms import openmm_random_seed
@@ -40,17 +41,23 @@ class MDResult:
 
 def run_langevin(cg_system, n_steps: int, save_every: int, seed: int, timestep_fs: float = 1.0, friction_per_ps: float = 1.0,
                  platform: str = "Reference", minimize: bool = True, positions: Optional[np.ndarray] = None,
-                 properties: Optional[dict] = None) -> MDResult:
+                 properties: Optional[dict] = None, progress: bool = False) -> MDResult:
     """Minimise (optional), then run ``n_steps`` LangevinMiddle steps of ``cg_system`` at its temperature, saving every
     ``save_every``-th frame (:class:`~openmm_cgflow.dynamics.LangevinDynamics`, seeded with
-    :func:`~openmm_cgflow.platforms.openmm_random_seed`). Minimiser force evaluations are not counted as MD steps."""
+    :func:`~openmm_cgflow.platforms.openmm_random_seed`). Minimiser force evaluations are not counted as MD steps.
+    ``progress``: a progress bar on stderr (minimisation, then the MD steps)."""
     if n_steps < 1 or save_every < 1:
         raise ValueError("n_steps and save_every must be >= 1")
     dynamics = LangevinDynamics(cg_system.system, cg_system.temperature, timestep_fs, friction_per_ps, platform,
                                 random_seed=openmm_random_seed(seed), properties=properties)
     start = cg_system.check_positions(cg_system.positions if positions is None else positions)[0]
-    dynamics.start(start, openmm_random_seed(seed), minimize=minimize)
-    return MDResult(dynamics.frames(n_steps // save_every, save_every), (n_steps // save_every) * save_every)
+    n_saved = n_steps // save_every
+    with tqdm(total=n_saved * save_every, unit="step", disable=not progress, leave=False,
+              desc=f"starting MD of {cg_system.name}" + (": minimising" if minimize else "")) as bar:
+        dynamics.start(start, openmm_random_seed(seed), minimize=minimize)
+        bar.set_description(f"starting MD of {cg_system.name}")
+        frames = dynamics.frames(n_saved, save_every, on_frame=bar.update)
+    return MDResult(frames, n_saved * save_every)
 
 
 def default_cache_dir() -> Path:
@@ -58,7 +65,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CGFLOW_CACHE", Path.home() / ".cache" / "openmm-cgflow"))
 
 
-def aldp_starting_data(cg_system, seed: int = 0, platform: str = "CPU", path: Optional[Path] = None, n_steps: int = N_STEPS) -> dict:
+def aldp_starting_data(cg_system, seed: int = 0, platform: str = "CPU", path: Optional[Path] = None, n_steps: int = N_STEPS,
+                       progress: bool = False) -> dict:
     """The SPEC §2.2 starting data of ``cg_system`` (the built-in alanine dipeptide; its cache file is named for
     it): load it, or make it. Returns {"frames": (n, n_atoms, 3) nm, "md_steps": int, "provenance": dict}."""
     path = Path(path) if path is not None else default_cache_dir() / f"aldp_start_seed{seed}_{n_steps}.npz"
@@ -66,7 +74,8 @@ def aldp_starting_data(cg_system, seed: int = 0, platform: str = "CPU", path: Op
         data = load_arrays(path, ("frames", "md_steps", "provenance"), what="a starting-data file")
         return {"frames": data["frames"].astype(np.float64), "md_steps": int(data["md_steps"]), "provenance": json.loads(str(data["provenance"])), "path": path}
     start = time.perf_counter()
-    md = run_langevin(cg_system, n_steps=n_steps, save_every=SAVE_EVERY, seed=seed, timestep_fs=1.0, friction_per_ps=1.0, platform=platform)
+    md = run_langevin(cg_system, n_steps=n_steps, save_every=SAVE_EVERY, seed=seed, timestep_fs=1.0, friction_per_ps=1.0, platform=platform,
+                      progress=progress)
     provenance = {
         "protocol": f"minimise, {n_steps} x 1 fs LangevinMiddle steps at 300 K, friction 1/ps, every {SAVE_EVERY}th frame",
         "seed": seed,
@@ -95,8 +104,8 @@ def starting_data_key(cg_system, n_frames: int, save_every: int, equilibration_s
 
 
 def cached_starting_frames(cg_system, n_frames: int, save_every: int, equilibration_steps: int, timestep_fs: float,
-                           friction_per_ps: float, seed: int, platform: str, cache_dir: Optional[Path] = None
-                           ) -> Tuple[np.ndarray, int, Path]:
+                           friction_per_ps: float, seed: int, platform: str, cache_dir: Optional[Path] = None,
+                           progress: bool = False) -> Tuple[np.ndarray, int, Path]:
     """(frames (n_frames, n_atoms, 3) nm, MD steps, cache file) of the default starting MD of ``cg_system``: the
     last ``n_frames`` frames saved every ``save_every`` steps after ``equilibration_steps``, from the cache when
     it holds them, else simulated and written there (atomically, with provenance)."""
@@ -112,7 +121,7 @@ def cached_starting_frames(cg_system, n_frames: int, save_every: int, equilibrat
         return frames, int(data["md_steps"]), path
     start = time.perf_counter()
     md = run_langevin(cg_system, n_steps=equilibration_steps + n_frames * save_every, save_every=save_every, seed=seed,
-                      timestep_fs=timestep_fs, friction_per_ps=friction_per_ps, platform=platform)
+                      timestep_fs=timestep_fs, friction_per_ps=friction_per_ps, platform=platform, progress=progress)
     frames = md.frames[-n_frames:]
     provenance = {
         "system": cg_system.name,
