@@ -60,8 +60,11 @@ setup(
         "openmm-opes",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "zuko==1.6.0", "hypothesis", "mkdocs==1.6.1", "mkdocs-material", "mkdocstrings[python]"],
+        "test": ["pytest", "pytest-xdist>=2.5", "zuko==1.6.0", "hypothesis", "mkdocs==1.6.1", "mkdocs-material", "mkdocstrings[python]",
+                 "ray>=2.40", "tblite>=0.4"],
         "docs": ["mkdocs==1.6.1", "mkdocs-material", "mkdocstrings[python]"],
+        "ray": ["ray>=2.40"],
+        "xtb": ["tblite>=0.4"],
     },
     entry_points={"console_scripts": ["cgflow = openmm_cgflow.cli:main"]},
     classifiers=[

@@ -4,7 +4,7 @@
 
 Per configuration both loops do setPositions + getState(energy, forces) on one Context, then read the energy
 (kJ/mol) and forces (kJ/mol/nm): "public" through State.getPotentialEnergy()/getForces(asNumpy=True) (unit
-Quantities), "oracle" through the package's evaluator (`openmm_cgflow.energy.oracle._ContextEvaluator`, which
+Quantities), "oracle" through the package's evaluator (`openmm_cgflow.energy.context_evaluator.ContextEvaluator`, which
 reads below the unit wrappers). Müller-Brown on Reference, alanine dipeptide (OBC1) on CPU with one thread.
 Process CPU time, the two loops interleaved, this process pinned to one core. Writes `oracle_state_read.json`.
 """
@@ -23,7 +23,7 @@ import openmm
 
 from openmm_cgflow import create_system
 from openmm_cgflow.platforms import default_properties, pin_to_core
-from openmm_cgflow.energy.oracle import _ContextEvaluator
+from openmm_cgflow.energy.context_evaluator import ContextEvaluator
 
 
 def public_read(context, positions, n_atoms):
@@ -48,7 +48,7 @@ def main() -> None:
         cg_system = create_system(name)
         properties = default_properties(platform_name)
         system_xml = openmm.XmlSerializer.serialize(cg_system.system)
-        evaluator = _ContextEvaluator(system_xml, platform_name, properties)
+        evaluator = ContextEvaluator(system_xml, platform_name, properties)
         n_atoms = cg_system.n_atoms
         start = np.asarray(cg_system.positions.value_in_unit(openmm.unit.nanometer)
                            if hasattr(cg_system.positions, "value_in_unit") else cg_system.positions, dtype=np.float64)

@@ -1,14 +1,18 @@
 """The ``cgflow`` command line.
 
     cgflow run CONFIG_OR_BUILTIN --out DIR [--seed N] [--set section.key=value ...] [--resume] [--quiet]
+    cgflow run CONFIG_OR_BUILTIN --out DIR --seeds 0 1 2 [--executor local|ray] [--address A]   seeds in parallel,
+                                        DIR/seed<S> each (on this machine's cores, or on a Ray cluster)
     cgflow data start SYSTEM [--seed N] [--platform CPU]   make and cache a system's starting MD ahead of a run
                                         (for aldp: SPEC 2.2's 50 ps of MD, 5,000 frames)
     cgflow md-baseline SYSTEM --steps N --out DIR [--reference FILE] [--resume]   MD baseline (1-3 CG dihedrals)
     cgflow baseline metad|opes|md SYSTEM --steps N --out DIR [--reference FILE] [--resume] [--bias-factor G ...]
                                         well-tempered metadynamics, OPES (or MD) on the CG coordinates, KLD vs steps
+                                        (--seeds 0 1 2 [--executor ray]: seeds in parallel, DIR/seed<S> each)
     cgflow reference SYSTEM --out DIR --passes N [--seeds 1 2] [--resume] [--fit-only] [--output FILE]
                                         umbrella-sampling reference PMF of any system with 1-3 CG dihedrals
-                                        (runs, then fits and writes FILE in the system's CG frame)
+                                        (runs, then fits and writes FILE in the system's CG frame; --executor
+                                        local|ray runs the seeds in parallel)
     cgflow backmap MODEL CG_FILE --out FILE.pdb|.dcd [--n-per-frame N] [--refine minimize]   backmapping
     cgflow configs                      list the built-in configs
     cgflow show-config CONFIG_OR_BUILTIN [--set ...]   print the resolved config as YAML
@@ -25,6 +29,7 @@ from typing import List, Optional
 import yaml
 
 from .config import ConfigError, builtin_configs, load_config
+from .energy.executors import WorkerLost
 from .errors import InterfaceError
 
 
@@ -60,6 +65,15 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
+def _add_job_options(parser: argparse.ArgumentParser, cpus_help: str) -> None:
+    """``--executor``/``--address``/``--cpus-per-job``: where independent seeds run (:mod:`openmm_cgflow.cluster`)."""
+    parser.add_argument("--executor", choices=["local", "ray"], default=None,
+                        help="run the seeds as parallel jobs: local (this machine's cores) or ray (a Ray cluster; pip install 'openmm-cgflow[ray]')")
+    parser.add_argument("--address", default=None, help="ray: the cluster to join ('auto': the one `ray start` made here; "
+                        "ray://HOST:PORT; default: a Ray started for this command). Output directories must be on storage every node sees")
+    parser.add_argument("--cpus-per-job", type=_count(1), default=None, help=cpus_help)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="cgflow", description="Coarse-grained free energies with conditional flows and OpenMM.",
                             epilog="Start with `cgflow run muller-brown --out runs/muller-brown`; the quickstart is "
@@ -73,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt (with its stored config unless --set/--seed are given, which must then match)")
     run.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty DIR, replacing the run outputs there (without it, a non-empty DIR is refused)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--seeds", type=_count(0), nargs="+", default=None, help="independent runs in parallel, one per seed, in OUT/seed<S>")
+    _add_job_options(run, "cores per seed (default: the config's energy.n_workers)")
     data = sub.add_parser("data", help="make and cache input data")
     data.add_argument("what", choices=["start"], help="start: the starting MD of SYSTEM as its config describes it "
                       "(section starting_data), cached where `cgflow run` finds it")
@@ -96,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--steps", type=_count(1), required=True, help="MD steps (= energy evaluations)")
     base.add_argument("--out", type=Path, required=True)
     base.add_argument("--seed", type=_count(0), default=0)
+    base.add_argument("--seeds", type=_count(0), nargs="+", default=None, help="independent runs in parallel, one per seed, in OUT/seed<S>")
     base.add_argument("--platform", default="CPU")
     base.add_argument("--reference", type=Path, default=None, help="reference file to score against (default: the system's packaged/exact reference)")
     base.add_argument("--bias-factor", type=_positive_float, default=6.0, help="metad: gamma > 1 (CG coordinates sampled as at gamma T)")
@@ -109,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--friction", type=_positive_float, default=1.0, help="Langevin friction in 1/ps")
     base.add_argument("--resume", action="store_true")
     base.add_argument("--quiet", action="store_true")
+    _add_job_options(base, "cores per seed (default 1)")
     ref = sub.add_parser("reference", help="reference PMF by umbrella sampling + a mean-force (or vFEP) fit, for any system with 1-3 CG dihedrals")
     ref.add_argument("system", help="a registered system (alanine-dipeptide; aldp for short), a built-in config or a YAML config describing a molecule")
     ref.add_argument("--out", type=Path, required=True, help="run directory (per-seed passes and checkpoints)")
@@ -128,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
                           "maximum likelihood of the sampled dihedrals")
     ref.add_argument("--output", type=Path, default=None, help="reference file to write (default: DIR/reference_<SYSTEM>.npz, e.g. reference_aldp.npz)")
     ref.add_argument("--quiet", action="store_true")
+    _add_job_options(ref, "cores per seed (default 1)")
     bm = sub.add_parser("backmap", help="all-atom structures from CG frames with a trained flow")
     bm.add_argument("model", type=Path, help="flow model file (a run's models/flow.pt)")
     bm.add_argument("cg_file", type=Path, help=".npy or text file of CG frames (n, cg_dim), rad (nm for linear CG coordinates)")
@@ -153,12 +172,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("data", "md-baseline", "baseline", "reference", "backmap") and args.platform in ("CPU", None):
+        if args.command in ("data", "md-baseline", "baseline", "reference", "backmap") and args.platform in ("CPU", None) \
+                and getattr(args, "executor", None) is None:  # jobs pin themselves
             from .platforms import pin_to_core
 
             pin_to_core()
         handlers = {"data": _data, "md-baseline": _md_baseline, "reference": _reference, "baseline": _baseline,
                     "backmap": _backmap, "export": _export}
+        if args.command in ("run", "baseline") and (args.seeds is not None or args.executor is not None):
+            return _seed_jobs(args)
         if args.command in handlers:
             return handlers[args.command](args)
         if args.command == "configs":
@@ -196,6 +218,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, OSError, ValueError) as error:  # OSError: missing, unreadable or misplaced files
         print(f"cgflow: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except ImportError as error:  # an optional engine that is not installed (Ray, tblite)
+        print(f"cgflow: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except WorkerLost as error:  # the energy workers are gone for good (a Ray node that never came back)
+        print(f"cgflow: error: {_one_line(error)}; what was checkpointed is kept (continue with --resume)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("cgflow: interrupted; what was checkpointed is kept (continue with --resume)", file=sys.stderr)
         return 130
@@ -373,11 +401,22 @@ def _reference(args) -> int:
             basis(name, [0.0])
         except ValueError:
             raise ValueError(f"unknown basis '{name}' (use bspline<m> or fourier<L>, e.g. bspline24)") from None
-    if not args.fit_only:
+    if not args.fit_only and args.executor is not None:  # one job per seed, in parallel; then the fit here
+        for seed in args.seeds:
+            state = args.out / f"seed{seed}" / "state.npz"
+            if state.exists() and not args.resume:
+                raise InterfaceError(f"{state} exists: use {{resume}} to continue it, or another {{out}}")
+        jobs = [_job(args, "reference", f"seed {seed}", args.out / f"seed{seed}", args.out / f"seed{seed}" / "state.npz",
+                     args.cpus_per_job or 1, {"seeds": [seed], "out": args.out}) for seed in args.seeds]
+        if not _report_jobs(jobs, args):
+            return 1
+        run_umbrella(args.out, args.seeds, args.passes, protocol, cg_system, resume=True, progress=False)  # all passes there: the summary
+    elif not args.fit_only:
         run_umbrella(args.out, args.seeds, args.passes, protocol, cg_system, resume=args.resume, progress=not args.quiet)
-        if len(args.seeds) < 2:  # one seed per process (one core each): fit once all seeds are there
-            print(f"seed {args.seeds[0]}: {args.passes} passes in {args.out}; fit with `cgflow reference {args.system} --out {args.out} "
-                  f"--fit-only --seeds S1 S2 ...` (the convergence check needs two or more seeds)")
+        if len(args.seeds) < 2 and args.executor is None:  # one seed per process (one core each): fit once all seeds are there
+            print(f"seed {args.seeds[0]}: {args.passes} passes in {args.out}")
+            print(f"fit with `cgflow reference {args.system} --out {args.out} --fit-only --seeds S1 S2 ...` (the convergence check "
+                  "needs two or more seeds)")
             return 0
     output = args.output or args.out / f"reference_{Path(args.system).stem}.npz"
     result = build_reference(args.out, args.seeds, output, cg_system, command=" ".join(["cgflow"] + sys.argv[1:]), bases=bases,
@@ -387,6 +426,91 @@ def _reference(args) -> int:
         f"{result['md_steps']} MD steps"
     )
     return 0
+
+
+# -- independent seeds as parallel jobs (openmm_cgflow.cluster) ---------------------------------------------------
+#: options of the multi-seed command that its per-seed jobs do not take
+_JOB_ONLY = {"help", "seeds", "executor", "address", "cpus_per_job", "resume", "quiet"}
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    action = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[command]
+
+
+def _job_argv(args, command: str, replace: dict) -> List[str]:
+    """The command line of one job: ``args`` as parsed, with ``replace`` (dest -> value) applied, without the
+    multi-seed options, and quiet (a job's output goes to its log)."""
+    argv = [command]
+    for action in _subparser(command)._actions:
+        if action.dest in _JOB_ONLY - set(replace):
+            continue
+        value = replace.get(action.dest, getattr(args, action.dest))
+        if not action.option_strings:
+            argv.append(str(value))
+        elif isinstance(action, argparse._StoreTrueAction):
+            argv += [action.option_strings[-1]] if value else []
+        elif value is None:
+            continue
+        elif isinstance(value, list):
+            if isinstance(action, argparse._AppendAction):
+                for item in value:
+                    argv += [action.option_strings[-1], str(item)]
+            else:
+                argv += [action.option_strings[-1], *map(str, value)]
+        else:
+            argv += [action.option_strings[-1], str(value)]
+    return argv + ["--quiet"]
+
+
+def _job(args, command: str, name: str, out: Path, resume_when: Path, cpus: int, replace: dict):
+    from .cluster import Job
+
+    return Job(name, tuple(_job_argv(args, command, replace)), out, resume_when, cpus)
+
+
+def _report_jobs(jobs, args) -> bool:
+    """Run the jobs on ``args.executor`` (default local) and print one line per job as it ends; True if all succeeded."""
+    from .cluster import run_jobs
+
+    executor = args.executor or "local"
+    print(f"{len(jobs)} jobs on {executor}" + (f" ({args.address})" if args.address else "") + f", {jobs[0].cpus} core(s) each; "
+          f"logs in {jobs[0].log} and alike", flush=True)
+
+    def done(result) -> None:
+        status = "ok" if result.returncode == 0 else f"exit {result.returncode}"
+        print(f"{result.name}: {status} after {result.wall_s:.0f} s on {result.node} cores {result.cores}: {result.last_line}", flush=True)
+
+    results = run_jobs(jobs, executor, args.address, on_done=done)
+    return all(r.returncode == 0 for r in results)
+
+
+def _seed_jobs(args) -> int:
+    """``cgflow run|baseline ... --seeds S1 S2 ... [--executor local|ray]``: one job per seed in OUT/seed<S>."""
+    if args.seeds is None:
+        raise InterfaceError("--executor runs several seeds at once: give them with --seeds S1 S2 ...")
+    if args.command == "run":
+        if args.seed is not None:
+            raise InterfaceError("give either --seed (one run) or --seeds (several), not both")
+        if args.overwrite:
+            raise InterfaceError("--overwrite cannot be combined with --seeds; give a new --out")
+        config = load_config(args.config, args.overrides)  # a bad config is refused here, once, before any job starts
+        from .active_learning.settings import RunSettings
+
+        cpus = args.cpus_per_job or max(1, RunSettings.from_config(config).energy.n_workers)
+        marker = "checkpoint.pt"
+    else:
+        _check_reference(args.reference)
+        cpus = args.cpus_per_job or 1
+        marker = {"md": "md_checkpoint.pt", "metad": "metad_checkpoint.pt", "opes": "opes_checkpoint.pt"}[args.method]
+    if len(set(args.seeds)) != len(args.seeds):
+        raise InterfaceError(f"--seeds repeats a seed: {' '.join(map(str, args.seeds))}")
+    for seed in args.seeds:
+        if (args.out / f"seed{seed}" / marker).exists() and not args.resume:
+            raise InterfaceError(f"{args.out / f'seed{seed}' / marker} exists: use {{resume}} to continue it, or another {{out}}")
+    jobs = [_job(args, args.command, f"seed {seed}", args.out / f"seed{seed}", args.out / f"seed{seed}" / marker, cpus,
+                 {"seed": seed, "out": args.out / f"seed{seed}"}) for seed in args.seeds]
+    return 0 if _report_jobs(jobs, args) else 1
 
 
 if __name__ == "__main__":

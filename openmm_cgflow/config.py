@@ -20,7 +20,7 @@ from .errors import ConfigError  # noqa: F401  (the config's error type, defined
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys whose default is null accept these types too.
-_NULLABLE = {"loop.stop_kld": float, "ensemble.epochs_warm": int, "search.bounds": list, "search.start": list, "flow.hidden": list}
+_NULLABLE = {"energy.address": str, "loop.stop_kld": float, "ensemble.epochs_warm": int, "search.bounds": list, "search.start": list, "flow.hidden": list}
 #: The schema (keys and defaults) of a system whose registry entry names no config of its own
 #: (``systems.register_system(..., config=...)``): a molecule given by a ``system:`` mapping, or a system registered by the user.
 MOLECULE_DEFAULTS = "aldp-vacuum"
@@ -29,6 +29,7 @@ _SYSTEM_FILE_KEYS = ("prmtop", "inpcrd")
 
 _CHOICES = {
     "energy.platform": ("Reference", "CPU", "OpenCL", "CUDA"),
+    "energy.executor": ("local", "ray"),
     "flow.kind": ("affine", "spline"),
     "flow.context": ("periodic", "periodic2", "periodic3", "raw"),
     "flow.precision": ("float32", "float64"),
@@ -214,6 +215,11 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
 
     if cfg["ensemble"]["n_members"] < 2:
         fail("config key 'ensemble.n_members' must be >= 2 (the std needs two members)")
+    address = cfg["energy"]["address"]
+    if address is not None and cfg["energy"]["executor"] != "ray":
+        fail(f"config key 'energy.address' ({address!r}) names a Ray cluster: set 'energy.executor' to ray, or the address to null")
+    if address is not None and address != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", address):
+        fail(f"config key 'energy.address' must be null, auto, ray://HOST:PORT or HOST:PORT, got {address!r}")
     if cfg["labels"]["clip_k"] == 1:
         fail("config key 'labels.clip_k' must be 0 (off) or >= 2")
     if cfg["labels"]["clip_k"] > cfg["dataset"]["copies"]:
@@ -250,13 +256,13 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
         if n ** cg_dim > MAX_GRID_POINTS:
             fail(f"config key '{key}' = {n} gives {n}^{cg_dim} grid points; at most {MAX_GRID_POINTS:,} are allowed")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cfg["energy"]["n_workers"] > max(cores, 1) * 4:
+    if cfg["energy"]["executor"] == "local" and cfg["energy"]["n_workers"] > max(cores, 1) * 4:
         fail(f"config key 'energy.n_workers' = {cfg['energy']['n_workers']} is more than 4x the {cores} core(s) this process may use")
 
 
 #: Keys added after runs were already stored, with the value that reproduces those runs (a stored config that
 #: lacks one ran with this value, whatever today's default is).
-LEGACY_VALUES = {"labels.cell_width": 0.0, "ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "flow.precision": "float64", "flow.compile": False}
+LEGACY_VALUES = {"energy.executor": "local", "energy.address": None, "labels.cell_width": 0.0, "ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "flow.precision": "float64", "flow.compile": False}
 
 
 def validate_config(config: Any) -> Dict[str, Any]:

@@ -8,6 +8,7 @@ shared-memory reductions for multiprocessing's pickler, which need a multiproces
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,12 +17,17 @@ from typing import Any, Callable, Sequence, Tuple
 
 
 def launch_worker(module: str, core: int) -> Tuple[subprocess.Popen, Connection]:
-    """Start ``python -m module FD core`` (core -1: unpinned) and return (process, this end of the connection)."""
+    """Start ``python -m module FD core`` (core -1: unpinned) and return (process, this end of the connection).
+
+    A pinned worker is pinned from its first instruction: libraries that size their thread pools when they load
+    (torch's and tblite's OpenMP runtimes) then see one core, instead of spinning several threads on it."""
     parent_sock, child_sock = socket.socketpair()
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core >= 0 and hasattr(os, "sched_setaffinity") else None
     process = subprocess.Popen(
         [sys.executable, "-m", module, str(child_sock.fileno()), str(core)],
         pass_fds=(child_sock.fileno(),),
         stdin=subprocess.DEVNULL,
+        preexec_fn=pin,
     )
     child_sock.close()
     return process, Connection(parent_sock.detach())

@@ -78,3 +78,14 @@ def reference_pmf_model(tmp_path_factory):
     path = save_model(ensemble, tmp_path_factory.mktemp("reference_pmf") / "aldp_pmf.pt", kind="pmf_ensemble", system="alanine-dipeptide",
                       temperature_K=aldp.temperature, cg_dim=2, cg_metadata=aldp.description.to_dict())
     return path, ensemble
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One real local Ray for the whole test run (``ray.init(num_cpus=2)``); tests that use it carry
+    ``pytest.mark.xdist_group("ray")`` so they share one pytest-xdist worker, and so this one Ray."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()

@@ -183,8 +183,11 @@ def test_bad_structures_give_clear_errors(aldp):
             oracle.evaluate(np.zeros((1, 21, 3)))
         x = np.array(aldp.positions)[None].repeat(2, 0)
         x[1, 3, 0] = np.nan
-        u, _ = oracle.evaluate(x)
-        assert np.isfinite(u[0]) and np.isnan(u[1])
+        with pytest.raises(ValueError, match=r"positions contain NaN or inf \(configuration 1 of 2\)"):
+            oracle.evaluate(x)
+    with EnergyOracle(aldp, "Reference", nonfinite="nan") as oracle:
+        u, f = oracle.evaluate(x)
+        assert np.isfinite(u[0]) and np.isnan(u[1]) and not f[1].any()
 
 
 def test_starting_data_is_made_cached_and_counted(tmp_path):

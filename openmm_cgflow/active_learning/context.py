@@ -81,7 +81,9 @@ class RunContext:
         torch.set_default_dtype(torch.float64)
         cg_system = settings.create_system()
         check_dimensions(settings, cg_system)
-        oracle = EnergyOracle(cg_system, settings.energy.platform, settings.energy.n_workers, nonfinite="nan")  # flow samples can be anything
+        energy = settings.energy
+        oracle = EnergyOracle(cg_system, energy.platform, energy.n_workers, nonfinite="nan",  # flow samples can be anything
+                              executor=energy.executor, address=energy.address)
         try:
             grid = metric_grid(settings.metrics, cg_system)
         except BaseException:

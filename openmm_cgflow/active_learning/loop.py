@@ -114,12 +114,12 @@ class ActiveLearningRun:
         checkpoint = read_run_checkpoint(self.checkpoint_path)
         differences = changed_keys(self.checkpoint_path, checkpoint["config"], self.settings)
         if differences:
-            stored = RunSettings.from_config(checkpoint["config"]).loop
-            changes = [f"{key} {getattr(stored, key.split('.')[1])} -> {getattr(self.settings.loop, key.split('.')[1])}" for key in differences]
+            stored, now = RunSettings.from_config(checkpoint["config"]), self.settings
+            changes = [f"{key} {_setting(stored, key)} -> {_setting(now, key)}" for key in differences]
             _LOG.warning(f"note: resuming {self.checkpoint_path} with {', '.join(changes)}")
         self.context = RunContext.build(self.settings, self.progress)
         self.context.restore(checkpoint, self.checkpoint_path)
-        if differences:
+        if any(key.startswith("loop.") for key in differences):
             self._reopen_if_extended()
 
     def _reopen_if_extended(self) -> None:
@@ -179,3 +179,9 @@ class ActiveLearningRun:
     def metrics(self) -> Dict[str, Any]:
         """The run's metrics so far (as ``metrics.json``)."""
         return outputs.metrics(self.settings, self.context.state)
+
+
+def _setting(settings: RunSettings, key: str):
+    """The value of a ``section.key`` config key in typed settings (the keys a resume may change)."""
+    section, name = key.split(".")
+    return getattr(getattr(settings, section), name)

@@ -46,17 +46,20 @@ def _list(values) -> Optional[list]:
 # ---------------------------------------------------------------------------------------------------- plain sections
 @dataclass(frozen=True)
 class EnergySettings:
-    """``energy``: the OpenMM platform of the energy oracle and its number of Contexts (worker processes)."""
+    """``energy``: the OpenMM platform of the energy oracle, its number of Contexts, and where they run (``executor``
+    local or ray; ``address`` of a Ray cluster)."""
 
     platform: str
     n_workers: int
+    executor: str = "local"
+    address: Optional[str] = None
 
     @classmethod
     def from_config(cls, c: Mapping[str, Any]) -> "EnergySettings":
-        return cls(c["platform"], c["n_workers"])
+        return cls(c["platform"], c["n_workers"], c["executor"], c["address"])
 
     def to_config(self) -> Dict[str, Any]:
-        return {"platform": self.platform, "n_workers": self.n_workers}
+        return {"platform": self.platform, "n_workers": self.n_workers, "executor": self.executor, "address": self.address}
 
 
 @dataclass(frozen=True)

@@ -14,63 +14,18 @@ wildly distorted) gives it u = NaN and zero forces, and non-finite coordinates a
 from __future__ import annotations
 
 import atexit
-import os
-import subprocess
 import time
 import weakref
-from multiprocessing.connection import Connection
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import openmm
 
-from ..platforms import default_properties, resolve_platform, worker_cores
-from ..processes import launch_worker, stop_workers
+from ..platforms import default_properties, resolve_platform
 from ..systems.base import CGSystem, kT_in_kJ_per_mol
-
-_POLL_SECONDS = 0.05
-
-
-class _ContextEvaluator:
-    """One OpenMM Context that evaluates energies (kJ/mol) and forces (kJ/mol/nm) for a batch."""
-
-    def __init__(self, system_xml: str, platform_name: str, properties: Dict[str, str]):
-        system = openmm.XmlSerializer.deserialize(system_xml)
-        integrator = openmm.VerletIntegrator(0.001)
-        platform = resolve_platform(platform_name)
-        self.context = openmm.Context(system, integrator, platform, properties)
-        self._n_atoms = system.getNumParticles()
-
-    def evaluate(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        energies = np.empty(len(positions))
-        forces = np.zeros((len(positions), self._n_atoms, 3))
-        for i, x in enumerate(positions):
-            self.context.setPositions(x)
-            state = self.context.getState(getEnergy=True, getForces=True)
-            energies[i] = _raw_energy(state)
-            _read_forces(state, forces[i])
-        return energies, forces
-
-
-# OpenMM's native units are kJ/mol and kJ/mol/nm. State.getPotentialEnergy/getForces wrap their values in unit
-# Quantities (and getForces probes its cache with dir()): ~11 us of a Müller-Brown evaluation's ~15 us, and
-# 10-30 us of an alanine dipeptide one's ~220 us on one core (benchmarks/oracle_state_read.py). The SWIG layer
-# below them fills our own arrays with the same numbers, bitwise; older/other OpenMM builds fall back to the
-# public calls.
-if hasattr(openmm.State, "_getVectorAsNumpy") and hasattr(openmm._openmm, "State_getPotentialEnergy"):
-    def _raw_energy(state) -> float:
-        return openmm._openmm.State_getPotentialEnergy(state)
-
-    def _read_forces(state, out: np.ndarray) -> None:
-        state._getVectorAsNumpy(openmm.State.Forces, out)
-else:  # pragma: no cover - the pinned OpenMM has the SWIG layer
-    def _raw_energy(state) -> float:
-        return state.getPotentialEnergy()._value
-
-    def _read_forces(state, out: np.ndarray) -> None:
-        out[...] = state.getForces(asNumpy=True)._value
-
+from ..cluster import EXECUTORS
+from .executors import InProcess, ProcessPool, RayPool, WorkerLost
 
 _LIVE_ORACLES: "weakref.WeakSet[EnergyOracle]" = weakref.WeakSet()
 
@@ -104,6 +59,12 @@ class EnergyOracle:
         Threads=1 is ~10x slower when unpinned.
     nonfinite:
         ``"raise"`` (default) or ``"nan"``: see the module docstring.
+    executor:
+        ``"local"`` (default: this process, or worker processes on this machine) or ``"ray"``: one Ray actor per
+        Context, on any node of a Ray cluster (:class:`~openmm_cgflow.energy.executors.RayPool`); same numbers.
+    address:
+        With ``executor="ray"``: ``None`` (a local Ray, or the one this process is connected to), ``"auto"`` (the
+        cluster started on this machine with ``ray start``) or ``"ray://HOST:PORT"`` / ``"HOST:PORT"``.
 
     Use as a context manager or call :meth:`close`; pools are also closed at interpreter exit.
     """
@@ -117,6 +78,8 @@ class EnergyOracle:
         pin_workers: bool = True,
         in_process: Optional[bool] = None,
         nonfinite: str = "raise",
+        executor: str = "local",
+        address: Optional[str] = None,
     ):
         if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
             raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
@@ -124,6 +87,10 @@ class EnergyOracle:
             raise ValueError(f"platform must be an OpenMM platform name (a string), got {platform!r}")
         if nonfinite not in ("raise", "nan"):
             raise ValueError(f"nonfinite must be 'raise' or 'nan', got {nonfinite!r}")
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        if address is not None and (executor != "ray" or not isinstance(address, str)):
+            raise ValueError(f"address names a Ray cluster (a string, with executor='ray'), got {address!r}")
         if properties is not None and (not isinstance(properties, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in properties.items())):
             raise ValueError(f"properties must map OpenMM property names to strings, got {properties!r}")
         resolve_platform(platform)
@@ -135,57 +102,27 @@ class EnergyOracle:
         self.properties = default_properties(platform) if properties is None else dict(properties)
         self.n_evaluations = 0
         self.evaluation_s = 0.0  # wall seconds spent in evaluate_kj (the pool round trip included)
+        self.executor = executor
         self._closed = False
+        self._executor = None
         system_xml = openmm.XmlSerializer.serialize(cg_system.system)
-        self._local: Optional[_ContextEvaluator] = None
-        self._workers: List[Tuple[subprocess.Popen, Connection]] = []
         if in_process is None:
             in_process = platform != "CPU"
-        if self.n_workers == 1 and in_process:
-            self._local = _ContextEvaluator(system_xml, platform, self.properties)
+        if executor == "ray":
+            self._executor = RayPool(system_xml, platform, self.properties, self.n_workers, pin_workers, address)
+        elif self.n_workers == 1 and in_process:
+            self._executor = InProcess(system_xml, platform, self.properties)
         else:
-            self._start_pool(system_xml, pin_workers)
+            self._executor = ProcessPool(system_xml, platform, self.properties, self.n_workers, pin_workers)
         _LIVE_ORACLES.add(self)
-
-    # ------------------------------------------------------------------ pool management
-    def _start_pool(self, system_xml: str, pin_workers: bool):
-        # Workers are fresh interpreters (:func:`~openmm_cgflow.processes.launch_worker`): they never re-import the
-        # caller's __main__, and no fork of a threaded process happens.
-        cores = worker_cores() or (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [])
-        for rank in range(self.n_workers):
-            core = cores[rank % len(cores)] if (pin_workers and cores) else -1
-            process, conn = launch_worker("openmm_cgflow.energy.worker", core)
-            self._workers.append((process, conn))
-            conn.send((system_xml, self.platform, self.properties))
-        for rank in range(self.n_workers):
-            status, payload = self._receive(rank)
-            if status != "ready":
-                self.close()
-                raise RuntimeError(f"EnergyOracle worker {rank} failed to start: {payload}")
-
-    def _receive(self, rank: int):
-        process, conn = self._workers[rank]
-        while not conn.poll(_POLL_SECONDS):
-            if process.poll() is not None:
-                self.close()
-                raise RuntimeError(
-                    f"EnergyOracle worker {rank} (pid {process.pid}) died with exit code {process.returncode}; "
-                    "the pool was shut down"
-                )
-        try:
-            return conn.recv()
-        except (EOFError, OSError) as error:
-            self.close()
-            raise RuntimeError(f"EnergyOracle worker {rank} lost its connection ({error}); pool shut down") from None
 
     def close(self) -> None:
         """Stop the worker processes (idempotent). A closed oracle refuses further evaluations."""
         if self._closed:
             return
         self._closed = True
-        stop_workers(self._workers)
-        self._workers = []
-        self._local = None
+        if self._executor is not None:
+            self._executor.close()
 
     def __enter__(self):
         return self
@@ -201,8 +138,8 @@ class EnergyOracle:
 
     @property
     def worker_pids(self) -> List[int]:
-        """Process ids of the pool's workers (empty for the in-process oracle)."""
-        return [process.pid for process, _ in self._workers]
+        """Process ids of the pool's workers or Ray actors (empty for the in-process oracle)."""
+        return self._executor.pids if self._executor is not None else []
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_kj(self, positions) -> Tuple[np.ndarray, np.ndarray]:
@@ -231,27 +168,11 @@ class EnergyOracle:
         return energies, forces
 
     def _evaluate_finite(self, positions: np.ndarray):
-        if self._local is not None:
-            return self._local.evaluate(positions)
-        chunks = [c for c in np.array_split(np.arange(len(positions)), self.n_workers) if len(c)]
-        for rank, chunk in enumerate(chunks):
-            try:
-                self._workers[rank][1].send(("eval", positions[chunk]))
-            except (OSError, BrokenPipeError) as error:
-                self.close()
-                raise RuntimeError(f"EnergyOracle worker {rank} is unreachable ({error}); pool shut down") from None
-        energies = np.empty(len(positions))
-        forces = np.empty(positions.shape)
-        errors = []
-        for rank, chunk in enumerate(chunks):
-            status, payload = self._receive(rank)
-            if status == "ok":
-                energies[chunk], forces[chunk] = payload
-            else:
-                errors.append(f"worker {rank}: {payload}")
-        if errors:
-            raise RuntimeError("OpenMM evaluation failed: " + "; ".join(errors))
-        return energies, forces
+        try:
+            return self._executor.evaluate(positions)
+        except WorkerLost:
+            self.close()
+            raise
 
     def evaluate(self, positions) -> Tuple[np.ndarray, np.ndarray]:
         """Reduced energies u = U/kT (B,) and reduced forces F/kT (B, n_atoms, 3) in 1/nm."""

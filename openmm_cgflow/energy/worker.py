@@ -21,9 +21,9 @@ def main(fd: int, core: int) -> None:
     except (EOFError, OSError):
         return
     try:
-        from .oracle import _ContextEvaluator
+        from .context_evaluator import ContextEvaluator
 
-        evaluator = _ContextEvaluator(system_xml, platform_name, properties)
+        evaluator = ContextEvaluator(system_xml, platform_name, properties)
         conn.send(("ready", None))
     except Exception as error:  # report start-up failures (bad platform, bad XML) to the parent
         conn.send(("error", f"{type(error).__name__}: {error}"))

@@ -55,12 +55,15 @@ class EnergyStep:
     loss: batch loss (kT), NaN if the batch was skipped.
     skipped: the loss was not finite and no update was made.
     n_computed: energies actually computed by OpenMM for this batch.
+    n_failed: samples whose energy could not be computed (NaN from the oracle, e.g. an xTB SCF that did not
+    converge on a distorted sample): left out of the loss, and NaN in ``log_w`` so no label uses them.
     """
 
     log_w: np.ndarray
     loss: float
     skipped: bool
     n_computed: int
+    n_failed: int = 0
 
 
 class EnergyTrainer:
@@ -145,17 +148,19 @@ class EnergyTrainer:
         log_p = -u + log_jacobian
         log_w = (log_p - log_q).detach().numpy().copy()
         per_sample = -log_p - logdet
-        losses = per_sample if self.sample_filter is None else per_sample[keep]
+        evaluated = keep & torch.isfinite(u.detach())
+        failed = int((keep & ~torch.isfinite(u.detach())).sum())
+        losses = per_sample if bool(evaluated.all()) else per_sample[evaluated]
         if self.skip_top_k and losses.numel() > self.skip_top_k:
             losses = torch.sort(losses).values[: losses.numel() - self.skip_top_k]
         loss = losses.mean() if losses.numel() else torch.tensor(float("nan"))
         computed = self.oracle.n_evaluations - before
         log_w[~np.isfinite(log_w)] = np.nan
         if not bool(torch.isfinite(loss)):
-            return EnergyStep(log_w, float("nan"), True, computed)
+            return EnergyStep(log_w, float("nan"), True, computed, failed)
         self.optimizer.zero_grad()
         loss.backward()
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_norm)
         self.optimizer.step()
-        return EnergyStep(log_w, float(loss.detach()), False, computed)
+        return EnergyStep(log_w, float(loss.detach()), False, computed, failed)

@@ -118,11 +118,48 @@ def find_chirality_centres(topology: app.Topology) -> Tuple[Tuple[int, int, int,
 
 
 def minimise(system: openmm.System, positions: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
-    """Energy-minimised positions (nm) on the Reference platform (deterministic)."""
+    """Energy-minimised positions (nm) on the Reference platform (deterministic).
+
+    OpenMM's L-BFGS first; where it ends at a non-finite or higher energy (a Hamiltonian with regions it cannot
+    evaluate, such as xTB whose SCF fails far from the start, lets the line search jump there), a careful steepest
+    descent from the start instead (:func:`_descend`)."""
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(positions)
+    start = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     openmm.LocalEnergyMinimizer.minimize(context, tolerance, 0)
-    return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    state = context.getState(getPositions=True, getEnergy=True)
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    if math.isfinite(energy) and (not math.isfinite(start) or energy <= start):
+        return state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    return _descend(context, np.asarray(positions, dtype=np.float64))
+
+
+def _descend(context: openmm.Context, x: np.ndarray, max_step_nm: float = 0.01, steps: int = 2000,
+             force_tolerance: float = 10.0) -> np.ndarray:
+    """Steepest descent that moves no atom more than ``max_step_nm`` per step, accepts only finite, lower energies
+    (halving the step otherwise, growing it by 1.2 after a success) and stops once every force is below
+    ``force_tolerance`` kJ/mol/nm or the step falls below 1e-6 nm."""
+    def evaluate(y):
+        context.setPositions(y)
+        state = context.getState(getEnergy=True, getForces=True)
+        return state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole), state.getForces(asNumpy=True).value_in_unit(
+            unit.kilojoule_per_mole / unit.nanometer)
+
+    energy, forces = evaluate(x)
+    if not math.isfinite(energy):
+        raise ValueError("the energy of the starting structure cannot be computed (NaN or inf)")
+    step = max_step_nm
+    for _ in range(steps):
+        largest = float(np.abs(forces).max())
+        if largest < force_tolerance or step < 1e-6:
+            break
+        trial = x + forces * (step / largest)
+        trial_energy, trial_forces = evaluate(trial)
+        if math.isfinite(trial_energy) and trial_energy < energy:
+            x, energy, forces, step = trial, trial_energy, trial_forces, min(step * 1.2, max_step_nm)
+        else:
+            step *= 0.5
+    return x
 
 
 def _as_nm(positions) -> np.ndarray:
