@@ -32,7 +32,7 @@ def hamiltonians():
     """(name, CGSystem) for ALDP with Amber ff96 + OBC1 and for ALDP in vacuum with GFN2-xTB."""
     from openmmtools import testsystems
 
-    from openmm_cgflow.energy.xtb import xtb_system
+    from openmm_cgflow.systems.xtb import xtb_system
 
     yield "amber", create_system("alanine-dipeptide")
     ala = testsystems.AlanineDipeptideVacuum(constraints=None)

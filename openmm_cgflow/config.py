@@ -25,7 +25,7 @@ _NULLABLE = {"energy.address": str, "loop.stop_kld": float, "ensemble.epochs_war
 #: (``systems.register_system(..., config=...)``): a molecule given by a ``system:`` mapping, or a system registered by the user.
 MOLECULE_DEFAULTS = "aldp-vacuum"
 #: Keys of a ``system:`` mapping that name files (resolved against the config file's folder).
-_SYSTEM_FILE_KEYS = ("prmtop", "inpcrd")
+_SYSTEM_FILE_KEYS = ("prmtop", "inpcrd", "pdb")
 
 _CHOICES = {
     "energy.platform": ("Reference", "CPU", "OpenCL", "CUDA"),

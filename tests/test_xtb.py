@@ -9,7 +9,7 @@ import torch
 tblite = pytest.importorskip("tblite.interface")
 
 from openmm_cgflow import CGSystem, EnergyOracle  # noqa: E402
-from openmm_cgflow.energy.xtb import BOHR_IN_NM, HARTREE_IN_KJ_PER_MOL, XTBEnergy, atomic_numbers, xtb_system  # noqa: E402
+from openmm_cgflow.systems.xtb import BOHR_IN_NM, HARTREE_IN_KJ_PER_MOL, XTBEnergy, atomic_numbers, xtb_system  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,48 @@ def test_a_molecule_with_an_xtb_hamiltonian_goes_through_from_openmm(dipeptide):
     minimum = _energy_forces(_context(system), molecule.positions)[0]
     assert np.isfinite(minimum) and minimum < start
     assert np.abs(molecule.positions - x).max() < 0.05
+
+
+def test_a_yaml_molecule_from_a_pdb_file_gets_the_xtb_hamiltonian(tmp_path):
+    """`system: {pdb: ..., hamiltonian: gfn2-xtb}`: the molecule's System is tight binding on the PDB's atoms (the
+    energy of xtb_system on the same topology), so every command (run, reference, baselines) takes an xTB molecule."""
+    from pathlib import Path
+
+    import openmm.app as app
+
+    from openmm_cgflow.active_learning.settings import RunSettings
+    from openmm_cgflow.config import load_config
+
+    inputs = Path(__file__).resolve().parents[1] / "benchmarks" / "inputs"
+    config = tmp_path / "butane.yaml"
+    config.write_text(f"system:\n  pdb: {inputs / 'butane.pdb'}\n  hamiltonian: gfn2-xtb\n  cg_dihedrals: [[0, 1, 2, 3]]\n"
+                      "  name: butane\nmetrics:\n  reference: none\n")
+    molecule = RunSettings.from_config(load_config(str(config))).create_system()
+    assert molecule.n_atoms == 14 and "GFN2-xTB" in molecule.description.hamiltonian
+    pdb = app.PDBFile(str(inputs / "butane.pdb"))
+    direct = _energy_forces(_context(xtb_system(pdb.topology)), molecule.positions)
+    with EnergyOracle(molecule, "Reference") as oracle:
+        energies, forces = oracle.evaluate_kj(molecule.positions[None])
+    assert energies[0] == pytest.approx(direct[0], rel=1e-12)
+    np.testing.assert_allclose(forces[0], direct[1], rtol=1e-9, atol=1e-8)
+    assert abs(float(molecule.cg_values(molecule.positions[None])[0, 0])) > 2.5  # minimised in the trans basin it started in
+
+
+@pytest.mark.parametrize("system, message", [
+    ("pdb: {pdb}", "'system.pdb' carries no force field: give 'system.hamiltonian'"),
+    ("pdb: {pdb}\n  hamiltonian: dftb", "'system.hamiltonian' must be one of force-field, gfn2-xtb, gfn1-xtb"),
+    ("openmmtools: AlanineDipeptideImplicit\n  hamiltonian: gfn2-xtb\n  implicit_solvent: OBC1", "is in vacuum"),
+    ("openmmtools: AlanineDipeptideVacuum\n  charge: 1", "'system.charge' applies to an xTB"),
+    ("pdb: {pdb}\n  hamiltonian: gfn2-xtb\n  charge: 0.5", "'system.charge' must be an integer"),
+])
+def test_bad_hamiltonian_keys_are_one_line(tmp_path, capsys, system, message):
+    from pathlib import Path
+
+    from openmm_cgflow.cli import main
+
+    pdb = Path(__file__).resolve().parents[1] / "benchmarks" / "inputs" / "butane.pdb"
+    config = tmp_path / "bad.yaml"
+    config.write_text("system:\n  " + system.format(pdb=pdb) + "\n  cg_dihedrals: [[0, 1, 2, 3]]\nmetrics:\n  reference: none\n")
+    assert main(["show-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -89,4 +89,4 @@ def system_label(value) -> str:
     """A short name for a config's ``system`` value (for messages and metrics)."""
     if isinstance(value, str):
         return value
-    return str(value.get("name") or value.get("openmmtools") or value.get("prmtop") or "molecule")
+    return str(value.get("name") or value.get("openmmtools") or value.get("prmtop") or value.get("pdb") or "molecule")

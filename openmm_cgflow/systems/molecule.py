@@ -42,6 +42,11 @@ SYSTEM_KEY_DOCS = {
     "implicit_solvent": "with prmtop: OBC1 | OBC2 | HCT | GBn | GBn2 | null (vacuum)",
     "openmmtools": "instead of prmtop/inpcrd: the name of an openmmtools test system, e.g. AlanineDipeptideVacuum "
                    "(built with constraints=None)",
+    "pdb": "instead of prmtop/openmmtools: a PDB file (relative to the config file; bonds from its CONECT records or "
+           "standard residues), for a hamiltonian that needs no force field (gfn2-xtb, gfn1-xtb)",
+    "hamiltonian": "force-field (default: the prmtop's or openmmtools system's own) | gfn2-xtb | gfn1-xtb: "
+                   "semi-empirical tight binding in vacuum (tblite; pip install 'openmm-cgflow[xtb]'), as an OpenMM PythonForce",
+    "charge": "with an xTB hamiltonian: the molecule's total charge in e (default 0)",
     "cg_dihedrals": "the CG coordinates: 0-based atom quadruples [i, j, k, l], bonded i-j-k-l, one per CG dihedral "
                     "(IUPAC sign, rad)",
     "cg_names": "names of the CG dihedrals, used in plots and model files (default: phi, psi for two dihedrals, else d0, d1, ...)",
@@ -49,6 +54,8 @@ SYSTEM_KEY_DOCS = {
 }
 SYSTEM_KEYS = tuple(SYSTEM_KEY_DOCS)
 IMPLICIT_SOLVENTS = {"OBC1": app.OBC1, "OBC2": app.OBC2, "HCT": app.HCT, "GBn": app.GBn, "GBn2": app.GBn2}
+#: the ``hamiltonian`` key's values: None is the source's own force field; the others are tblite methods
+HAMILTONIANS = {"force-field": None, "gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
 
 
 def _neighbours(n_atoms: int, bonds: Sequence[Tuple[int, int]]) -> Dict[int, List[int]]:
@@ -240,14 +247,26 @@ def check_system_config(value: Any) -> None:
     unknown = sorted(set(value) - set(SYSTEM_KEYS))
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(unknown)} in 'system' (known: {', '.join(SYSTEM_KEYS)})")
-    sources = [k for k in ("prmtop", "openmmtools") if k in value]
+    sources = [k for k in ("prmtop", "openmmtools", "pdb") if k in value]
     if len(sources) != 1:
-        raise ValueError("'system' needs exactly one of 'prmtop' (with 'inpcrd') or 'openmmtools'")
+        raise ValueError("'system' needs exactly one of 'prmtop' (with 'inpcrd'), 'openmmtools' or 'pdb' (with an xTB 'hamiltonian')")
     if "prmtop" in value and "inpcrd" not in value:
         raise ValueError("'system.prmtop' needs 'system.inpcrd' (the coordinates)")
     solvent = value.get("implicit_solvent")
     if solvent is not None and solvent not in IMPLICIT_SOLVENTS:
         raise ValueError(f"'system.implicit_solvent' must be one of {', '.join(IMPLICIT_SOLVENTS)} or null, got {solvent!r}")
+    hamiltonian = value.get("hamiltonian", "force-field")
+    if hamiltonian not in HAMILTONIANS:
+        raise ValueError(f"'system.hamiltonian' must be one of {', '.join(HAMILTONIANS)}, got {hamiltonian!r}")
+    if "pdb" in value and HAMILTONIANS[hamiltonian] is None:
+        raise ValueError("'system.pdb' carries no force field: give 'system.hamiltonian' (gfn2-xtb or gfn1-xtb), or use prmtop/inpcrd")
+    if HAMILTONIANS[hamiltonian] is not None and solvent is not None:
+        raise ValueError(f"'system.hamiltonian: {hamiltonian}' is in vacuum: 'system.implicit_solvent' must be null")
+    charge = value.get("charge", 0)
+    if isinstance(charge, bool) or not isinstance(charge, int):
+        raise ValueError(f"'system.charge' must be an integer number of elementary charges, got {charge!r}")
+    if "charge" in value and HAMILTONIANS[hamiltonian] is None:
+        raise ValueError("'system.charge' applies to an xTB 'system.hamiltonian' (a force field carries its own charges)")
     dihedrals = value.get("cg_dihedrals")
     if not isinstance(dihedrals, list) or not dihedrals or any(not isinstance(d, list) or len(d) != 4 for d in dihedrals):
         raise ValueError(f"'system.cg_dihedrals' must be a list of atom quadruples [[i, j, k, l], ...], got {dihedrals!r}")
@@ -267,6 +286,13 @@ def molecule_inputs_from_config(value: Mapping[str, Any]) -> Dict[str, Any]:
     check_system_config(value)
     if "openmmtools" in value:
         system, topology, positions, label = _openmmtools_system(str(value["openmmtools"]))
+    elif "pdb" in value:
+        if not Path(value["pdb"]).is_file():
+            raise FileNotFoundError(f"'system.pdb' file not found: {value['pdb']}")
+        pdb = app.PDBFile(str(value["pdb"]))
+        system, topology, positions, label = None, pdb.topology, pdb.getPositions(asNumpy=True), Path(value["pdb"]).stem
+        if topology.getNumBonds() == 0:
+            raise ValueError(f"'system.pdb' {value['pdb']} has no bonds (add CONECT records)")
     else:
         for key in ("prmtop", "inpcrd"):
             if not Path(value[key]).is_file():
@@ -280,9 +306,16 @@ def molecule_inputs_from_config(value: Mapping[str, Any]) -> Dict[str, Any]:
         label = Path(value["prmtop"]).stem
     dihedrals = [list(d) for d in value["cg_dihedrals"]]
     cg = dict(zip(map(str, value["cg_names"]), dihedrals)) if value.get("cg_names") else dihedrals
-    source = {k: value[k] for k in ("prmtop", "inpcrd", "implicit_solvent", "openmmtools") if k in value}
+    source = {k: value[k] for k in ("prmtop", "inpcrd", "implicit_solvent", "openmmtools", "pdb", "hamiltonian", "charge") if k in value}
+    method = HAMILTONIANS[value.get("hamiltonian", "force-field")]
+    hamiltonian = ""
+    if method is not None:  # the force field's System is replaced by tight binding on the same atoms (element masses)
+        from .xtb import xtb_system
+
+        system = xtb_system(topology, charge=int(value.get("charge", 0)), method=method)
+        hamiltonian = f"{method} (tblite), vacuum, total charge {int(value.get('charge', 0))}"
     return dict(system=system, topology=topology, positions=positions, temperature=value.get("temperature", 300.0), cg_dihedrals=cg,
-                name=str(value.get("name", label)), description=SystemDescription(notes={"source": source}))
+                name=str(value.get("name", label)), description=SystemDescription(hamiltonian=hamiltonian, notes={"source": source}))
 
 
 def _openmmtools_system(class_name: str):
