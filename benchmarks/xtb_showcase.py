@@ -5,12 +5,12 @@ Hamiltonian, each on one core, scored against an umbrella-sampling reference mad
     python benchmarks/xtb_showcase.py --launch [--runs runs/xtb] [--al-iterations 12] [--md-steps 300000]
     python benchmarks/xtb_showcase.py [--runs runs/xtb]          (summarise: table + benchmarks/results/xtb_showcase.json)
 
-``--launch`` runs, two at a time on the machine's two cores (each pinned to its own core):
+``--launch`` runs, one process per core of the machine's two (each pinned to its own core):
 1. the reference: ``cgflow reference benchmarks/inputs/butane-xtb.yaml --seeds 1 2 --executor local`` (36 windows,
    ``--passes`` passes of ``--steps-per-pass`` steps; the two seeds are the halves of its own error);
-2. plain MD and well-tempered metadynamics (``cgflow baseline md|metad``, seed 0, ``--md-steps`` steps each);
-3. the active-learning run (``cgflow run benchmarks/inputs/butane-xtb.yaml``, the default molecule recipe, one core:
-   ``energy.n_workers=1``), scored against the reference, ``--al-iterations`` iterations.
+2. on core 0 the active-learning run (``cgflow run benchmarks/inputs/butane-xtb.yaml``, the default molecule recipe
+   on one core: ``energy.n_workers=1``), scored against the reference, ``--al-iterations`` iterations; meanwhile on
+   core 1 plain MD and then well-tempered metadynamics (``cgflow baseline md|metad``, seed 0, ``--md-steps`` each).
 Steps already done are resumed (``--resume``); a finished phase is left alone.
 
 The summary measures the cost of one xTB evaluation (a pinned loop over a Context, energy and forces), and reports
@@ -58,21 +58,30 @@ def launch(args) -> None:
         resume = ["--resume"] if (runs / "reference" / "seed1" / "state.npz").exists() else []
         wait(cgflow("reference", str(CONFIG), "--out", str(runs / "reference"), "--seeds", "1", "2", "--executor", "local",
                     "--passes", str(args.passes), "--steps-per-pass", str(args.steps_per_pass), "--quiet", *resume))
-    jobs = []
-    for core, method in enumerate(("md", "metad")):
-        out = runs / method
-        summary = out / f"{method}_baseline.json"
-        checkpoint = out / ("md_checkpoint.pt" if method == "md" else "metad_checkpoint.pt")
-        if summary.exists() and _baseline_steps(out, method) >= args.md_steps:
-            continue
-        jobs.append(cgflow("baseline", method, str(CONFIG), "--steps", str(args.md_steps), "--out", str(out), "--reference", str(reference),
-                           "--quiet", *(["--resume"] if checkpoint.exists() else []), core=core))
-    wait(*jobs)
+    # then one method per core: AL on core 0 meanwhile MD and metadynamics, one after the other, on core 1
     al = runs / "al"
+    queue = {0: [], 1: []}
     if not (al / "metrics.json").exists() or len(json.loads((al / "metrics.json").read_text())["iterations"]) < args.al_iterations:
         resume = ["--resume"] if (al / "checkpoint.pt").exists() else []
-        wait(cgflow("run", str(CONFIG), "--out", str(al), "--quiet", "--set", "energy.n_workers=1", "--set", f"metrics.reference={reference}",
-                    "--set", f"loop.max_iterations={args.al_iterations}", "--set", "loop.stop_kld=null", *resume, core=0))
+        queue[0].append(("run", str(CONFIG), "--out", str(al), "--quiet", "--set", "energy.n_workers=1", "--set", f"metrics.reference={reference}",
+                         "--set", f"loop.max_iterations={args.al_iterations}", "--set", "loop.stop_kld=null", *resume))
+    for method in ("md", "metad"):
+        out = runs / method
+        if _baseline_steps(out, method) >= args.md_steps:
+            continue
+        checkpoint = out / f"{method}_checkpoint.pt"
+        queue[1].append(("baseline", method, str(CONFIG), "--steps", str(args.md_steps), "--out", str(out), "--reference", str(reference),
+                         "--quiet", *(["--resume"] if checkpoint.exists() else [])))
+    running = {core: cgflow(*queue[core].pop(0), core=core) for core in queue if queue[core]}
+    while running:
+        time.sleep(2)
+        for core, process in list(running.items()):
+            if process.poll() is not None:
+                wait(process)
+                if queue[core]:
+                    running[core] = cgflow(*queue[core].pop(0), core=core)
+                else:
+                    del running[core]
 
 
 def _baseline_steps(out: Path, method: str) -> int:

@@ -1,6 +1,7 @@
 """Umbrella sampling + vFEP (the reference PMF of any system with two CG dihedrals): the estimator recovers a known
 PMF from exactly sampled biased windows, in any CG frame (sign, offset); the restraint force is the periodic
 harmonic it claims to be; runs resume; a molecule from YAML gets its own reference through the CLI."""
+import json
 import math
 
 import numpy as np
@@ -191,6 +192,37 @@ def test_umbrella_run_resumes_and_builds_a_valid_reference(tmp_path):
     assert reference.provenance["basis"] in ("bspline6", "fourier2") and set(reference.provenance["basins"]) == set(LITERATURE_BASINS_DEG)
     assert reference.provenance["md_steps"] == report["md_steps"] == 2 * (9 * 50 + 2 * 9 * 100)
     assert report["curve"][-1]["passes"] == 2 and report["kld_between_halves"] >= 0
+
+
+def test_a_pass_interrupted_mid_way_resumes_at_its_next_window_bitwise(tmp_path, monkeypatch):
+    """A job lost in the middle of a pass loses only the window it was running: the pass resumes from its saved
+    windows (and random state) and is bitwise the uninterrupted pass."""
+    from openmm_cgflow.reference.umbrella import UmbrellaRun
+
+    aldp = create_system("alanine-dipeptide")
+    protocol = UmbrellaProtocol(windows_per_dim=3, equilibration_steps=50, steps_per_pass=100)
+    run_umbrella(tmp_path / "whole", [1], 1, protocol, aldp, progress=False)
+    original, calls = UmbrellaRun.unbiased_forces, []
+
+    def lost_after_four_windows(self, *args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("node lost")
+        return original(self, *args)
+
+    monkeypatch.setattr(UmbrellaRun, "unbiased_forces", lost_after_four_windows)
+    with pytest.raises(KeyboardInterrupt):
+        run_umbrella(tmp_path / "cut", [1], 1, protocol, aldp, progress=False)
+    monkeypatch.setattr(UmbrellaRun, "unbiased_forces", original)
+    partial = np.load(tmp_path / "cut" / "seed1" / "pass_partial.npz")
+    assert int(partial["windows_done"]) == 4 and not (tmp_path / "cut" / "seed1" / "pass_001.npz").exists()
+    run_umbrella(tmp_path / "cut", [1], 1, protocol, aldp, resume=True, progress=False)
+    a, b = load_run(tmp_path / "whole", 1), load_run(tmp_path / "cut", 1)
+    np.testing.assert_array_equal(a["samples"][0], b["samples"][0])
+    np.testing.assert_array_equal(a["forces"][0], b["forces"][0])
+    assert not (tmp_path / "cut" / "seed1" / "pass_partial.npz").exists()
+    summaries = [json.loads((tmp_path / d / "umbrella.json").read_text())["runs"][0]["md_steps"] for d in ("whole", "cut")]
+    assert summaries[0] == summaries[1]
 
 
 def test_umbrella_forces_are_the_unbiased_generalized_forces_on_the_iupac_dihedrals(tmp_path):

@@ -15,7 +15,8 @@ window's own trajectory, and stores its samples of the IUPAC CG dihedrals (``dih
 the unbiased generalized forces d(beta U - ln J)/d theta in kT/rad (``forces``, for the mean-force estimator of
 :mod:`.mean_force`: the system's forces, with the window's restraint, known analytically, taken out) in
 ``seed<S>/pass_<NNN>.npz``. Every pass ends with an
-atomic checkpoint (positions and velocities of every window), so the run can stop anywhere and resume, and every
+atomic checkpoint (positions and velocities of every window), and within a pass every finished window is saved with
+the simulation's random state (``pass_partial.npz``), so the run can stop anywhere and resume bitwise, and every
 estimate can be recomputed from the first P passes (the convergence curve). Independent seeds are the
 independent halves of the convergence check. Estimation: :mod:`.vfep`.
 """
@@ -163,16 +164,40 @@ class UmbrellaRun:
         return {"positions": positions, "velocities": velocities, "passes_done": 0,
                 "wall_s": time.perf_counter() - start, "md_steps": n * p.equilibration_steps}
 
+    @property
+    def partial_path(self) -> Path:
+        """The pass in progress: its finished windows, saved after each one (removed when the pass is written)."""
+        return self.out / "pass_partial.npz"
+
+    def _save_partial(self, index: int, windows_done: int, samples, generalized, positions, velocities, wall_s: float) -> None:
+        save_arrays(self.partial_path, compressed=False, index=index, windows_done=windows_done, samples=samples,
+                    generalized=generalized, positions=positions, velocities=velocities, wall_s=wall_s,
+                    openmm_checkpoint=np.frombuffer(self.dynamics.checkpoint(), dtype=np.uint8))
+
     def run_pass(self, state: Dict[str, object], progress: bool = False) -> Dict[str, object]:
-        """Run every window for one pass, write its samples, then checkpoint; returns the new state."""
+        """Run every window for one pass, write its samples, then checkpoint; returns the new state.
+
+        After every window the pass so far is saved (:attr:`partial_path`, with the simulation's random state), so
+        a pass that is interrupted resumes at its next window and ends bitwise as the uninterrupted one: a lost
+        job loses at most the window it was running."""
         p = self.protocol
         centres = p.centres(len(self.dihedrals))
         n_frames = p.steps_per_pass // p.record_every
         samples = np.zeros((len(centres), n_frames, len(self.dihedrals)), dtype=np.float32)
         generalized = np.zeros_like(samples)
         positions, velocities = state["positions"].copy(), state["velocities"].copy()
+        index = state["passes_done"] + 1
+        first, earlier_s = 0, 0.0
+        if self.partial_path.exists():
+            partial = load_arrays(self.partial_path, ("index", "windows_done", "samples", "generalized", "positions", "velocities",
+                                                      "openmm_checkpoint", "wall_s"), what="an umbrella pass in progress")
+            if int(partial["index"]) == index and partial["samples"].shape == samples.shape:
+                first, earlier_s = int(partial["windows_done"]), float(partial["wall_s"])
+                samples, generalized = partial["samples"].copy(), partial["generalized"].copy()
+                positions, velocities = partial["positions"].copy(), partial["velocities"].copy()
+                self.dynamics.restore(partial["openmm_checkpoint"].tobytes())
         start = time.perf_counter()
-        for k in tqdm(range(len(centres)), disable=not progress, leave=False, desc=f"seed {self.seed} pass {state['passes_done'] + 1}"):
+        for k in tqdm(range(first, len(centres)), disable=not progress, leave=False, desc=f"seed {self.seed} pass {index}"):
             self._set_window(centres[k])
             self.dynamics.set_state(positions[k], velocities[k])
             frames = np.zeros((n_frames, self.n_atoms, 3))
@@ -185,11 +210,14 @@ class UmbrellaRun:
             positions[k], velocities[k] = self.dynamics.positions_and_velocities()
             samples[k] = frame_dihedrals(frames, self.dihedrals)
             generalized[k] = self.unbiased_forces(frames, forces, centres[k])
-        index = state["passes_done"] + 1
+            if k + 1 < len(centres):
+                self._save_partial(index, k + 1, samples, generalized, positions, velocities, earlier_s + time.perf_counter() - start)
         save_arrays(self.out / f"pass_{index:03d}.npz", dihedrals=samples, forces=generalized, centres=centres)
         new = {"positions": positions, "velocities": velocities, "passes_done": index,
-               "wall_s": state["wall_s"] + time.perf_counter() - start, "md_steps": state["md_steps"] + len(centres) * p.steps_per_pass}
+               "wall_s": state["wall_s"] + earlier_s + time.perf_counter() - start,
+               "md_steps": state["md_steps"] + len(centres) * p.steps_per_pass}
         self.save_state(new)
+        self.partial_path.unlink(missing_ok=True)
         return new
 
 
