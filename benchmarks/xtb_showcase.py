@@ -14,7 +14,7 @@ Hamiltonian, each on one core, scored against an umbrella-sampling reference mad
 Steps already done are resumed (``--resume``); a finished phase is left alone.
 
 The summary measures the cost of one xTB evaluation (a pinned loop over a Context, energy and forces), and reports
-per method: evaluations and wall seconds to forward KLD 1e-2 and 3e-3 (and the final KLD), the share of the
+per method: evaluations and wall seconds to forward KLD 2e-2 and 1e-2 (and the final KLD), the share of the
 method's wall time that is not spent in energies (the *overhead fraction*: AL's flow training, fits and search; a
 baseline's integrator and bias), and for AL the projected wall time with N Ray energy workers,
 t(N) = overhead + evaluations x cost / N (the energies spread over N actors, the rest on the driver).
@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "benchmarks" / "inputs" / "butane-xtb.yaml"
-THRESHOLDS = (1e-2, 3e-3)
+THRESHOLDS = (2e-2, 1e-2)  # the reference's own halves differ by ~1e-2 (one pass of 2,000 steps per window)
 WORKERS = (1, 4, 16, 64)
 
 
@@ -168,12 +168,12 @@ def summarise(args) -> Dict:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"xTB butane: {1e3 * cost:.1f} ms per evaluation (energy + forces, one core); reference halves agree to "
           f"{result['reference']['kld_between_halves']}")
-    head = f"{'method':28s} {'evals to 1e-2':>13s} {'s to 1e-2':>9s} {'evals to 3e-3':>13s} {'s to 3e-3':>9s} {'final KLD':>9s} {'evals':>9s} {'wall s':>7s} {'overhead':>8s}"
+    head = f"{'method':28s} {'evals to 2e-2':>13s} {'s to 2e-2':>9s} {'evals to 1e-2':>13s} {'s to 1e-2':>9s} {'final KLD':>9s} {'evals':>9s} {'wall s':>7s} {'overhead':>8s}"
     print(head)
     fmt = lambda v, f: (f.format(v) if v is not None else "-")  # noqa: E731
     for r in rows:
-        print(f"{r['method']:28s} {fmt(r['evaluations_to_1e-02'], '{:13,.0f}'):>13s} {fmt(r['wall_s_to_1e-02'], '{:9.0f}'):>9s} "
-              f"{fmt(r['evaluations_to_3e-03'], '{:13,.0f}'):>13s} {fmt(r['wall_s_to_3e-03'], '{:9.0f}'):>9s} {r['final_kld']:9.2e} "
+        print(f"{r['method']:28s} {fmt(r['evaluations_to_2e-02'], '{:13,.0f}'):>13s} {fmt(r['wall_s_to_2e-02'], '{:9.0f}'):>9s} "
+              f"{fmt(r['evaluations_to_1e-02'], '{:13,.0f}'):>13s} {fmt(r['wall_s_to_1e-02'], '{:9.0f}'):>9s} {r['final_kld']:9.2e} "
               f"{r['final_evaluations']:9,d} {r['final_wall_s']:7.0f} {r['overhead_fraction']:8.0%}")
     al = next(r for r in rows if r["method"] == "active learning")
     print("AL projected wall s with N Ray energy workers: " + ", ".join(f"N={n}: {t:.0f}" for n, t in al["projected_wall_s_with_n_ray_workers"].items()))

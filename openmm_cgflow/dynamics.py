@@ -48,10 +48,18 @@ class LangevinDynamics:
 
     def start(self, positions: np.ndarray, velocity_seed: int, minimize: bool = False) -> None:
         """Set ``positions`` (n, 3) nm, minimise the energy if asked (OpenMM's default tolerance), and draw velocities
-        at the temperature with ``velocity_seed``."""
+        at the temperature with ``velocity_seed``.
+
+        A minimisation that ends at a non-finite or higher energy is undone (the given positions are kept): with a
+        Hamiltonian whose energy can fail, such as tight binding whose SCF does not converge at a trial step far
+        from the start, OpenMM's minimiser can end in a broken structure, and dynamics from it would never recover."""
         self.context.setPositions(positions)
         if minimize:
+            before = self.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
             openmm.LocalEnergyMinimizer.minimize(self.context)
+            after = self.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            if np.isfinite(before) and not (np.isfinite(after) and after <= before):
+                self.context.setPositions(positions)
         self.context.setVelocitiesToTemperature(self.temperature_K * unit.kelvin, int(velocity_seed))
 
     def step(self, n_steps: int) -> None:

@@ -150,6 +150,9 @@ def test_a_yaml_molecule_from_a_pdb_file_gets_the_xtb_hamiltonian(tmp_path):
     assert energies[0] == pytest.approx(direct[0], rel=1e-12)
     np.testing.assert_allclose(forces[0], direct[1], rtol=1e-9, atol=1e-8)
     assert abs(float(molecule.cg_values(molecule.positions[None])[0, 0])) > 2.5  # minimised in the trans basin it started in
+    # the default recipe's geometric chirality filter has no stereocentre to keep here: no filter, not an error
+    assert molecule.chirality_centres == () or not molecule.chirality_centres
+    assert molecule.sample_filter("geometric") is None
 
 
 @pytest.mark.parametrize("system, message", [
@@ -170,3 +173,46 @@ def test_bad_hamiltonian_keys_are_one_line(tmp_path, capsys, system, message):
     assert main(["show-config", str(config)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_minimisation_that_breaks_the_structure_is_undone():
+    """OpenMM's minimiser on tight binding under a window restraint could end where the SCF fails (energy NaN),
+    and dynamics from there never recovered (~1 s per step of failing SCFs): LangevinDynamics.start keeps the
+    given positions instead, and the restrained dynamics runs with finite energies."""
+    from pathlib import Path
+
+    from openmm_cgflow.active_learning.settings import RunSettings
+    from openmm_cgflow.config import load_config
+    from openmm_cgflow.reference.umbrella import UmbrellaProtocol, UmbrellaRun
+
+    config = Path(__file__).resolve().parents[1] / "benchmarks" / "inputs" / "butane-xtb.yaml"
+    butane = RunSettings.from_config(load_config(str(config))).create_system()
+    protocol = UmbrellaProtocol(windows_per_dim=36, equilibration_steps=10, steps_per_pass=10)
+    run = UmbrellaRun(Path("unused"), 1, protocol, butane)
+    run._set_window(protocol.centres(1)[0])
+    run.dynamics.start(butane.positions, velocity_seed=2, minimize=True)
+    run.dynamics.step(20)
+    energy = run.dynamics.context.getState(getEnergy=True).getPotentialEnergy()._value
+    assert np.isfinite(energy)
+
+
+def test_a_process_pinned_after_loading_runs_xtb_on_as_many_openmp_threads_as_cores(dipeptide):
+    """tblite runs on torch's OpenMP runtime, sized when torch loaded; after this process is pinned to one core
+    (as the command line pins itself), an evaluation sets the runtime to one thread instead of spinning several."""
+    import ctypes
+    import os
+
+    from openmm_cgflow.systems import xtb
+
+    gomp = ctypes.CDLL("libgomp.so.1")
+    topology, x = dipeptide
+    energy = XTBEnergy(atomic_numbers(topology))
+    before, cores = gomp.omp_get_max_threads(), os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert np.isfinite(energy.energy_and_forces(x)[0])
+        assert gomp.omp_get_max_threads() == 1
+    finally:  # the rest of the session runs as before
+        os.sched_setaffinity(0, cores)
+        gomp.omp_set_num_threads(before)
+        xtb._OPENMP_THREADS["n"] = None

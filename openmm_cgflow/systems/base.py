@@ -134,16 +134,15 @@ class CGSystem:
 
     def sample_filter(self, kind: str) -> Optional[Callable]:
         """The filter ``energy_training.chirality_filter`` names: None for ``none``; ``geometric`` keeps the
-        reference handedness at every stereocentre found in the topology; other kinds come from
+        reference handedness at every stereocentre found in the topology (None for a molecule without one: there
+        is nothing to keep, and the default recipe works for every molecule); other kinds come from
         :attr:`sample_filters`."""
         if kind == "none":
             return None
         if kind in self.sample_filters:
             return self.sample_filters[kind]
         if kind == "geometric":
-            if not self.chirality_centres:
-                raise ValueError(f"{self.name} has no stereocentres, so the 'geometric' chirality filter has nothing to check")
-            return self.chirality_mask
+            return self.chirality_mask if self.chirality_centres else None
         known = ["none", "geometric"] + sorted(self.sample_filters)
         raise ValueError(f"sample filter {kind!r} is not defined for {self.name} (available: {', '.join(known)})")
 

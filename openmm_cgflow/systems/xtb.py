@@ -15,6 +15,7 @@ Needs ``pip install tblite`` (``pip install openmm-cgflow[xtb]``).
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import sys
@@ -74,6 +75,7 @@ class XTBEnergy:
                 del os.environ["OMP_NUM_THREADS"]
         from tblite.interface import Calculator
 
+        _match_openmp_threads_to_cores()
         if self._calculator is None:
             self._calculator = Calculator(self.method, self.numbers, positions_bohr, charge=float(self.charge),
                                           uhf=self.unpaired_electrons)
@@ -107,6 +109,26 @@ class XTBEnergy:
     def __call__(self, state: openmm.State):
         positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         return self.energy_and_forces(positions)
+
+
+_OPENMP_THREADS = {"n": None}
+
+
+def _match_openmp_threads_to_cores() -> None:
+    """tblite runs on the process's OpenMP runtime (torch's libgomp, loaded with torch), which sized its thread pool
+    to the cores the process had when it loaded. A process pinned later (the command line pins itself to one core)
+    would then spin several OpenMP threads on one core, ~100x slower: set the thread count to the cores this
+    process may use now, whenever that changes."""
+    if not hasattr(os, "sched_getaffinity"):
+        return
+    n = len(os.sched_getaffinity(0))
+    if _OPENMP_THREADS["n"] == n:
+        return
+    try:
+        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(n)  # the runtime already loaded (dlopen by its soname)
+    except (OSError, AttributeError):  # no GNU OpenMP: tblite then sizes its own pool
+        pass
+    _OPENMP_THREADS["n"] = n
 
 
 def xtb_force(numbers: Sequence[int], charge: int = 0, unpaired_electrons: int = 0, method: str = "GFN2-xTB",
