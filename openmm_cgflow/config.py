@@ -189,10 +189,11 @@ def validate(config: Dict[str, Any], schema: Dict[str, Any]) -> Dict[str, Any]:
     result = copy.deepcopy(schema)
     for key, value in _flatten(config).items():
         if key not in flat_schema:
+            shown = key.encode("unicode_escape").decode("ascii")  # a key with a line break stays on one line
             if key.split(".")[0] in sections and key not in sections:
                 known = sorted(k for k in flat_schema if k.startswith(key.split(".")[0] + "."))
-                raise ConfigError(f"unknown config key '{key}' (known keys here: {', '.join(known)})")
-            raise ConfigError(f"unknown config key '{key}'")
+                raise ConfigError(f"unknown config key '{shown}' (known keys here: {', '.join(known)})")
+            raise ConfigError(f"unknown config key '{shown}'")
         checked = _check_value(key, value, flat_schema[key])
         node = result
         *parents, leaf = key.split(".")

@@ -116,3 +116,12 @@ def test_damaged_files_load_or_are_refused_in_one_line(kind, valid_files, tmp_pa
             assert one_line(error), str(error)
 
     check()
+
+
+def test_a_key_with_a_line_break_is_named_on_one_line():
+    """Found by the property test above: an unknown key holding a line break made a two-line error."""
+    config = copy.deepcopy(BASE)
+    config["loop"]["\n"] = 1
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert one_line(error.value) and "unknown config key 'loop.\\n'" in str(error.value)
