@@ -502,7 +502,11 @@ def _seed_jobs(args) -> int:
     else:
         _check_reference(args.reference)
         cpus = args.cpus_per_job or 1
-        marker = {"md": "md_checkpoint.pt", "metad": "metad_checkpoint.pt", "opes": "opes_checkpoint.pt"}[args.method]
+        from .baselines.md import MD_CHECKPOINT_NAME
+        from .baselines.metadynamics import _MetadynamicsSampler
+        from .baselines.opes import OPESSampler
+
+        marker = {"md": MD_CHECKPOINT_NAME, "metad": _MetadynamicsSampler.files[0], "opes": OPESSampler.files[0]}[args.method]
     if len(set(args.seeds)) != len(args.seeds):
         raise InterfaceError(f"--seeds repeats a seed: {' '.join(map(str, args.seeds))}")
     for seed in args.seeds:

@@ -22,6 +22,8 @@ from ..systems import CGSystem
 from ..scoring.grid import MD_PSEUDOCOUNT, default_bins, histogram_counts, kld_of_histogram, load_reference
 
 
+#: the MD baseline's checkpoint file in its output folder
+MD_CHECKPOINT_NAME = "md_checkpoint.pt"
 #: what an MD-baseline checkpoint must hold to be resumed
 MD_CHECKPOINT_KEYS = ("steps_target", "seed", "record_every", "steps_done", "counts", "snapshots", "wall_s", "openmm_checkpoint")
 
@@ -51,7 +53,7 @@ def run_md_baseline(
         raise ValueError(f"the MD baseline histograms 1-3 dihedral CG coordinates; {cg_system.name} has {cg_system.cg_dim} "
                          f"{cg_system.cg_definition.kind} CG coordinate(s) ({', '.join(cg_system.cg_definition.names)})")
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out / "md_checkpoint.pt"
+    checkpoint_path = out / MD_CHECKPOINT_NAME
     dynamics = LangevinDynamics(cg_system.system, cg_system.temperature, 1.0, 1.0, platform, random_seed=openmm_random_seed(seed))
     if resume:
         state = load_checkpoint(checkpoint_path, MD_CHECKPOINT_KEYS)

@@ -16,9 +16,7 @@ Needs ``pip install tblite`` (``pip install openmm-cgflow[xtb]``).
 from __future__ import annotations
 
 import ctypes
-import importlib
 import os
-import sys
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -63,16 +61,6 @@ class XTBEnergy:
         return state
 
     def _calculate(self, positions_bohr: np.ndarray):
-        if "tblite" not in sys.modules and hasattr(os, "sched_getaffinity") and "OMP_NUM_THREADS" not in os.environ:
-            # tblite's OpenMP threads default to every core of the machine; in a process pinned to one core (an
-            # energy worker) they would spin against each other (~100x slower). The OpenMP runtime reads the
-            # variable when tblite's library loads; it is removed again so that processes started from this one
-            # (workers pinned to one core) set their own
-            os.environ["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
-            try:
-                importlib.import_module("tblite.interface")  # loads the library: its OpenMP runtime reads the variable
-            finally:
-                del os.environ["OMP_NUM_THREADS"]
         from tblite.interface import Calculator
 
         _match_openmp_threads_to_cores()
@@ -119,7 +107,7 @@ def _match_openmp_threads_to_cores() -> None:
     to the cores the process had when it loaded. A process pinned later (the command line pins itself to one core)
     would then spin several OpenMP threads on one core, ~100x slower: set the thread count to the cores this
     process may use now, whenever that changes."""
-    if not hasattr(os, "sched_getaffinity"):
+    if not hasattr(os, "sched_getaffinity") or "OMP_NUM_THREADS" in os.environ:  # the user's own setting stands
         return
     n = len(os.sched_getaffinity(0))
     if _OPENMP_THREADS["n"] == n:
