@@ -85,16 +85,19 @@ def _lock_dir() -> Path:
     return path
 
 
-def claim_cores(n: int, poll_s: float = 0.2) -> Tuple[List[int], list]:
+def claim_cores(n: int, poll_s: float = 0.2, lock_dir: Optional[Path] = None) -> Tuple[List[int], list]:
     """Claim ``n`` cores of this node that no other job holds (waiting until they are free); returns the cores and
-    the open lock files, which hold the claim until they are closed or the process ends."""
+    the open lock files, which hold the claim until they are closed or the process ends. ``lock_dir``: where the
+    per-core lock files live (default: one folder per user in the system's temporary directory, shared by every
+    job of that user on the node)."""
+    lock_dir = _lock_dir() if lock_dir is None else Path(lock_dir)
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     if n > len(allowed):
         raise ValueError(f"a job needs {n} cores; this node lets this process use {len(allowed)}")
     while True:
         held = []
         for core in allowed:
-            handle = open(_lock_dir() / f"core{core}.lock", "w")
+            handle = open(lock_dir / f"core{core}.lock", "w")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
