@@ -126,7 +126,7 @@ class RunContext:
             group["lr"] = settings.energy_training.lr
         self.dataset = ActiveLearningDataset(self.cg_system.cg_dim, top_k=settings.labels.clip_k)
         first = settings.dataset.design.first_points(s0.numpy(), settings.metrics.domain, self.cg_system.cg_dim)
-        self.dataset.add_points(first, 0, self.rng, settings.dataset.train_fraction, settings.dataset.copies)
+        self.dataset.add_points(first, 0, self.rng, settings.dataset.train_fraction, settings.dataset.start_copies(len(first)))
         start = settings.search.start  # None: the first starting frame's CG point
         self.state.search_start = np.asarray(s0[:1].numpy() if start is None else [start], dtype=np.float64)
 

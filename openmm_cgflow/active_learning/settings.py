@@ -349,21 +349,32 @@ def grid_points(domain: Tuple[float, float], n: int, cg_dim: int, cell_centres: 
 @dataclass(frozen=True)
 class DatasetSettings:
     """``dataset``: the start design, ``copies`` entries (flow samples) per CG point, ``train_fraction`` of points
-    labelled (the rest held out)."""
+    labelled (the rest held out). ``start_entries``: entries of iteration 1 (its epoch's size), spread over the
+    starting points, so that iteration 1 trains as long whatever the number of CG coordinates (None: ``copies`` per
+    starting point, whose epoch then scales with grid_points^cg_dim)."""
 
     design: StartDesign
     copies: int
     train_fraction: float
+    start_entries: Optional[int] = None
+
+    def start_copies(self, n_points: int) -> int:
+        """Entries per starting point: ``copies``, or more where ``start_entries`` asks for a longer first epoch
+        (``max(copies, round(start_entries / n_points))``: 8 for 40 x 40 grid points and 12,800 entries, 320 for 40)."""
+        if self.start_entries is None or n_points == 0:
+            return self.copies
+        return max(self.copies, int(round(self.start_entries / n_points)))
 
     @classmethod
     def from_config(cls, c: Mapping[str, Any]) -> "DatasetSettings":
         design = {"active": lambda: ActiveDesign(_frozen({"grid_points": c["grid_points"]})), "grid": lambda: GridDesign(c["grid_points"]),
                   "grid_then_active": lambda: GridThenActiveDesign(c["grid_points"])}[c["kind"]]()
-        return cls(design, c["copies"], c["train_fraction"])
+        return cls(design, c["copies"], c["train_fraction"], c["start_entries"])
 
     def to_config(self) -> Dict[str, Any]:
         grid = self.design.inactive["grid_points"] if isinstance(self.design, ActiveDesign) else self.design.grid_points
-        return {"kind": self.design.kind, "grid_points": grid, "copies": self.copies, "train_fraction": self.train_fraction}
+        return {"kind": self.design.kind, "grid_points": grid, "copies": self.copies, "start_entries": self.start_entries,
+                "train_fraction": self.train_fraction}
 
 
 # ---------------------------------------------------------------------------------------------------- labels
