@@ -96,3 +96,15 @@ def test_no_package_code_reads_a_config_dict_by_key():
             if re.search(r"\b(config|cfg)\[", line) and not re.search(r"\bconfig\[\"system\"\] = ", line):
                 offenders.append(f"{name}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_first_epoch_has_the_same_size_whatever_the_number_of_cg_coordinates():
+    """The molecule recipe's start_entries (12,800) spreads over the starting points: ALDP's 40 x 40 grid keeps its
+    8 copies (bitwise the old recipe), a 1-D molecule's 40 points get 320 each, and no point gets fewer than
+    ``copies``; null keeps ``copies`` per point (every other built-in config)."""
+    molecule = s.RunSettings.from_config(load_config("aldp-vacuum")).dataset
+    assert molecule.start_entries == 12_800
+    assert molecule.start_copies(40 * 40) == 8 and molecule.start_copies(40) == 320 and molecule.start_copies(100_000) == 8
+    assert 40 * molecule.start_copies(40) == 40 * 40 * molecule.start_copies(40 * 40)
+    paper = s.RunSettings.from_config(load_config("aldp")).dataset
+    assert paper.start_entries is None and paper.start_copies(40) == paper.copies == 30
