@@ -115,13 +115,22 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def _check_system(value: Any) -> Any:
-    """A config's ``system``: a registered name, or a mapping describing a molecule (checked, not built)."""
-    if isinstance(value, str):
-        from .systems import available_systems
+    """A config's ``system``: a registered name, a ``{factory, arguments}`` mapping, or a mapping describing a
+    molecule (checked, not built)."""
+    from .systems import available_systems, check_factory_config, is_factory_config
 
+    if isinstance(value, str):
         if value not in available_systems():
-            raise ConfigError(f"config key 'system' must name a registered system ({', '.join(available_systems())}) or describe a molecule, got {value!r}")
+            raise ConfigError(f"config key 'system' must name a registered system ({', '.join(available_systems())}) or describe a molecule, "
+                              f"got {value!r} (a system of your own: an entry point in the group openmm_cgflow.systems, or "
+                              "system: {factory: 'module:function'})")
         return value
+    if is_factory_config(value):
+        try:
+            check_factory_config(value)
+        except ValueError as error:
+            raise ConfigError(f"config key {error}" if str(error).startswith("'system") else f"config key 'system': {error}") from None
+        return dict(value)
     from .systems.molecule import check_system_config
 
     try:
@@ -131,12 +140,79 @@ def _check_system(value: Any) -> Any:
     return dict(value)
 
 
-def schema_name(system: Any) -> str:
-    """The built-in config whose keys and defaults apply to a config of ``system``."""
-    from .systems import default_config_name, registered_name
+#: The recipe of systems of one's own whose CG coordinates are not all angles (linear coordinates, nm).
+LINEAR_DEFAULTS = "muller-brown"
 
-    name = registered_name(system) if isinstance(system, str) else None
-    return (default_config_name(name) if name is not None else None) or MOLECULE_DEFAULTS
+
+def is_user_system(system: Any) -> bool:
+    """Whether ``system`` is one of the user's own (registered in Python, installed through an entry point, or a
+    factory mapping) rather than a built-in system or a molecule mapping: its CG domain is not in any built-in config."""
+    from .systems import BUILTIN_SYSTEMS, is_factory_config, registered_name
+
+    if isinstance(system, str):
+        return registered_name(system) not in BUILTIN_SYSTEMS
+    return is_factory_config(system)
+
+
+def schema_name(system: Any) -> str:
+    """The built-in config whose keys and defaults apply to a config of ``system``: a registered system's own, the
+    one a factory names (``config``), else the molecule recipe for CG angles and the Müller-Brown recipe for linear
+    CG coordinates (a system of one's own is built once to find out which)."""
+    from .systems import default_config_name, is_factory_config, registered_name
+
+    chosen = None
+    if isinstance(system, str):
+        name = registered_name(system)
+        chosen = default_config_name(name) if name is not None else None
+    elif is_factory_config(system):
+        chosen = system.get("config")
+        if chosen is not None and chosen not in builtin_configs():
+            raise ConfigError(f"config key 'system.config' must name a built-in config ({', '.join(builtin_configs())}), got {chosen!r}")
+    if chosen is None and is_user_system(system):
+        chosen = MOLECULE_DEFAULTS if all(_system_facts(system).periodic) else LINEAR_DEFAULTS
+    return chosen or MOLECULE_DEFAULTS
+
+
+def _system_facts(system: Any):
+    """The CG facts of a system of one's own (one line if building it fails)."""
+    from .systems import cg_facts, load_factory
+
+    if not isinstance(system, str):
+        try:
+            load_factory(system["factory"])  # a missing file, module or function: its own line
+        except ValueError as error:
+            raise ConfigError(f"config key 'system': {error}") from None
+    try:
+        return cg_facts(system)
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's factory: any failure is bad input, told in one line
+        label = system if isinstance(system, str) else system.get("factory")
+        reason = " ".join(str(error).split())[:300]
+        raise ConfigError(f"config key 'system': building {label!r} failed ({type(error).__name__}: {reason})") from None
+
+
+def _own_domain_defaults(system: Any, user_keys: Iterable[str]) -> Dict[str, Any]:
+    """For a system of one's own, the keys a config leaves unset that must come from the system and not from the
+    built-in config lending its recipe: ``metrics.domain`` (the CG coordinates' common domain), ``search.bounds``
+    (that domain for one linear coordinate, else null), ``search.start`` (null: the first starting frame) and
+    ``metrics.reference`` (the system's first reference, else none)."""
+    if not is_user_system(system):
+        return {}
+    facts = _system_facts(system)
+    values: Dict[str, Any] = {}
+    if "metrics.domain" not in user_keys:
+        domains = sorted(set(facts.domain))
+        if len(domains) != 1:
+            raise ConfigError(f"config key 'metrics.domain' must be set: the system's CG coordinates have different domains {list(facts.domain)}")
+        values["metrics.domain"] = list(domains[0])
+    if "search.bounds" not in user_keys:
+        values["search.bounds"] = list(facts.domain[0]) if len(facts.domain) == 1 and not facts.periodic[0] else None
+    if "search.start" not in user_keys:
+        values["search.start"] = None
+    if "metrics.reference" not in user_keys:  # one of its own references, else none (never another system's)
+        values["metrics.reference"] = facts.references[0] if facts.references else "none"
+    return values
 
 
 def _check_value(key: str, value: Any, default: Any) -> Any:
@@ -252,7 +328,12 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
     if search["acquisition"] == "uncertainty_weighted" and search["n_new_points"] > search["n_chains"]:
         fail(f"config key 'search.n_new_points' ({search['n_new_points']}) must not exceed 'search.n_chains' ({search['n_chains']})")
     system = cfg["system"]
-    cg_dim = len(search["start"]) if search["start"] is not None else (len(system["cg_dihedrals"]) if isinstance(system, dict) else 1)
+    if search["start"] is not None:
+        cg_dim = len(search["start"])
+    elif is_user_system(system):
+        cg_dim = len(_system_facts(system).periodic)
+    else:
+        cg_dim = len(system["cg_dihedrals"]) if isinstance(system, dict) else 1
     for key, n in (("metrics.n_bins", metrics["n_bins"]), ("dataset.grid_points", cfg["dataset"]["grid_points"])):
         if n ** cg_dim > MAX_GRID_POINTS:
             fail(f"config key '{key}' = {n} gives {n}^{cg_dim} grid points; at most {MAX_GRID_POINTS:,} are allowed")
@@ -324,10 +405,16 @@ def load_config(name_or_path: str, overrides: Iterable[str] = (), seed: Optional
                 if key in system:
                     system[key] = str((path.parent / str(system[key])).resolve())
             user["system"] = system
+        if isinstance(system, dict) and isinstance(system.get("factory"), str):  # a factory file, too
+            module, function = system["factory"].rsplit(":", 1) if ":" in system["factory"] else (system["factory"], "")
+            if module.endswith(".py"):
+                system["factory"] = f"{(path.parent / module).resolve()}:{function}"
+        user["system"] = system
         schema = _read_yaml(CONFIG_DIR / f"{schema_name(system)}.yaml")
     else:
         raise ConfigError(f"'{name_or_path}' is neither a built-in config ({', '.join(builtin_configs())}) nor a YAML file")
     flat = _flatten(user)
+    flat = {**_own_domain_defaults(user["system"], {text.split("=", 1)[0].strip() for text in overrides} | set(flat)), **flat}
     for text in overrides:
         key, value = parse_override(text)
         if key == "system":

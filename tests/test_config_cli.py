@@ -101,11 +101,11 @@ def test_a_stored_config_older_than_a_key_keeps_the_value_it_ran_with():
 def test_the_registry_names_each_systems_config_and_aliases(tmp_path, monkeypatch):
     """A system's config schema and its short names come from its registry entry (no table elsewhere): a user
     system registered with the Müller-Brown config gets MB's defaults, its alias resolves, a taken alias is refused,
-    and a system registered without one uses the molecule schema."""
+    and a system registered without one uses the molecule schema for CG angles."""
     import openmm_cgflow.systems as systems
     from openmm_cgflow.config import MOLECULE_DEFAULTS, schema_name
 
-    for table in ("_REGISTRY", "_CONFIGS", "_ALIASES"):
+    for table in ("_REGISTRY", "_CONFIGS", "_ALIASES", "_FACTS"):
         monkeypatch.setattr(systems, table, dict(getattr(systems, table)))
     assert schema_name("alanine-dipeptide") == "aldp" and schema_name("aldp") == "aldp" and schema_name("mb") == "muller-brown"
     assert schema_name("ace-ala2-nme") == MOLECULE_DEFAULTS and schema_name({"openmmtools": "AlanineDipeptideVacuum"}) == MOLECULE_DEFAULTS
@@ -118,8 +118,8 @@ def test_the_registry_names_each_systems_config_and_aliases(tmp_path, monkeypatc
     assert cfg["search"]["n_chains"] == 50 and cfg["dataset"]["copies"] == 30  # MB's defaults
     with pytest.raises(ValueError, match="alias 'aldp' already names another system"):
         systems.register_system("other", "openmm_cgflow.systems.muller_brown:create_muller_brown_system", aliases=("aldp",))
-    systems.register_system("plain", "openmm_cgflow.systems.muller_brown:create_muller_brown_system")
-    assert schema_name("plain") == MOLECULE_DEFAULTS and systems.registered_name("nothing") is None
+    systems.register_system("plain", "openmm_cgflow.systems.alanine_dipeptide:create_alanine_dipeptide_system")
+    assert schema_name("plain") == MOLECULE_DEFAULTS and systems.registered_name("nothing") is None  # CG angles: the molecule recipe
 
 
 def test_cgflow_configs_says_what_each_config_runs():

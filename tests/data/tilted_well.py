@@ -1,0 +1,46 @@
+"""A system of a user's own, as a test stands in for one: one particle in a tilted double well,
+U = 5 (q^2 - 1)^2 + 20 p^2 kJ/mol with q = x cos t + y sin t, p = -x sin t + y cos t (nm), and the CG coordinate
+s = q on its own domain. Its PMF is exact in closed form: F(s) = 5 (s^2 - 1)^2 / kT + const (p separates)."""
+import math
+
+import numpy as np
+import openmm
+import openmm.app as app
+
+from openmm_cgflow.systems import CGDefinition, CGSystem, LinearCV, kT_in_kJ_per_mol
+from openmm_cgflow.systems.cg_definition import ParticleReplica
+from openmm_cgflow.systems.fine_grained import PlanarParticleCG
+
+TEMPERATURE = 300.0
+
+
+def exact_pmf_kT(s: np.ndarray) -> np.ndarray:
+    """F(s) in kT, minimum 0."""
+    return 5.0 * (np.asarray(s) ** 2 - 1.0) ** 2 / kT_in_kJ_per_mol(TEMPERATURE)
+
+
+def exact_reference(n_bins: int, domain):
+    """Bin centres (n_bins, 1) and bin probabilities of the exact PMF over ``domain`` (nm)."""
+    edges = np.linspace(domain[0], domain[1], n_bins + 1)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    w = np.exp(-exact_pmf_kT(centres))
+    return centres[:, None], w / w.sum()
+
+
+def create(tilt: float = 0.3, domain=(-1.6, 1.6)) -> CGSystem:
+    c, s = math.cos(tilt), math.sin(tilt)
+    system = openmm.System()
+    system.addParticle(1.0)
+    force = openmm.CustomExternalForce(f"5*(q^2-1)^2 + 20*p^2; q={c}*x+{s}*y; p={-s}*x+{c}*y")
+    force.addParticle(0, [])
+    system.addForce(force)
+    topology = app.Topology()
+    topology.addAtom("P", app.element.argon, topology.addResidue("TW", topology.addChain()))
+    definition = CGDefinition((LinearCV("s", 0, (c, s, 0.0), tuple(domain)),),
+                              ParticleReplica(mass=1.0, restraints=(((-s, c, 0.0), 10.0), ((0.0, 0.0, 1.0), 10.0)), wall_kT_per_nm2=1000.0),
+                              n_atoms=1)
+    return CGSystem(name="tilted-well", system=system, topology=topology, positions=np.array([[-c, -s, 0.0]]), temperature=TEMPERATURE,
+                    cg_definition=definition, fine_grained=PlanarParticleCG((c, s), (-s, c)), references={"exact": exact_reference})
+
+
+create.config = "muller-brown"  # the recipe its runs use (linear CG coordinates would get it anyway)
