@@ -142,3 +142,47 @@ def test_entry_points_are_listed_with_the_built_in_systems(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "'tilted-well'" in result.stdout and "'muller-brown'" in result.stdout and result.stdout.split()[-2:] == ["1", "muller-brown"]
+
+
+def test_reference_files_work_for_linear_cg_coordinates(tmp_path):
+    """A reference on a linear CG coordinate (frame "linear", bins over its domain in nm) scores an AL run exactly as
+    the system's own closed form does, and scores the MD and metadynamics baselines; a file on another domain or
+    of dihedrals is refused in one line."""
+    from openmm_cgflow.active_learning.scoring import metric_grid
+    from openmm_cgflow.active_learning.settings import RunSettings
+    from openmm_cgflow.scoring.grid import load_reference, save_reference
+
+    shutil.copy(DATA / "tilted_well.py", tmp_path / "well.py")
+    (tmp_path / "well.yaml").write_text("system:\n  factory: well.py:create\n")
+    settings = RunSettings.from_config(load_config(str(tmp_path / "well.yaml")))
+    system = settings.create_system()
+    exact = metric_grid(settings.metrics, system)
+    save_reference(tmp_path / "ref.npz", exact.p_reference, {"method": "closed form"}, frame="linear", domain=(-1.6, 1.6))
+    from_file = metric_grid(RunSettings.from_config(load_config(str(tmp_path / "well.yaml"), [f"metrics.reference={tmp_path / 'ref.npz'}"])).metrics,
+                            system)
+    assert np.allclose(from_file.centres, exact.centres) and np.allclose(from_file.p_reference, exact.p_reference)
+    with pytest.raises(ValueError, match=r"covers \[-1.6, 1.6\] nm; expected the domain \[-1, 1\] nm"):
+        load_reference(tmp_path / "ref.npz", None, frame="linear", dim=1, domain=(-1.0, 1.0))
+    with pytest.raises(ValueError, match="expected the iupac frame"):
+        load_reference(tmp_path / "ref.npz", None, frame="iupac", dim=1)
+
+    curves = {}
+    for method in ("md", "metad"):
+        result = cgflow("baseline", method, "well.yaml", "--steps", "30000", "--out", method, "--reference", "ref.npz", "--quiet", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        curves[method] = [float(line.split()[-1]) for line in result.stdout.splitlines() if "steps  forward KLD" in line]
+        assert len(curves[method]) >= 3 and all(np.isfinite(curves[method]))
+    assert curves["metad"][-1] < curves["metad"][0]  # the bias flattens the double well
+    # MD's histogram is over the coordinate's own domain, and its KLD is the file's against it
+    from openmm_cgflow.scoring.grid import kld_of_histogram
+    from openmm_cgflow.storage import load_arrays
+
+    histograms = load_arrays(tmp_path / "md" / "md_histograms.npz")
+    assert np.allclose(histograms["domain"], (-1.6, 1.6)) and histograms["counts"].shape[1:] == (100,)
+    assert 0.9 * 3000 < histograms["counts"][-1].sum() <= 3000  # every 10th of 30,000 steps, the few outside the domain left out
+    assert kld_of_histogram(exact.p_reference, histograms["counts"][-1]) == pytest.approx(curves["md"][-1], rel=1e-3)
+    # a dihedral reference does not fit a linear coordinate: one line, before anything runs
+    save_reference(tmp_path / "angles.npz", np.full(100, 0.01), {}, frame="iupac")
+    result = cgflow("baseline", "md", "well.yaml", "--steps", "1000", "--out", "bad", "--reference", "angles.npz", cwd=tmp_path)
+    assert result.returncode == 2 and "expected linear CG coordinates" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

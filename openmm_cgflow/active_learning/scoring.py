@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from ..config import ConfigError
-from ..scoring.grid import grid_centres, load_reference
+from ..scoring.grid import load_reference
 from ..systems import CGSystem
 from .settings import LabelSettings, MetricsSettings, RunSettings, grid_points
 from .state import ConvergenceSignals, IterationRecord
@@ -27,7 +27,7 @@ class MetricGrid:
 def metric_grid(metrics: MetricsSettings, cg_system: CGSystem) -> Optional[MetricGrid]:
     """The scoring grid and reference distribution ``metrics.reference`` names: ``none`` (no reference: None),
     one of the system's own references (``exact``, ``packaged``, ...), or a reference file on a grid of the
-    system's 1-3 CG dihedrals (:func:`~openmm_cgflow.scoring.grid.load_reference`)."""
+    system's 1-3 CG dihedrals or linear CG coordinates (:func:`~openmm_cgflow.scoring.grid.load_reference`)."""
     reference = metrics.reference
     if reference == "none":
         return None
@@ -37,14 +37,14 @@ def metric_grid(metrics: MetricsSettings, cg_system: CGSystem) -> Optional[Metri
     if reference in ("exact", "packaged"):
         known = ", ".join(sorted(cg_system.references) + ["none", "a reference file"])
         raise ConfigError(f"config key 'metrics.reference': {cg_system.name} has no {reference!r} reference (use {known})")
-    if cg_system.cg_definition.kind != "dihedral" or cg_system.cg_dim > 3:
-        raise ConfigError(f"config key 'metrics.reference': reference files are grids of 1-3 CG dihedrals; {cg_system.name} has "
-                          f"{cg_system.cg_dim} {cg_system.cg_definition.kind} CG coordinate(s)")
-    try:  # the file's own bins: metrics.n_bins is the grid of the system's built-in references
+    if cg_system.cg_definition.kind not in ("dihedral", "linear") or cg_system.cg_dim > 3:
+        raise ConfigError(f"config key 'metrics.reference': reference files are grids of 1-3 dihedral or linear CG coordinates; "
+                          f"{cg_system.name} has {cg_system.cg_dim} {cg_system.cg_definition.kind} CG coordinate(s)")
+    try:  # the file's own bins (and, for linear coordinates, its own domain): metrics.n_bins is the built-in references' grid
         ref = load_reference(Path(reference), None, frame=cg_system.cg_definition.frame, dim=cg_system.cg_dim)
     except ValueError as error:
         raise ConfigError(f"config key 'metrics.reference': {error}") from None
-    return MetricGrid(grid_centres(ref.n_bins, cg_system.cg_dim), ref.probabilities.ravel())
+    return MetricGrid(ref.centres(), ref.probabilities.ravel())
 
 
 def metric_grid_for_config(config: Mapping[str, Any], cg_system: Optional[CGSystem] = None) -> Optional[MetricGrid]:

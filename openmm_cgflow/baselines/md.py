@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -40,8 +40,9 @@ def run_md_baseline(
     cg_system: CGSystem, out: Path, steps: int, seed: int = 0, platform: str = "CPU", record_every: int = 10, resume: bool = False,
     progress: bool = True,
 ) -> Dict[str, object]:
-    """Run (or resume) the MD baseline of ``cg_system`` (1-3 dihedral CG coordinates, histogrammed on the grid of
-    :func:`~openmm_cgflow.scoring.grid.default_bins` per dihedral) into ``out``; returns the summary written to
+    """Run (or resume) the MD baseline of ``cg_system`` (1-3 dihedral or linear CG coordinates, histogrammed on the grid
+    of :func:`~openmm_cgflow.scoring.grid.default_bins` per coordinate, over [-pi, pi) or the coordinates' domain)
+    into ``out``; returns the summary written to
     ``out/md_baseline.json``."""
     out = Path(out)
     if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1 or isinstance(steps, bool) or not isinstance(steps, int):
@@ -49,9 +50,7 @@ def run_md_baseline(
     if steps < record_every or steps % record_every:
         raise InterfaceError(f"{{steps}} ({steps}) must be a multiple of {{record_every}} ({record_every}): the histogram records every "
                              f"{record_every}th step")
-    if cg_system.cg_definition.kind != "dihedral" or cg_system.cg_dim > 3:
-        raise ValueError(f"the MD baseline histograms 1-3 dihedral CG coordinates; {cg_system.name} has {cg_system.cg_dim} "
-                         f"{cg_system.cg_definition.kind} CG coordinate(s) ({', '.join(cg_system.cg_definition.names)})")
+    domain = histogram_domain(cg_system)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / MD_CHECKPOINT_NAME
     dynamics = LangevinDynamics(cg_system.system, cg_system.temperature, 1.0, 1.0, platform, random_seed=openmm_random_seed(seed))
@@ -76,6 +75,7 @@ def run_md_baseline(
             "steps_target": steps, "seed": seed, "record_every": record_every, "platform": platform, "system": cg_system.name,
             "temperature_K": cg_system.temperature, "hamiltonian": cg_system.description.hamiltonian,
             "steps_done": 0, "counts": np.zeros((default_bins(cg_system.cg_dim),) * cg_system.cg_dim), "snapshots": {}, "wall_s": 0.0,
+            "domain": domain,
         }
     wanted = [s for s in snapshot_steps(steps) if s % record_every == 0]
     bar = tqdm(total=steps, initial=state["steps_done"], unit="step", disable=not progress, desc="MD baseline")
@@ -88,11 +88,11 @@ def run_md_baseline(
             frames.append(dynamics.positions())
             state["steps_done"] += record_every
             if state["steps_done"] in wanted:
-                state["counts"] += histogram_counts(cg_system.cg_values(np.asarray(frames)))
+                state["counts"] += histogram_counts(cg_system.cg_values(np.asarray(frames)), domain=domain)
                 frames = []
                 state["snapshots"][state["steps_done"]] = state["counts"].copy()
         if frames:
-            state["counts"] += histogram_counts(cg_system.cg_values(np.asarray(frames)))
+            state["counts"] += histogram_counts(cg_system.cg_values(np.asarray(frames)), domain=domain)
         state["wall_s"] += time.perf_counter() - start
         state["openmm_checkpoint"] = dynamics.checkpoint()
         save_checkpoint(checkpoint_path, state)
@@ -102,11 +102,27 @@ def run_md_baseline(
     return _write_outputs(out, state)
 
 
+def histogram_domain(cg_system: CGSystem) -> Optional[Tuple[float, float]]:
+    """The histogram's domain: None for 1-3 CG dihedrals (the grid over [-pi, pi)), the common domain (nm) of 1-3
+    linear CG coordinates; a one-line ValueError for anything else."""
+    definition = cg_system.cg_definition
+    if cg_system.cg_dim > 3 or definition.kind not in ("dihedral", "linear"):
+        raise ValueError(f"the MD baseline histograms 1-3 dihedral or linear CG coordinates; {cg_system.name} has {cg_system.cg_dim} "
+                         f"{definition.kind} CG coordinate(s) ({', '.join(definition.names)})")
+    if definition.kind == "dihedral":
+        return None
+    if len(set(definition.domain)) != 1:
+        raise ValueError(f"the MD baseline histograms linear CG coordinates on one common domain; {cg_system.name} has {list(definition.domain)}")
+    return tuple(float(v) for v in definition.domain[0])
+
+
 def _write_outputs(out: Path, state: Dict[str, object]) -> Dict[str, object]:
     """Histogram snapshots so far (``md_histograms.npz``) and the summary (``md_baseline.json``)."""
     steps_list = sorted(state["snapshots"])
     counts = np.array([state["snapshots"][s] for s in steps_list], dtype=np.int64).reshape((-1,) + state["counts"].shape)
-    save_arrays(out / "md_histograms.npz", steps=np.array(steps_list, dtype=np.int64), counts=counts)
+    domain = state.get("domain")
+    save_arrays(out / "md_histograms.npz", steps=np.array(steps_list, dtype=np.int64), counts=counts,
+                **({} if domain is None else {"domain": np.asarray(domain, dtype=np.float64)}))
     summary = {
         "system": state.get("system", "alanine-dipeptide"),
         "protocol": (f"minimise, Langevin (LangevinMiddle) 1 fs, {state.get('temperature_K', 300.0):g} K, friction 1/ps, "
@@ -129,7 +145,9 @@ def reference_for(reference_path: Path, cg_system: CGSystem):
     """The reference file an MD baseline of ``cg_system`` is scored against: its CG frame and the histogram grid of
     its number of CG dihedrals (:func:`~openmm_cgflow.scoring.grid.default_bins`), or a one-line ValueError."""
     dim = cg_system.cg_dim
-    return load_reference(reference_path, default_bins(dim) if 1 <= dim <= 3 else None, frame=cg_system.cg_definition.frame, dim=dim)
+    domain = histogram_domain(cg_system) if 1 <= dim <= 3 else None
+    return load_reference(reference_path, default_bins(dim) if 1 <= dim <= 3 else None, frame=cg_system.cg_definition.frame, dim=dim,
+                          domain=domain)
 
 
 def score_md_baseline(out: Path, reference_path: Path, frame: str = "paper") -> List[Dict[str, float]]:
@@ -137,7 +155,8 @@ def score_md_baseline(out: Path, reference_path: Path, frame: str = "paper") -> 
     :func:`~openmm_cgflow.scoring.grid.load_reference`); written to ``out/md_baseline_kld.json``."""
     data = load_arrays(Path(out) / "md_histograms.npz", ("steps", "counts"), what="MD-baseline histograms")
     grid = data["counts"].shape[1:]
-    reference = load_reference(reference_path, grid[0], frame=frame, dim=len(grid))
+    domain = tuple(float(v) for v in data["domain"]) if "domain" in data else None  # linear CG coordinates (nm)
+    reference = load_reference(reference_path, grid[0], frame="linear" if domain is not None else frame, dim=len(grid), domain=domain)
     curve = [{"md_steps": int(s), "forward_kld": kld_of_histogram(reference.probabilities, c)} for s, c in zip(data["steps"], data["counts"])]
     write_json(Path(out) / "md_baseline_kld.json", {"reference": str(reference_path), "reference_provenance": reference.provenance, "curve": curve})
     return curve
