@@ -63,6 +63,7 @@ def configuration_page() -> str:
     """The configuration reference as Markdown."""
     from openmm_cgflow.config import _CHOICES, CONFIG_DIR, _flatten, load_config
     from openmm_cgflow.systems.molecule import SYSTEM_KEY_DOCS
+    from openmm_cgflow.systems import FACTORY_KEY_DOCS
 
     comments = key_comments(CONFIG_DIR / f"{DOCUMENTING_CONFIG}.yaml")
     configs = {name: _flatten(load_config(name)) for name in COLUMNS}
@@ -104,6 +105,11 @@ def configuration_page() -> str:
             lines += ["A molecule of your own is a `system:` mapping with these keys "
                       "([your own molecule](your-molecule.md)):", "", "| key | what it does |", "|---|---|"]
             lines += [f"| `system.{k}` | {_cell(doc)} |" for k, doc in SYSTEM_KEY_DOCS.items()]
+            lines.append("")
+            lines += ["Any other system of your own (a Python function that returns a `CGSystem`) is a `system:` mapping with "
+                      "these keys ([your own molecule](your-molecule.md#a-system-of-your-own-on-the-command-line)):", "",
+                      "| key | what it does |", "|---|---|"]
+            lines += [f"| `system.{k}` | {_cell(doc)} |" for k, doc in FACTORY_KEY_DOCS.items()]
             lines.append("")
     return "\n".join(lines) + "\n"
 

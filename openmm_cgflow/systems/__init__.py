@@ -149,6 +149,15 @@ def create_system(name: str, **kwargs) -> CGSystem:
     return factory(**kwargs)
 
 
+#: the keys of a ``system: {factory: ...}`` mapping, with what each does (the configuration page lists them)
+FACTORY_KEY_DOCS = {
+    "factory": "a function returning a CGSystem: 'package.module:function', or 'file.py:function' (relative to the config file)",
+    "arguments": "keyword arguments of the factory (default: none)",
+    "config": "the built-in config whose recipe the run uses for keys you leave out (default: aldp-vacuum for CG dihedrals, "
+              "muller-brown for linear CG coordinates); the CG domain, search bounds and reference always come from the system",
+}
+
+
 def is_factory_config(value: Any) -> bool:
     """Whether a config's ``system`` value is a ``{factory: ..., arguments: ...}`` mapping."""
     return isinstance(value, Mapping) and "factory" in value
@@ -156,9 +165,9 @@ def is_factory_config(value: Any) -> bool:
 
 def check_factory_config(value: Mapping[str, Any]) -> None:
     """ValueError naming the problem in a ``system: {factory: ..., arguments: ...}`` mapping (nothing is built)."""
-    unknown = sorted(set(value) - {"factory", "arguments", "config"})
+    unknown = sorted(set(value) - set(FACTORY_KEY_DOCS))
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(unknown)} in 'system' with a factory (known: factory, arguments, config)")
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} in 'system' with a factory (known: {', '.join(FACTORY_KEY_DOCS)})")
     if not isinstance(value["factory"], str) or value["factory"].count(":") != 1 or not all(value["factory"].split(":")):
         raise ValueError(f"'system.factory' must be 'package.module:function' or 'file.py:function', got {value['factory']!r}")
     arguments = value.get("arguments", {})
