@@ -242,3 +242,25 @@ def test_history_keeps_labels_of_the_last_iteration_only_and_legacy_checkpoints_
     strip = [[{k: v for k, v in row.items() if k != "n_fit_rows"} for row in _comparable(m)] for m in (a, b)]
     assert len(a["iterations"]) == 3 and strip[0] == strip[1]  # (0.1.0 recorded no fit-row counts)
     assert a["iterations"][2]["n_fit_rows"] == b["iterations"][2]["n_fit_rows"] == a["iterations"][2]["n_labels"]
+
+
+def test_a_run_without_a_reference_stops_once_its_pmf_is_stable(tmp_path):
+    """loop.stable_ratio: the run ends after the first ``stable_iterations`` iterations in a row whose PMF changed
+    (RMS at the labelled points) by less than stable_ratio x the ensemble's mean std; the iterations before are the
+    same as without the rule, and the stop reason says why."""
+    overrides = SMALL + ["metrics.reference=none", "loop.max_iterations=6"]
+    plain = ActiveLearningRun(load_config("muller-brown", overrides), tmp_path / "plain", progress=False).run()
+    ratios = [it["pmf_change_rms"] / it["std_visited_mean"] for it in plain["iterations"][1:]]  # none in iteration 1
+    assert len(plain["iterations"]) == 6 and "max_iterations" in plain["totals"]["stop_reason"]
+    # a ratio every iteration passes: iterations 2 and 3 are two in a row, so the run ends after 3
+    passing = ActiveLearningRun(load_config("muller-brown", overrides + [f"loop.stable_ratio={max(ratios) * 1.01}", "loop.stable_iterations=2"]),
+                                tmp_path / "passing", progress=False).run()
+    assert len(passing["iterations"]) == 3 and "loop.stable_ratio" in passing["totals"]["stop_reason"]
+    # a ratio only the smallest change passes: never two in a row, so the run goes on to max_iterations
+    strict = min(ratios) * 1.0001
+    assert sum(r < strict for r in ratios) == 1
+    stable = ActiveLearningRun(load_config("muller-brown", overrides + [f"loop.stable_ratio={strict}", "loop.stable_iterations=2"]),
+                               tmp_path / "strict", progress=False).run()
+    assert len(stable["iterations"]) == 6
+    for a, b in zip(passing["iterations"], plain["iterations"]):
+        assert a["energy_evaluations"] == b["energy_evaluations"] and a["pmf_change_rms"] == b["pmf_change_rms"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -668,18 +668,37 @@ def _spreading_config(s: Spreading) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- loop, metrics
 @dataclass(frozen=True)
 class LoopSettings:
-    """``loop``: stop after ``max_iterations``, or once the forward KLD falls below ``stop_kld`` (None: never)."""
+    """``loop``: stop after ``max_iterations``, once the forward KLD falls below ``stop_kld`` (None: never), or, with
+    no reference needed, once the PMF has stopped changing within its uncertainty: ``stable_iterations``
+    consecutive iterations whose RMS change of the PMF at the labelled points is below ``stable_ratio`` x the
+    ensemble's mean std there (None: never)."""
 
     max_iterations: int
     stop_kld: Optional[float]
+    stable_ratio: Optional[float] = None
+    stable_iterations: int = 3
 
-    def limit_reached(self, iteration: int, kld: Optional[float]) -> Optional[str]:
-        """The stop reason if these limits end the run after ``iteration`` scored ``kld``; None otherwise."""
+    def limit_reached(self, iteration: int, kld: Optional[float], history: Sequence[Any] = ()) -> Optional[str]:
+        """The stop reason if these limits end the run after ``iteration`` scored ``kld`` (``history``: the run's
+        iteration records so far, the last one this iteration's); None otherwise."""
         if self.stop_kld is not None and kld is not None and kld < self.stop_kld:
             return f"forward KLD {kld:.3g} < {self.stop_kld}"
+        if self.stable_ratio is not None and self.stable_for(history) >= self.stable_iterations:
+            return (f"the PMF changed by less than {self.stable_ratio:g} x its ensemble std for {self.stable_iterations} iterations "
+                    "(loop.stable_ratio)")
         if iteration >= self.max_iterations:
             return f"reached loop.max_iterations = {self.max_iterations}"
         return None
+
+    def stable_for(self, history: Sequence[Any]) -> int:
+        """How many of the last iterations in a row changed the PMF by less than ``stable_ratio`` x its std."""
+        count = 0
+        for record in reversed(list(history)):
+            change, std = record.signals.pmf_change_rms, record.signals.std_visited_mean
+            if change is None or std is None or not change < self.stable_ratio * std:
+                break
+            count += 1
+        return count
 
 
 @dataclass(frozen=True)
@@ -724,7 +743,7 @@ class RunSettings:
             energy_training=EnergyTrainingSettings.from_config(cfg["energy_training"]), dataset=DatasetSettings.from_config(cfg["dataset"]),
             labels=label_settings(cfg["labels"]), ensemble=EnsembleSettings.from_config(cfg["ensemble"]),
             search=SearchSettings.from_config(cfg["search"]), spreading=spreading_settings(cfg["spreading"]),
-            loop=LoopSettings(cfg["loop"]["max_iterations"], cfg["loop"]["stop_kld"]),
+            loop=LoopSettings(cfg["loop"]["max_iterations"], cfg["loop"]["stop_kld"], cfg["loop"]["stable_ratio"], cfg["loop"]["stable_iterations"]),
             metrics=MetricsSettings(cfg["metrics"]["reference"], cfg["metrics"]["n_bins"], tuple(cfg["metrics"]["domain"])),
         )
 
@@ -741,7 +760,8 @@ class RunSettings:
             "energy": self.energy.to_config(), "starting_data": self.starting_data.to_config(), "flow": self.flow.to_config(),
             "pretraining": self.pretraining.to_config(), "energy_training": self.energy_training.to_config(), "dataset": self.dataset.to_config(),
             "labels": self.labels.to_config(), "ensemble": self.ensemble.to_config(), "search": self.search.to_config(),
-            "spreading": _spreading_config(self.spreading), "loop": {"max_iterations": self.loop.max_iterations, "stop_kld": self.loop.stop_kld},
+            "spreading": _spreading_config(self.spreading), "loop": {"max_iterations": self.loop.max_iterations, "stop_kld": self.loop.stop_kld,
+                                                                   "stable_ratio": self.loop.stable_ratio, "stable_iterations": self.loop.stable_iterations},
             "metrics": {"reference": self.metrics.reference, "n_bins": self.metrics.n_bins, "domain": list(self.metrics.domain)},
         }
 

@@ -128,7 +128,7 @@ class Score:
             skipped_batches=st.skipped_batches, mean=np.asarray(mean), std=np.asarray(std), label_points=points,
             label_iteration=run.dataset.point_iteration[work.groups], labels=np.asarray(work.labels), label_mean=np.asarray(label_mean),
         ))
-        limit = run.settings.loop.limit_reached(st.iteration, kld)
+        limit = run.settings.loop.limit_reached(st.iteration, kld, st.history)
         if limit:
             st.finished, st.stop_reason = True, limit
 
