@@ -169,3 +169,25 @@ def test_spreading_in_more_than_two_dimensions_fills_a_ball():
     assert points.shape == (20000, 4) and radius.max() <= 0.4 + 1e-12 and (np.abs(points) <= np.pi).all()
     assert radius.mean() == pytest.approx(0.4 * 4 / 5, rel=0.01)  # E|r| = R d / (d + 1) in a uniform 4-ball
     assert np.abs(offset.mean(axis=0)).max() < 0.01
+
+
+def test_coverage_gaps_are_probable_points_without_a_label_nearby():
+    """The points a search that found no uncertain point missed: probable under the model (F within ln 1e3 kT of its
+    minimum) and farther than the radius from every label, most probable first; on a periodic domain the distance
+    wraps, so a label at -pi covers +pi."""
+    from openmm_cgflow.sampling.acquisition import coverage_gaps
+
+    grid = np.linspace(-1.55, 1.55, 32)[:, None]
+    free_energy = np.where(grid[:, 0] < 1.0, 5.0 * (grid[:, 0] ** 2 - 1) ** 2 / 2.494, 0.2)  # flat beyond the labels, as an ensemble extrapolates
+    free_energy[0] = 20.0  # improbable: never a gap
+    labelled = np.linspace(-1.6, 1.0, 200)[:, None]
+    gaps = coverage_gaps(grid, free_energy, labelled, radius=0.1)
+    assert len(gaps) > 0 and (grid[gaps, 0] > 1.1 - 1e-9).all()
+    assert set(np.flatnonzero((grid[:, 0] > 1.1) & (free_energy - free_energy.min() <= np.log(1e3)))) == set(gaps)
+    assert list(free_energy[gaps]) == sorted(free_energy[gaps])
+    assert len(coverage_gaps(grid, free_energy, np.linspace(-1.6, 1.6, 400)[:, None], radius=0.1)) == 0
+    # periodic: labels on [-pi, -2] only; +3.1 rad lies 0.08 rad from -3.14 across the boundary
+    angles = np.array([[3.1], [0.0]])
+    near_boundary = coverage_gaps(angles, np.zeros(2), np.linspace(-np.pi, -2.0, 50)[:, None], radius=0.2, periodic=True)
+    assert list(near_boundary) == [1]
+    assert list(coverage_gaps(angles, np.zeros(2), np.linspace(-np.pi, -2.0, 50)[:, None], radius=0.2, periodic=False)) == [0, 1]

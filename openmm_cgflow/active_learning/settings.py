@@ -582,7 +582,8 @@ class SearchSettings:
     diversity among ``n_new_points x diversity_multiplier`` candidates of ``n_chains`` chains; ``std_threshold`` kT;
     ``min_steps``/``max_steps`` per search; ``start`` (None: the first starting frame's CG point) and ``bounds``
     ([lower, upper] of one linear coordinate, or None) in CG units; ``restart_from_data`` retries a failed search
-    once from labelled points."""
+    once from labelled points; ``coverage_check``: before a failed search ends the run, probable CG points of the
+    scoring grid farther than the spreading width from every label become the new centres instead."""
 
     acquisition: Acquisition
     backend: SearchBackend
@@ -596,6 +597,7 @@ class SearchSettings:
     start: Optional[Tuple[float, ...]]
     bounds: Optional[Tuple[float, float]]
     restart_from_data: bool
+    coverage_check: bool = False
 
     @property
     def n_candidates(self) -> int:
@@ -612,7 +614,7 @@ class SearchSettings:
         backend = (CGDynamicsBackend(c["md_timestep_fs"], c["md_friction_per_ps"], c["md_check_every"]) if c["backend"] == "cg_dynamics"
                    else MonteCarloBackend(c["step_size"], _frozen({key: c[key] for key in _MD_KEYS})))
         return cls(acquisition, backend, c["n_chains"], c["n_new_points"], c["diversity_multiplier"], c["step_size"], c["std_threshold"],
-                   c["min_steps"], c["max_steps"], _tuple(c["start"]), _tuple(c["bounds"]), c["restart_from_data"])
+                   c["min_steps"], c["max_steps"], _tuple(c["start"]), _tuple(c["bounds"]), c["restart_from_data"], c["coverage_check"])
 
     def to_config(self) -> Dict[str, Any]:
         acquisition, backend = self.acquisition.to_config(), self.backend.to_config()
@@ -620,7 +622,7 @@ class SearchSettings:
                 **{key: backend[key] for key in _MD_KEYS}, "n_chains": self.n_chains, "n_new_points": self.n_new_points,
                 "diversity_multiplier": self.diversity_multiplier, "step_size": self.step_size, "std_threshold": self.std_threshold,
                 "min_steps": self.min_steps, "max_steps": self.max_steps, "start": _list(self.start), "bounds": _list(self.bounds),
-                "restart_from_data": self.restart_from_data}
+                "restart_from_data": self.restart_from_data, "coverage_check": self.coverage_check}
 
 
 # ---------------------------------------------------------------------------------------------------- spreading

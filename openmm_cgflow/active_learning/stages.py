@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..sampling import farthest_point_selection, uncertainty_weighted_search
+from ..sampling.acquisition import coverage_gaps
 from ..sampling.monte_carlo import UncertaintySearchResult
 from ..scoring.kld import forward_kld
 from .scoring import convergence_signals, score_points
@@ -155,8 +156,23 @@ class Search:
         run.state.history[-1].mc_steps = steps
         if result.success:
             work.candidates = result.points.numpy()
+            return
+        gaps = self.coverage_gaps(run, labelled) if sc.coverage_check else np.zeros((0, run.cg_system.cg_dim))
+        if len(gaps):
+            work.candidates = gaps
         else:
             run.state.finished, run.state.stop_reason = True, sc.failure_reason()
+
+    @staticmethod
+    def coverage_gaps(run: "RunContext", labelled: np.ndarray) -> np.ndarray:
+        """Up to ``n_candidates`` probable points of the scoring grid that no label within the spreading width supports
+        (none for more than two CG coordinates without a reference grid)."""
+        at = score_points(run.settings.metrics, run.cg_system.cg_dim, run.grid)
+        if at is None:
+            return np.zeros((0, run.cg_system.cg_dim))
+        mean = run.state.history[-1].mean if len(run.state.history[-1].mean) == len(at) else run.ensemble.predict(at)[0]
+        gaps = coverage_gaps(at, mean, labelled, run.settings.spreading.width, periodic=run.cg_system.cg_periodic)
+        return np.asarray(at)[gaps[: run.settings.search.n_candidates]]
 
     @staticmethod
     def stop_at_uncertainty(run: "RunContext", seeds: np.ndarray) -> UncertaintySearchResult:

@@ -53,3 +53,28 @@ def spread_disc(centres: np.ndarray, radius: float, n: int, rng: np.random.Gener
     points = centres[:, None, :] + np.stack([r * np.cos(angle), r * np.sin(angle)], axis=-1)
     points = points.reshape(-1, 2)
     return periodic_difference(points, 0.0) if periodic else points
+
+
+def coverage_gaps(grid: np.ndarray, free_energy: np.ndarray, labelled: np.ndarray, radius: float, periodic: bool = False,
+                  max_free_energy_kT: float = math.log(1e3)) -> np.ndarray:
+    """Indices of the points of ``grid`` (n, d) that the model calls probable but no label supports: within
+    ``max_free_energy_kT`` of the minimum of ``free_energy`` (n,) kT (by default a probability density above 1e-3 of
+    its maximum) and farther than ``radius`` (CG units) from every ``labelled`` point (m, d). Most probable first.
+
+    An ensemble extrapolates beyond its labels, often flat and with a small spread there, so a search for uncertain
+    points can find none while a probable region has never been sampled; these are the points such a search missed.
+    ``periodic`` measures distance on the torus [-pi, pi)^d."""
+    grid, labelled = np.asarray(grid, dtype=np.float64), np.asarray(labelled, dtype=np.float64)
+    free_energy = np.asarray(free_energy, dtype=np.float64)
+    probable = np.flatnonzero(free_energy - free_energy.min() <= max_free_energy_kT)
+    if len(labelled) == 0:
+        return probable[np.argsort(free_energy[probable], kind="stable")]
+    from scipy.spatial import cKDTree
+
+    if periodic:  # the torus [0, 2 pi)^d: cKDTree measures periodic distances with boxsize
+        tree = cKDTree(np.mod(labelled + math.pi, 2 * math.pi), boxsize=2 * math.pi)
+        distance, _ = tree.query(np.mod(grid[probable] + math.pi, 2 * math.pi))
+    else:
+        distance, _ = cKDTree(labelled).query(grid[probable])
+    gaps = probable[distance > radius]
+    return gaps[np.argsort(free_energy[gaps], kind="stable")]

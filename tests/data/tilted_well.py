@@ -1,6 +1,8 @@
 """A system of a user's own, as a test stands in for one: one particle in a tilted double well,
-U = 5 (q^2 - 1)^2 + 20 p^2 kJ/mol with q = x cos t + y sin t, p = -x sin t + y cos t (nm), and the CG coordinate
-s = q on its own domain. Its PMF is exact in closed form: F(s) = 5 (s^2 - 1)^2 / kT + const (p separates)."""
+U = 5 (q^2 - 1)^2 + V(p) kJ/mol with q = x cos t + y sin t, p = -x sin t + y cos t (nm), and the CG coordinate
+s = q on its own domain. V(p) = 20 p^2, or with ``perp_barrier`` B > 0 a second double well B (p^2 - 1)^2, whose
+conditional p(p | s) has two modes. Its PMF is exact in closed form whatever V: F(s) = 5 (s^2 - 1)^2 / kT + const
+(p separates)."""
 import math
 
 import numpy as np
@@ -27,11 +29,12 @@ def exact_reference(n_bins: int, domain):
     return centres[:, None], w / w.sum()
 
 
-def create(tilt: float = 0.3, domain=(-1.6, 1.6)) -> CGSystem:
+def create(tilt: float = 0.3, domain=(-1.6, 1.6), perp_barrier: float = 0.0) -> CGSystem:
     c, s = math.cos(tilt), math.sin(tilt)
     system = openmm.System()
     system.addParticle(1.0)
-    force = openmm.CustomExternalForce(f"5*(q^2-1)^2 + 20*p^2; q={c}*x+{s}*y; p={-s}*x+{c}*y")
+    perpendicular = f"{float(perp_barrier)}*(p^2-1)^2" if perp_barrier > 0 else "20*p^2"
+    force = openmm.CustomExternalForce(f"5*(q^2-1)^2 + {perpendicular}; q={c}*x+{s}*y; p={-s}*x+{c}*y")
     force.addParticle(0, [])
     system.addForce(force)
     topology = app.Topology()
