@@ -20,7 +20,7 @@ from .errors import ConfigError  # noqa: F401  (the config's error type, defined
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys whose default is null accept these types too.
-_NULLABLE = {"energy.address": str, "loop.stop_kld": float, "loop.stable_ratio": float, "ensemble.epochs_warm": int, "dataset.start_entries": int, "search.bounds": list, "search.start": list, "flow.hidden": list}
+_NULLABLE = {"energy.address": str, "loop.stop_kld": float, "loop.stable_ratio": float, "ensemble.epochs_warm": int, "dataset.start_entries": int, "dataset.max_start_points": int, "search.bounds": list, "search.start": list, "flow.hidden": list}
 #: The schema (keys and defaults) of a system whose registry entry names no config of its own
 #: (``systems.register_system(..., config=...)``): a molecule given by a ``system:`` mapping, or a system registered by the user.
 MOLECULE_DEFAULTS = "aldp-vacuum"
@@ -334,7 +334,10 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
         cg_dim = len(_system_facts(system).periodic)
     else:
         cg_dim = len(system["cg_dihedrals"]) if isinstance(system, dict) else 1
-    for key, n in (("metrics.n_bins", metrics["n_bins"]), ("dataset.grid_points", cfg["dataset"]["grid_points"])):
+    dataset = cfg["dataset"]
+    grid_sized = dataset["kind"] == "grid" or (dataset["kind"] == "grid_then_active" and (dataset["max_start_points"] is None
+                                                                                           or dataset["grid_points"] ** cg_dim <= dataset["max_start_points"]))
+    for key, n in (("metrics.n_bins", metrics["n_bins"]), ("dataset.grid_points", dataset["grid_points"] if grid_sized else 1)):
         if n ** cg_dim > MAX_GRID_POINTS:
             fail(f"config key '{key}' = {n} gives {n}^{cg_dim} grid points; at most {MAX_GRID_POINTS:,} are allowed")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -344,7 +347,7 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
 
 #: Keys added after runs were already stored, with the value that reproduces those runs (a stored config that
 #: lacks one ran with this value, whatever today's default is).
-LEGACY_VALUES = {"energy.executor": "local", "energy.address": None, "labels.cell_width": 0.0, "dataset.start_entries": None, "loop.stable_ratio": None, "loop.stable_iterations": 3, "search.coverage_check": False, "ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "flow.precision": "float64", "flow.compile": False}
+LEGACY_VALUES = {"energy.executor": "local", "energy.address": None, "labels.cell_width": 0.0, "dataset.start_entries": None, "dataset.max_start_points": None, "loop.stable_ratio": None, "loop.stable_iterations": 3, "search.coverage_check": False, "ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "flow.precision": "float64", "flow.compile": False}
 
 
 def validate_config(config: Any) -> Dict[str, Any]:

@@ -5,6 +5,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from openmm_cgflow.active_learning import settings as s
@@ -108,3 +109,23 @@ def test_the_first_epoch_has_the_same_size_whatever_the_number_of_cg_coordinates
     assert 40 * molecule.start_copies(40) == 40 * 40 * molecule.start_copies(40 * 40)
     paper = s.RunSettings.from_config(load_config("aldp")).dataset
     assert paper.start_entries is None and paper.start_copies(40) == paper.copies == 30
+
+
+def test_the_molecule_start_design_is_a_grid_up_to_two_coordinates_and_sobol_beyond():
+    """The molecule recipe starts on the 40^d grid while it has at most 2,048 points (1-2 CG dihedrals: the old
+    design, point for point) and on a scrambled Sobol design of 2,048 points over the domain beyond; the design is
+    the run seed's, and each point gets the copies of start_entries."""
+    from scipy.stats import qmc
+
+    dataset = s.RunSettings.from_config(load_config("aldp-vacuum")).dataset
+    design, domain = dataset.design, (-np.pi, np.pi)
+    for dim in (1, 2):
+        assert np.array_equal(design.first_points(None, domain, dim, seed=3), s.grid_points(domain, 40, dim, cell_centres=True))
+    for dim in (3, 4):
+        points = design.first_points(None, domain, dim, seed=3)
+        assert points.shape == (2048, dim) and (points >= -np.pi).all() and (points < np.pi).all()
+        assert np.array_equal(points, design.first_points(None, domain, dim, seed=3))
+        assert not np.array_equal(points, design.first_points(None, domain, dim, seed=4))
+        assert qmc.discrepancy((points + np.pi) / (2 * np.pi)) < qmc.discrepancy(np.random.default_rng(0).random((2048, dim)))
+        assert dataset.start_copies(len(points)) == 8
+    assert s.RunSettings.from_config(load_config("aldp")).dataset.design.kind == "active"

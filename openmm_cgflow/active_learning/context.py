@@ -19,7 +19,7 @@ from ..storage import CheckpointError
 from ..systems import CGSystem
 from .dataset import ActiveLearningDataset
 from .scoring import MetricGrid, metric_grid
-from .settings import FlowSettings, GridDesign, IntervalSpreading, RunSettings, default_dtype
+from .settings import FlowSettings, GridDesign, GridThenActiveDesign, IntervalSpreading, RunSettings, default_dtype
 from .state import RunState
 
 
@@ -47,7 +47,8 @@ def check_dimensions(settings: RunSettings, cg_system: CGSystem) -> None:
                           f"({', '.join(cg_system.cg_definition.names)})")
     if search.bounds is not None and dim != 1:
         raise ConfigError("config key 'search.bounds' applies to one CG coordinate only; use null")
-    if design.kind != "active" and design.grid_points ** dim > MAX_GRID_POINTS:
+    if design.kind != "active" and not (isinstance(design, GridThenActiveDesign) and not design.uses_grid(dim)) \
+            and design.grid_points ** dim > MAX_GRID_POINTS:
         raise ConfigError(f"config key 'dataset.kind' = {design.kind}: {design.grid_points}^{dim} grid points are too many "
                           f"for {dim} CG coordinates (at most {MAX_GRID_POINTS:,}); use dataset.kind=active")
     if isinstance(settings.spreading, IntervalSpreading) and dim != 1:
@@ -125,7 +126,7 @@ class RunContext:
         for group in self.optimizer.param_groups:
             group["lr"] = settings.energy_training.lr
         self.dataset = ActiveLearningDataset(self.cg_system.cg_dim, top_k=settings.labels.clip_k)
-        first = settings.dataset.design.first_points(s0.numpy(), settings.metrics.domain, self.cg_system.cg_dim)
+        first = settings.dataset.design.first_points(s0.numpy(), settings.metrics.domain, self.cg_system.cg_dim, settings.seed)
         self.dataset.add_points(first, 0, self.rng, settings.dataset.train_fraction, settings.dataset.start_copies(len(first)))
         start = settings.search.start  # None: the first starting frame's CG point
         self.state.search_start = np.asarray(s0[:1].numpy() if start is None else [start], dtype=np.float64)

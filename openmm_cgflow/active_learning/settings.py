@@ -299,7 +299,7 @@ class ActiveDesign:
     kind = "active"
     searches = True
 
-    def first_points(self, s_start: np.ndarray, domain: Tuple[float, float], cg_dim: int) -> np.ndarray:
+    def first_points(self, s_start: np.ndarray, domain: Tuple[float, float], cg_dim: int, seed: int = 0) -> np.ndarray:
         return s_start
 
 
@@ -309,26 +309,38 @@ class GridDesign:
     dimension; no search (every iteration trains on the same grid)."""
 
     grid_points: int
+    inactive: Mapping[str, Any] = field(default_factory=dict)
 
     kind = "grid"
     searches = False
 
-    def first_points(self, s_start: np.ndarray, domain: Tuple[float, float], cg_dim: int) -> np.ndarray:
+    def first_points(self, s_start: np.ndarray, domain: Tuple[float, float], cg_dim: int, seed: int = 0) -> np.ndarray:
         return grid_points(domain, self.grid_points, cg_dim)
 
 
 @dataclass(frozen=True)
 class GridThenActiveDesign:
     """``dataset.kind: grid_then_active``: iteration 1 on the centres of ``grid_points`` cells per CG dimension over
-    the domain, then search + spreading."""
+    the domain, then search + spreading. ``max_start_points``: where the grid would have more points (3-D and up
+    with 40 per dimension), a scrambled Sobol design of that many points (rounded down to a power of two) over the
+    domain instead, seeded by the run's seed (None: always the grid)."""
 
     grid_points: int
+    max_start_points: Optional[int] = None
 
     kind = "grid_then_active"
     searches = True
 
-    def first_points(self, s_start: np.ndarray, domain: Tuple[float, float], cg_dim: int) -> np.ndarray:
-        return grid_points(domain, self.grid_points, cg_dim, cell_centres=True)
+    def uses_grid(self, cg_dim: int) -> bool:
+        return self.max_start_points is None or self.grid_points ** cg_dim <= self.max_start_points
+
+    def first_points(self, s_start: np.ndarray, domain: Tuple[float, float], cg_dim: int, seed: int = 0) -> np.ndarray:
+        if self.uses_grid(cg_dim):
+            return grid_points(domain, self.grid_points, cg_dim, cell_centres=True)
+        from scipy.stats import qmc
+
+        unit = qmc.Sobol(cg_dim, scramble=True, seed=seed).random_base2(int(math.floor(math.log2(self.max_start_points))))
+        return domain[0] + (domain[1] - domain[0]) * unit
 
 
 StartDesign = Union[ActiveDesign, GridDesign, GridThenActiveDesign]
@@ -367,13 +379,16 @@ class DatasetSettings:
 
     @classmethod
     def from_config(cls, c: Mapping[str, Any]) -> "DatasetSettings":
-        design = {"active": lambda: ActiveDesign(_frozen({"grid_points": c["grid_points"]})), "grid": lambda: GridDesign(c["grid_points"]),
-                  "grid_then_active": lambda: GridThenActiveDesign(c["grid_points"])}[c["kind"]]()
+        inactive = _frozen({"grid_points": c["grid_points"], "max_start_points": c["max_start_points"]})
+        design = {"active": lambda: ActiveDesign(inactive), "grid": lambda: GridDesign(c["grid_points"], _frozen({"max_start_points": c["max_start_points"]})),
+                  "grid_then_active": lambda: GridThenActiveDesign(c["grid_points"], c["max_start_points"])}[c["kind"]]()
         return cls(design, c["copies"], c["train_fraction"], c["start_entries"])
 
     def to_config(self) -> Dict[str, Any]:
-        grid = self.design.inactive["grid_points"] if isinstance(self.design, ActiveDesign) else self.design.grid_points
-        return {"kind": self.design.kind, "grid_points": grid, "copies": self.copies, "start_entries": self.start_entries,
+        design = self.design
+        grid = design.inactive["grid_points"] if isinstance(design, ActiveDesign) else design.grid_points
+        cap = design.max_start_points if isinstance(design, GridThenActiveDesign) else design.inactive["max_start_points"]
+        return {"kind": design.kind, "grid_points": grid, "max_start_points": cap, "copies": self.copies, "start_entries": self.start_entries,
                 "train_fraction": self.train_fraction}
 
 
