@@ -23,7 +23,7 @@ QUICK_MOLECULE = [
     "starting_data.equilibration_steps=100", "flow.hidden=[16]", "flow.n_layers=2", "flow.n_bins=4", "pretraining.epochs=2",
     "pretraining.batch_size=20", "energy_training.epochs_first_iteration=1", "energy_training.epochs=1",
     "energy_training.batch_size=32", "energy_training.warmup_epochs_first=0", "energy_training.warmup_epochs=0",
-    "energy_training.clip_warmup_epochs=0", "dataset.grid_points=4", "dataset.copies=4", "labels.accumulate_from_epoch=0",
+    "energy_training.clip_warmup_epochs=0", "dataset.grid_points=4", "dataset.copies=4", "dataset.start_entries=null", "labels.accumulate_from_epoch=0",
     "ensemble.n_members=2", "ensemble.hidden=[8]", "ensemble.epochs=20", "search.n_chains=20", "search.weighted_steps=20",
     "spreading.n_points=4", "metrics.n_bins=10", "loop.max_iterations=1",
 ]

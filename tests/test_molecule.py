@@ -116,7 +116,7 @@ def test_a_users_molecule_runs_end_to_end_and_its_models_stand_alone(tmp_path):
         "pretraining": {"epochs": 2, "batch_size": 20},
         "energy_training": {"epochs_first_iteration": 1, "epochs": 1, "batch_size": 32, "skip_top_k": 0, "warmup_epochs_first": 0,
                             "warmup_epochs": 0, "clip_warmup_epochs": 0},
-        "dataset": {"grid_points": 4, "copies": 4},
+        "dataset": {"grid_points": 4, "copies": 4, "start_entries": None},
         "labels": {"accumulate_from_epoch": 0},
         "ensemble": {"n_members": 2, "hidden": [8], "epochs": 20},
         "search": {"n_chains": 20, "weighted_steps": 20},
@@ -191,9 +191,9 @@ def test_capped_alanine_peptide_is_built_l_and_trans_with_four_cg_dihedrals():
 
 
 def test_md_baseline_runs_on_a_molecule_and_refuses_other_cg_spaces(tmp_path, capsys):
-    """`cgflow baseline md` histograms any system with 1-3 CG dihedrals; its histogram is of the system's own CG
-    coordinates (IUPAC here); Müller-Brown (one linear coordinate) and Ace-Ala2-Nme (4 dihedrals) are refused by
-    name."""
+    """`cgflow baseline md` histograms any system with 1-3 CG dihedrals or linear CG coordinates; its histogram is of
+    the system's own CG coordinates (IUPAC here; Müller-Brown's s over its own domain [-2.5, 1.1] nm); Ace-Ala2-Nme
+    (4 dihedrals) is refused by name."""
     from openmm_cgflow.cli import main
 
     out = tmp_path / "md"
@@ -204,10 +204,13 @@ def test_md_baseline_runs_on_a_molecule_and_refuses_other_cg_spaces(tmp_path, ca
     assert counts.sum() == 200
     phi_bin = np.argmax(counts.sum(axis=1))
     assert -np.pi + 2 * np.pi * phi_bin / 100 < 0  # IUPAC phi of the L dipeptide is negative
-    assert main(["baseline", "md", "mb", "--steps", "100", "--out", str(tmp_path / "mb"), "--quiet"]) == 2
-    assert "1-3 dihedral CG coordinates; muller-brown has 1 linear" in capsys.readouterr().err
+    assert main(["baseline", "md", "mb", "--steps", "1000", "--out", str(tmp_path / "mb"), "--quiet"]) == 0
+    mb = np.load(tmp_path / "mb" / "md_histograms.npz")
+    assert np.allclose(mb["domain"], (-2.5, 1.1)) and mb["counts"][-1].shape == (100,) and 0 < mb["counts"][-1].sum() <= 100
+    # the particle starts in the upper-left minimum, at s = x - y = -2.0 nm
+    assert abs(-2.5 + 3.6 * (np.argmax(mb["counts"][-1]) + 0.5) / 100 - (-2.0)) < 0.3
     assert main(["baseline", "md", "ace-ala2-nme", "--steps", "100", "--out", str(tmp_path / "4d"), "--quiet"]) == 2
-    assert "1-3 dihedral CG coordinates; ace-ala2-nme has 4 dihedral" in capsys.readouterr().err
+    assert "1-3 dihedral or linear CG coordinates; ace-ala2-nme has 4 dihedral" in capsys.readouterr().err
 
 
 def test_starting_data_is_made_once_cached_and_keyed_by_what_makes_it(tmp_path, monkeypatch, capsys):
