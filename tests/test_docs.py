@@ -20,7 +20,7 @@ PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 #: a molecule run small enough for a test (one tiny iteration on the Reference platform)
 QUICK_MOLECULE = [
     "energy.platform=Reference", "energy.n_workers=1", "starting_data.n_frames=40", "starting_data.save_every=10",
-    "starting_data.equilibration_steps=100", "flow.hidden=[16]", "flow.n_layers=2", "flow.n_bins=4", "pretraining.epochs=2",
+    "starting_data.equilibration_steps=100", "flow.hidden=[16]", "flow.compile=false", "flow.n_layers=2", "flow.n_bins=4", "pretraining.epochs=2",
     "pretraining.batch_size=20", "energy_training.epochs_first_iteration=1", "energy_training.epochs=1",
     "energy_training.batch_size=32", "energy_training.warmup_epochs_first=0", "energy_training.warmup_epochs=0",
     "energy_training.clip_warmup_epochs=0", "dataset.grid_points=4", "dataset.copies=4", "dataset.start_entries=null", "labels.accumulate_from_epoch=0",

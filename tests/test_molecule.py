@@ -112,7 +112,7 @@ def test_a_users_molecule_runs_end_to_end_and_its_models_stand_alone(tmp_path):
                    "name": "my-dipeptide"},
         "energy": {"platform": "Reference", "n_workers": 1},
         "starting_data": {"n_frames": 40, "save_every": 10, "equilibration_steps": 100},
-        "flow": {"hidden": [16], "n_layers": 2, "n_bins": 4},
+        "flow": {"hidden": [16], "n_layers": 2, "n_bins": 4, "compile": False},
         "pretraining": {"epochs": 2, "batch_size": 20},
         "energy_training": {"epochs_first_iteration": 1, "epochs": 1, "batch_size": 32, "skip_top_k": 0, "warmup_epochs_first": 0,
                             "warmup_epochs": 0, "clip_warmup_epochs": 0},
@@ -241,8 +241,9 @@ def test_starting_data_is_made_once_cached_and_keyed_by_what_makes_it(tmp_path, 
 
 
 def test_flow_width_defaults_scale_with_the_molecule():
-    """A molecule's config that leaves flow.hidden null gets 64 units per started 64 fine-grained coordinates: the
-    dipeptides keep the recorded width, the tetrapeptide doubles it; an explicit list is kept."""
+    """A molecule's config that leaves flow.hidden null gets a spline flow of 128 units per started 64 fine-grained
+    coordinates (the dipeptides get aldp-fast's width, the tetrapeptide doubles it) and affine layers of 64 per
+    started 64; an explicit list is kept."""
     from openmm_cgflow.active_learning.settings import AffineFlowSettings, SplineFlowSettings
 
     def scaled_flow_hidden(kind, fg_dim):
@@ -250,7 +251,7 @@ def test_flow_width_defaults_scale_with_the_molecule():
         return list(settings.widths(fg_dim))
 
     assert load_config("aldp-vacuum")["flow"]["hidden"] is None
-    assert scaled_flow_hidden("spline", create_system("alanine-dipeptide").fg_dim) == [64]
-    assert scaled_flow_hidden("spline", create_system("ace-ala2-nme").fg_dim) == [128]
+    assert scaled_flow_hidden("spline", create_system("alanine-dipeptide").fg_dim) == [128] == load_config("aldp-fast")["flow"]["hidden"]
+    assert scaled_flow_hidden("spline", create_system("ace-ala2-nme").fg_dim) == [256]
     assert scaled_flow_hidden("affine", 1) == [64, 64]
     assert load_config("aldp-vacuum", ["flow.hidden=[96]"])["flow"]["hidden"] == [96]

@@ -116,7 +116,7 @@ class AffineFlowSettings:
 
     def widths(self, fg_dim: int) -> Tuple[int, ...]:
         """``hidden``, or two layers of 64 per started 64 fine-grained coordinates."""
-        return self.hidden if self.hidden is not None else (scaled_width(fg_dim),) * 2
+        return self.hidden if self.hidden is not None else (scaled_width(fg_dim, 64),) * 2
 
     def build(self, cg_dim: int, fg_dim: int, flow_circular_indices, s_mean: float, s_std: float):
         from ..flows import ConditionalAffineFlow
@@ -144,7 +144,7 @@ class SplineFlowSettings:
     kind = "spline"
 
     def widths(self, fg_dim: int) -> Tuple[int, ...]:
-        """``hidden``, or one residual width of 64 per started 64 fine-grained coordinates."""
+        """``hidden``, or one residual width of 128 per started 64 fine-grained coordinates."""
         return self.hidden if self.hidden is not None else (scaled_width(fg_dim),)
 
     def build(self, cg_dim: int, fg_dim: int, flow_circular_indices, s_mean: float, s_std: float):
@@ -161,9 +161,10 @@ class SplineFlowSettings:
 FlowSettings = Union[AffineFlowSettings, SplineFlowSettings]
 
 
-def scaled_width(fg_dim: int) -> int:
-    """``flow.hidden: null``: 64 per started 64 fine-grained coordinates (alanine dipeptide, 58: 64; Ace-Ala2-Nme, 86: 128)."""
-    return 64 * max(1, math.ceil(fg_dim / 64))
+def scaled_width(fg_dim: int, per_64: int = 128) -> int:
+    """``flow.hidden: null``: ``per_64`` units per started 64 fine-grained coordinates (a spline flow's 128: alanine
+    dipeptide, 58: 128, aldp-fast's width; Ace-Ala2-Nme, 86: 256; an affine flow's layers: 64)."""
+    return per_64 * max(1, math.ceil(fg_dim / 64))
 
 
 def flow_settings(c: Mapping[str, Any]) -> FlowSettings:
