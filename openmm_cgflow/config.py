@@ -403,13 +403,11 @@ def load_config(name_or_path: str, overrides: Iterable[str] = (), seed: Optional
         if "system" not in user:
             raise ConfigError(f"config file {path} must name its 'system' (a registered system or a molecule mapping)")
         system = _check_system(user["system"])
-        if isinstance(system, dict):  # files named in the system mapping are relative to the config file
+        if isinstance(system, dict):  # files named in the system mapping (a factory's file too) are relative to the config file
             for key in _SYSTEM_FILE_KEYS:
                 if key in system:
                     system[key] = str((path.parent / str(system[key])).resolve())
-            user["system"] = system
-        if isinstance(system, dict) and isinstance(system.get("factory"), str):  # a factory file, too
-            module, function = system["factory"].rsplit(":", 1) if ":" in system["factory"] else (system["factory"], "")
+            module, _, function = str(system.get("factory", "")).rpartition(":")
             if module.endswith(".py"):
                 system["factory"] = f"{(path.parent / module).resolve()}:{function}"
         user["system"] = system
