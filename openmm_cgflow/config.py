@@ -103,6 +103,26 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
+def builtin_config(name: str) -> Dict[str, Any]:
+    """A built-in config as a nested dict. A built-in file that starts with ``extends: OTHER`` holds only what differs
+    from the built-in config ``OTHER`` (alanine dipeptide's recipe is the molecule recipe plus its Hamiltonian and
+    reference): its keys replace OTHER's, which it resolves the same way."""
+    chain = [name]
+    tree = _read_yaml(CONFIG_DIR / f"{name}.yaml")
+    layers = [tree]
+    while "extends" in tree:
+        base = tree.pop("extends")
+        if base not in builtin_configs() or base in chain:
+            raise ConfigError(f"built-in config {chain[-1]!r}: 'extends' must name another built-in config without a cycle, got {base!r}")
+        chain.append(base)
+        tree = _read_yaml(CONFIG_DIR / f"{base}.yaml")
+        layers.append(tree)
+    flat: Dict[str, Any] = {}
+    for layer in reversed(layers):  # the base first, each file's own keys over it
+        flat.update(_flatten(layer))
+    return _nest(flat)
+
+
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     flat = {}
     for key, value in tree.items():
@@ -360,7 +380,7 @@ def validate_config(config: Any) -> Dict[str, Any]:
     if missing:
         config = _nest({**flat, **missing})
     system = _check_system(config.get("system"))
-    return validate(config, _read_yaml(CONFIG_DIR / f"{schema_name(system)}.yaml"))
+    return validate(config, builtin_config(schema_name(system)))
 
 
 def parse_override(text: str) -> Tuple[str, Any]:
@@ -396,8 +416,8 @@ def load_config(name_or_path: str, overrides: Iterable[str] = (), seed: Optional
     """
     path = Path(name_or_path)
     if name_or_path in builtin_configs():
-        user: Dict[str, Any] = _read_yaml(CONFIG_DIR / f"{name_or_path}.yaml")
-        schema = _read_yaml(CONFIG_DIR / f"{schema_name(user['system'])}.yaml")
+        user: Dict[str, Any] = builtin_config(name_or_path)
+        schema = builtin_config(schema_name(user["system"]))
     elif path.suffix in (".yaml", ".yml") or path.exists():
         user = _read_yaml(path)
         if "system" not in user:
@@ -411,7 +431,7 @@ def load_config(name_or_path: str, overrides: Iterable[str] = (), seed: Optional
             if module.endswith(".py"):
                 system["factory"] = f"{(path.parent / module).resolve()}:{function}"
         user["system"] = system
-        schema = _read_yaml(CONFIG_DIR / f"{schema_name(system)}.yaml")
+        schema = builtin_config(schema_name(system))
     else:
         raise ConfigError(f"'{name_or_path}' is neither a built-in config ({', '.join(builtin_configs())}) nor a YAML file")
     flat = _flatten(user)

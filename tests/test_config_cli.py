@@ -107,7 +107,7 @@ def test_the_registry_names_each_systems_config_and_aliases(tmp_path, monkeypatc
 
     for table in ("_REGISTRY", "_CONFIGS", "_ALIASES", "_FACTS"):
         monkeypatch.setattr(systems, table, dict(getattr(systems, table)))
-    assert schema_name("alanine-dipeptide") == "aldp" and schema_name("aldp") == "aldp" and schema_name("mb") == "muller-brown"
+    assert schema_name("alanine-dipeptide") == "aldp-fast" and schema_name("aldp") == "aldp-fast" and schema_name("mb") == "muller-brown"
     assert schema_name("ace-ala2-nme") == MOLECULE_DEFAULTS and schema_name({"openmmtools": "AlanineDipeptideVacuum"}) == MOLECULE_DEFAULTS
 
     systems.register_system("my-mb", "openmm_cgflow.systems.muller_brown:create_muller_brown_system", config="muller-brown", aliases=("mymb",))
@@ -141,3 +141,39 @@ def test_the_starting_md_shows_its_progress(capsys):
     assert "starting MD of muller-brown: minimising" in err and "/2000" in err and md.frames.shape == (20, 1, 3)
     run_langevin(create_system("muller-brown"), n_steps=2000, save_every=100, seed=3)
     assert "starting MD" not in capsys.readouterr().err
+
+
+def test_molecule_configs_are_the_molecule_recipe_plus_their_system(tmp_path, monkeypatch):
+    """One recipe for every molecule: aldp-fast and ace-ala2-nme extend the molecule recipe (aldp-vacuum), set only
+    their own system's keys, and a change of the recipe reaches them; a built-in config's 'extends' that names no
+    built-in config or closes a cycle is refused in one line."""
+    import shutil
+
+    import openmm_cgflow.config as config
+    from openmm_cgflow.config import MOLECULE_DEFAULTS, _flatten
+
+    recipe = _flatten(load_config(MOLECULE_DEFAULTS))
+    own = {"aldp-fast": {"system", "flow.hidden", "energy_training.chirality_filter", "dataset.max_start_points", "dataset.start_entries",
+                         "search.start", "search.coverage_check", "loop.max_iterations", "metrics.reference"},
+           "ace-ala2-nme": {"system", "loop.max_iterations"}}
+    for name, keys in own.items():
+        values = _flatten(load_config(name))
+        assert list(values) == list(recipe)  # the same keys, in the schema's order
+        assert {key for key in values if values[key] != recipe[key]} == keys, name
+
+    folder = tmp_path / "configs"
+    shutil.copytree(config.CONFIG_DIR, folder)
+    text = (folder / f"{MOLECULE_DEFAULTS}.yaml").read_text()
+    assert "  lr: 5.0e-4\n" in text
+    (folder / f"{MOLECULE_DEFAULTS}.yaml").write_text(text.replace("  lr: 5.0e-4\n", "  lr: 2.5e-4\n", 1))
+    monkeypatch.setattr(config, "CONFIG_DIR", folder)
+    assert load_config("aldp-fast")["energy_training"]["lr"] == 2.5e-4 == load_config("ace-ala2-nme")["energy_training"]["lr"]
+    assert load_config("aldp")["energy_training"]["lr"] != 2.5e-4  # the paper's recipe stands alone
+
+    (folder / "loop-a.yaml").write_text("extends: loop-b\nsystem: muller-brown\n")
+    (folder / "loop-b.yaml").write_text("extends: loop-a\nsystem: muller-brown\n")
+    (folder / "orphan.yaml").write_text("extends: no-such-config\nsystem: muller-brown\n")
+    for name, base in (("loop-a", "loop-a"), ("orphan", "no-such-config")):
+        with pytest.raises(ConfigError, match=f"'extends' must name another built-in config without a cycle, got '{base}'") as info:
+            load_config(name)
+        assert "\n" not in str(info.value)

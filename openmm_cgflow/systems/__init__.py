@@ -32,7 +32,7 @@ _REGISTRY: Dict[str, Union[str, Callable[..., CGSystem]]] = {
 }
 #: name -> the built-in config (``openmm_cgflow/configs/NAME.yaml``) whose keys and defaults a run of the system
 #: uses; systems not listed use the molecule schema (``config.MOLECULE_DEFAULTS``).
-_CONFIGS: Dict[str, str] = {"muller-brown": "muller-brown", "alanine-dipeptide": "aldp"}
+_CONFIGS: Dict[str, str] = {"muller-brown": "muller-brown", "alanine-dipeptide": "aldp-fast"}
 #: short names (the command line's) -> registered name
 _ALIASES: Dict[str, str] = {"aldp": "alanine-dipeptide", "mb": "muller-brown"}
 #: the systems that ship with the package (their configs set every key; other systems' defaults come from them)
