@@ -138,6 +138,20 @@ def test_a_finished_run_extended_continues_as_if_planned_longer(main_job, tmp_pa
     assert extended["iterations"][0]["mc_steps"] == planned["iterations"][0]["mc_steps"]   # the search the stop skipped
 
 
+def test_a_run_stopped_by_its_wall_time_limit_extends_as_if_planned_longer(main_job, tmp_path):
+    """``loop.max_wall_s`` ends a run after the iteration during which its wall time passed the limit (a queue's
+    time limit); raising the limit on resume continues it exactly as the uninterrupted run."""
+    _, planned = main_job
+    out = tmp_path / "timed"
+    first = ActiveLearningRun(load_config("muller-brown", ["loop.max_wall_s=1e-3"]), out, progress=False).run()
+    assert len(first["iterations"]) == 1 and "passed loop.max_wall_s = 0.001" in first["totals"]["stop_reason"]
+    extended = ActiveLearningRun(load_config("muller-brown", ["loop.max_iterations=2"]), out, progress=False).run(resume=True)
+    assert len(extended["iterations"]) == 2
+    expected = _comparable(planned)[:2]
+    expected[-1].pop("mc_steps")
+    assert _comparable(extended) == expected
+
+
 def _comparable(metrics):
     return [{k: v for k, v in row.items() if k not in ("wall_s", "stage_wall_s")} for row in metrics["iterations"]]
 

@@ -18,7 +18,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_KEYS = ("config", "state", "flow", "flow_norm", "optimizer", "dataset", "ensemble", "torch_generator", "numpy_generator")
 #: config keys a resumed run may change: its stopping limits (a finished run is then extended), and where its
 #: energies are computed (the same numbers on any executor: a run started on this machine may go on on a cluster)
-EXTENDABLE_KEYS = ("loop.max_iterations", "loop.stop_kld", "energy.executor", "energy.address")
+EXTENDABLE_KEYS = ("loop.max_iterations", "loop.stop_kld", "loop.max_wall_s", "energy.executor", "energy.address")
 
 
 def read_run_checkpoint(path: Path) -> Dict[str, Any]:

@@ -7,7 +7,8 @@ calls them in order, times each, and reports the timings to its callbacks (:clas
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Protocol
 
 import numpy as np
@@ -35,6 +36,8 @@ class IterationWork:
     labels: Optional[np.ndarray] = None
     n_fit_rows: int = 0
     candidates: Optional[np.ndarray] = None
+    #: ``time.perf_counter()`` when the iteration began (the wall-time limit counts the iteration so far)
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -129,7 +132,7 @@ class Score:
             skipped_batches=st.skipped_batches, mean=np.asarray(mean), std=np.asarray(std), label_points=points,
             label_iteration=run.dataset.point_iteration[work.groups], labels=np.asarray(work.labels), label_mean=np.asarray(label_mean),
         ))
-        limit = run.settings.loop.limit_reached(st.iteration, kld, st.history)
+        limit = run.settings.loop.limit_reached(st.iteration, kld, st.history, wall_s=st.wall_s + time.perf_counter() - work.started)
         if limit:
             st.finished, st.stop_reason = True, limit
 
