@@ -1,0 +1,297 @@
+"""The molecule panel (issue 33): the active-learning default against well-tempered metadynamics and OPES in wall
+clock, on the same 2-core machine, for each molecule of the panel.
+
+    python benchmarks/panel.py --launch aldp-vacuum --phases reference al metad opes [--runs runs/panel]
+    python benchmarks/panel.py [--runs runs/panel] [--al-source aldp-obc1:0=runs/wallclock/seed0/metrics.json ...]
+
+Each phase runs alone on the whole machine and resumes where it stopped (run it again, in a later session, to go on):
+- ``reference``: umbrella sampling + mean force of the molecule's CG dihedrals, two independent seeds in parallel
+  (one core each, ``cgflow reference CONFIG --seeds 1 2 --executor local``), then the fit of both; the halves' KLD
+  is the reference's own error. Molecules with a packaged reference skip it.
+- ``al``: ``cgflow run CONFIG --seed S`` for each of ``--seeds``, the molecule's built-in config unchanged (the
+  default recipe) but for ``loop.max_wall_s`` (``--hours``) and no other stopping limit; the run pins itself to
+  both cores (the flow on one, OpenMM workers and half the ensemble fit on the other).
+- ``metad``, ``opes``: each baseline gets the same two cores as a pair of pooled seeds: seeds 2S and 2S+1 run at
+  once, one pinned core each, for ``--baseline-steps`` steps (about ``--hours`` of one core), and the pair's
+  estimate is the mean of the two seeds' probability densities at equal step counts (its wall clock: the slower
+  seed's). Protocols are the baselines' own defaults unless the molecule's entry says otherwise.
+
+The summary reads every run it finds (or the files named by ``--al-source`` / ``--baseline-source``) and writes
+``benchmarks/results/panel.json``: per molecule and AL seed S, ``kld_vs_wall`` ([wall s, forward KLD] pairs) of
+the AL run and of each baseline pair S (pair 0 where pair S is missing, said in ``notes``), and ``ratio_at_30min``
+and ``ratio_at_2h`` = the better baseline's KLD / the AL run's KLD at that wall clock, with ``bound`` saying when a
+baseline's curve ends before that time (its last KLD is used: the ratio is then an upper bound, as a baseline keeps
+converging) and None where the AL run has not reached it. Targets (issue 33): ratio >= 3 at 30 minutes and >= 1.5
+at 2 hours on every 2-D molecule.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WALL_POINTS = {"ratio_at_30min": 1800.0, "ratio_at_2h": 7200.0}
+TARGETS = {"ratio_at_30min_min": 3.0, "ratio_at_2h_min": 1.5}
+BASELINES = ("metad", "opes")
+BASELINE_FILES = {"metad": ("metad_baseline.json", "metad_snapshots.npz"), "opes": ("opes_baseline.json", "opes_snapshots.npz")}
+
+
+@dataclass(frozen=True)
+class Molecule:
+    """A panel molecule: its built-in config (the AL default for it), the system name the baselines take, its
+    reference file (None: the config's own), whether the panel makes that reference, and steps per baseline seed."""
+
+    config: str
+    system: str
+    reference: Optional[Path]
+    make_reference: bool
+    baseline_steps: int
+    reference_passes: int = 10
+    baseline_args: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+
+
+PANEL: Dict[str, Molecule] = {
+    # ALDP in OBC1: the packaged reference (umbrella + mean force, halves 5.3e-4); ~3,400 metadynamics steps/s
+    "aldp-obc1": Molecule("aldp-fast", "aldp", None, False, baseline_steps=25_000_000,
+                          baseline_args={"metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "500")}),
+    # ALDP in vacuum (amber ff96, openmmtools): a reference of its own, not metadynamics scoring itself; ~6,000 steps/s
+    "aldp-vacuum": Molecule("aldp-vacuum", "aldp-vacuum", RESULTS / "reference_aldp-vacuum_mf" / "reference_aldp-vacuum.npz", True,
+                            baseline_steps=43_000_000, reference_passes=12,
+                            baseline_args={"metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "500")}),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------ curves
+def value_at(curve: Sequence[Sequence[float]], t: float) -> Tuple[Optional[float], str]:
+    """The KLD of a ``[[wall_s, kld], ...]`` curve at wall time ``t``, log-log interpolated, and how it was read:
+    ``"measured"``, ``"after end"`` (t past the curve's last point: its last value) or ``"before start"`` (None)."""
+    points = [(float(w), float(k)) for w, k in curve if k is not None and w > 0 and k > 0]
+    if not points or t < points[0][0]:
+        return None, "before start"
+    for (w0, k0), (w1, k1) in zip(points, points[1:]):
+        if w0 <= t <= w1:
+            if w1 == w0:
+                return k1, "measured"
+            u = (math.log(t) - math.log(w0)) / (math.log(w1) - math.log(w0))
+            return math.exp(math.log(k0) + u * (math.log(k1) - math.log(k0))), "measured"
+    if t == points[-1][0]:
+        return points[-1][1], "measured"
+    return points[-1][1], "after end"
+
+
+def ratio_at(al: Sequence[Sequence[float]], baselines: Dict[str, Sequence[Sequence[float]]], t: float) -> Dict:
+    """The better baseline's KLD / the AL run's at wall time ``t`` (None where AL has no value yet; an AL run that
+    ended earlier keeps its final KLD). ``bound``: ``"upper"`` when the better baseline's value is the last of a
+    curve that ends before ``t`` (it would keep converging), else ``"measured"``."""
+    al_kld, al_how = value_at(al, t)
+    values = {name: value_at(curve, t) for name, curve in baselines.items() if curve}
+    values = {name: v for name, v in values.items() if v[0] is not None}
+    if al_kld is None or not values:
+        return {"ratio": None, "al_kld": al_kld, "baseline_kld": None, "better_baseline": None, "bound": None}
+    best = min(values, key=lambda name: values[name][0])
+    kld, how = values[best]
+    return {"ratio": kld / al_kld, "al_kld": al_kld, "baseline_kld": kld, "better_baseline": best,
+            "bound": "upper" if how == "after end" else "measured", "al_read": al_how}
+
+
+def pooled_curve(runs: Sequence[Path], method: str, p_reference: np.ndarray, centres: np.ndarray) -> List[List[float]]:
+    """``[[wall_s, kld], ...]`` of a pair of baseline seeds run at once on one core each: at every step count both
+    recorded, the mean of their probability densities on the grid, scored against ``p_reference``; its wall time
+    is the slower seed's (from each point's recorded wall time, else the run's mean steps/s)."""
+    from openmm_cgflow.scoring import forward_kld
+
+    summary_name, snapshots_name = BASELINE_FILES[method]
+    per_seed = []
+    for run in runs:
+        summary = json.loads((run / summary_name).read_text())
+        with np.load(run / snapshots_name) as data:
+            steps, F = data["steps"], data["free_energy_kT"].astype(np.float64)
+            if not np.allclose(data["centres"], centres):
+                raise SystemExit(f"{run}: the snapshots' grid is not the reference's")
+        wall = {int(p["md_steps"]): float(p["wall_s"]) if "wall_s" in p else p["md_steps"] / summary["steps_per_s"] for p in summary["curve"]}
+        per_seed.append({int(s): (f, wall[int(s)]) for s, f in zip(steps, F)})
+    common = sorted(set.intersection(*(set(seed) for seed in per_seed)))
+    curve = []
+    for s in common:
+        densities = []
+        for seed in per_seed:
+            f = seed[s][0]
+            w = np.exp(-(f - f.min()))
+            densities.append(w / w.sum())
+        pooled = np.mean(densities, axis=0)
+        curve.append([max(seed[s][1] for seed in per_seed), forward_kld(p_reference, -np.log(np.maximum(pooled, 1e-300)))])
+    return curve
+
+
+def al_curve(metrics_path: Path) -> List[List[float]]:
+    rows = json.loads(Path(metrics_path).read_text())["iterations"]
+    return [[r["wall_s"], r["forward_kld"]] for r in rows if r.get("forward_kld") is not None]
+
+
+# ------------------------------------------------------------------------------------------------------------ launch
+def cgflow(*args: str, core: Optional[int] = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "openmm_cgflow.cli", *map(str, args)]
+    print("running:", " ".join(command[1:]), flush=True)
+    return subprocess.Popen(command, preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if core is not None else None)
+
+
+def wait(*processes: subprocess.Popen) -> None:
+    for p in processes:
+        if p.wait():
+            raise SystemExit(f"failed (exit {p.returncode}): {' '.join(map(str, p.args))}")
+
+
+def reference_path(name: str) -> Optional[Path]:
+    return PANEL[name].reference
+
+
+def launch(name: str, phases: Sequence[str], runs: Path, seeds: Sequence[int], hours: float) -> None:
+    mol, out = PANEL[name], runs / name
+    reference = reference_path(name)
+    if "reference" in phases and mol.make_reference and not reference.is_file():
+        work = out / "reference"
+        resume = ["--resume"] if (work / "seed1").exists() else []
+        wait(cgflow("reference", mol.config, "--out", work, "--seeds", "1", "2", "--executor", "local", "--passes", mol.reference_passes,
+                    "--quiet", *resume))
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        wait(cgflow("reference", mol.config, "--out", work, "--fit-only", "--seeds", "1", "2", "--passes", mol.reference_passes,
+                    "--output", reference, "--quiet"))
+    if mol.make_reference and not reference.is_file():
+        raise SystemExit(f"{name}: no reference yet ({reference}); run the reference phase first")
+    scoring = ["--set", f"metrics.reference={reference}"] if reference is not None else []
+    if "al" in phases:
+        for seed in seeds:
+            run = out / f"al-seed{seed}"
+            if (run / "metrics.json").is_file() and json.loads((run / "metrics.json").read_text())["totals"].get("finished"):
+                continue
+            wait(cgflow("run", mol.config, "--seed", seed, "--out", run, "--quiet", *scoring, "--set", f"loop.max_wall_s={hours * 3600:g}",
+                        "--set", "loop.max_iterations=100000", "--set", "loop.stop_kld=null", "--set", "loop.stable_ratio=null",
+                        *(["--resume"] if (run / "checkpoint.pt").is_file() else [])))
+    for method in (m for m in BASELINES if m in phases):
+        for pair in seeds:
+            processes = []
+            for core, seed in enumerate((2 * pair, 2 * pair + 1)):
+                run = out / f"{method}-seed{seed}"
+                summary = run / BASELINE_FILES[method][0]
+                if summary.is_file() and json.loads(summary.read_text())["steps"] >= mol.baseline_steps:
+                    continue
+                resume = ["--resume"] if (run / f"{method}_checkpoint.pt").is_file() else []
+                ref = ["--reference", reference] if reference is not None else []
+                processes.append(cgflow("baseline", method, mol.system, "--seed", seed, "--steps", mol.baseline_steps, "--out", run, "--quiet",
+                                        *ref, *mol.baseline_args.get(method, ()), *resume, core=core))
+            wait(*processes)
+
+
+# ------------------------------------------------------------------------------------------------------------ summary
+def grid_of(name: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(p_reference, centres in the model frame) of a molecule, as its AL runs score."""
+    from openmm_cgflow.active_learning.scoring import metric_grid_for_config
+    from openmm_cgflow.config import load_config
+
+    mol = PANEL[name]
+    overrides = [f"metrics.reference={mol.reference}"] if mol.reference is not None else []
+    grid = metric_grid_for_config(load_config(mol.config, overrides))
+    return grid.p_reference, grid.centres
+
+
+def summarise(runs: Path, al_sources: Dict[Tuple[str, int], Path], baseline_sources: Dict[Tuple[str, str, int], Path],
+              seeds: Sequence[int]) -> Dict:
+    panel = {}
+    for name, mol in PANEL.items():
+        if mol.reference is not None and not mol.reference.is_file():
+            panel[name] = {"config": mol.config, "missing": f"reference {mol.reference.relative_to(ROOT)} not made yet"}
+            continue
+        p_reference, centres = grid_of(name)
+        pairs: Dict[str, Dict[int, List]] = {m: {} for m in BASELINES}
+        sources: Dict[str, str] = {}
+        for method in BASELINES:
+            for pair in seeds:
+                dirs = [baseline_sources.get((name, method, s), runs / name / f"{method}-seed{s}") for s in (2 * pair, 2 * pair + 1)]
+                if all((d / BASELINE_FILES[method][1]).is_file() for d in dirs):
+                    pairs[method][pair] = pooled_curve(dirs, method, p_reference, centres)
+                    sources[f"{method} pair {pair}"] = " + ".join(map(str, dirs))
+        per_seed = {}
+        for seed in seeds:
+            path = al_sources.get((name, seed), runs / name / f"al-seed{seed}" / "metrics.json")
+            if not Path(path).is_file():
+                continue
+            notes, baselines = [], {}
+            for method in BASELINES:
+                if seed in pairs[method]:
+                    baselines[method] = pairs[method][seed]
+                elif 0 in pairs[method]:
+                    baselines[method] = pairs[method][0]
+                    notes.append(f"{method}: pair 0 (seeds 0 + 1) stands in for pair {seed}")
+                else:
+                    notes.append(f"{method}: no run yet")
+            curve = al_curve(path)
+            entry = {"al_source": str(path), "kld_vs_wall": {"al": curve, **baselines}, "notes": notes}
+            for key, t in WALL_POINTS.items():
+                entry[key] = ratio_at(curve, baselines, t)
+            per_seed[str(seed)] = entry
+        panel[name] = {"config": mol.config, "reference": str(mol.reference.relative_to(ROOT)) if mol.reference else "packaged",
+                       "baseline_sources": sources, "seeds": per_seed}
+    return {"benchmark": "panel", "wall_points_s": WALL_POINTS, "targets": TARGETS, "molecules": panel}
+
+
+def print_table(result: Dict) -> None:
+    print(f"{'molecule':<13}{'seed':>5}{'AL KLD 30 min':>15}{'better baseline':>18}{'ratio':>8}{'AL KLD 2 h':>12}{'better baseline':>18}{'ratio':>8}")
+    for name, entry in result["molecules"].items():
+        if "missing" in entry:
+            print(f"{name:<13} {entry['missing']}")
+            continue
+        for seed, row in entry["seeds"].items():
+            cells = []
+            for key in WALL_POINTS:
+                r = row[key]
+                fmt = (lambda v: f"{v:.2e}" if v is not None else "-")
+                mark = "<=" if r["bound"] == "upper" else ""
+                cells += [fmt(r["al_kld"]), f"{fmt(r['baseline_kld'])} {r['better_baseline'] or ''}".strip(),
+                          f"{mark}{r['ratio']:.2f}" if r["ratio"] is not None else "-"]
+            print(f"{name:<13}{seed:>5}{cells[0]:>15}{cells[1]:>18}{cells[2]:>8}{cells[3]:>12}{cells[4]:>18}{cells[5]:>8}")
+
+
+def _source(text: str, parts: int):
+    key, _, path = text.partition("=")
+    fields = key.split(":")
+    if len(fields) != parts or not path:
+        raise SystemExit(f"bad source {text!r}")
+    return tuple(fields[:-1]) + (int(fields[-1]),), Path(path).resolve()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/panel"))
+    parser.add_argument("--launch", choices=sorted(PANEL))
+    parser.add_argument("--phases", nargs="+", default=["reference", "al", *BASELINES], choices=["reference", "al", *BASELINES])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--hours", type=float, default=2.0, help="wall-clock budget of each AL run")
+    parser.add_argument("--al-source", action="append", default=[], metavar="MOLECULE:SEED=METRICS_JSON")
+    parser.add_argument("--baseline-source", action="append", default=[], metavar="MOLECULE:METHOD:SEED=DIR")
+    parser.add_argument("--out", type=Path, default=RESULTS / "panel.json")
+    args = parser.parse_args()
+    runs = args.runs.resolve()
+    if args.launch:
+        launch(args.launch, args.phases, runs, args.seeds, args.hours)
+    al_sources = dict(_source(text, 2) for text in args.al_source)
+    baseline_sources = dict(_source(text, 3) for text in args.baseline_source)
+    result = summarise(runs, al_sources, baseline_sources, args.seeds)
+    result["sources"] = {"al": args.al_source, "baselines": args.baseline_source}
+    args.out.write_text(json.dumps(result, indent=1))
+    print_table(result)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The scoring of benchmarks/panel.py (KLD at a wall time, the better baseline's ratio and its bound, a pair of
+baseline seeds pooled on two cores) on curves and densities whose answers are known in closed form."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "panel.py"
+
+
+@pytest.fixture(scope="module")
+def panel():
+    spec = importlib.util.spec_from_file_location("panel", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through the module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def power_law(a, b, walls):
+    return [[w, a * w ** -b] for w in walls]
+
+
+def test_value_at_interpolates_log_log_and_says_how_it_read_the_curve(panel):
+    curve = power_law(1.0, 1.0, [100.0, 1000.0, 10000.0])
+    value, how = panel.value_at(curve, 1800.0)
+    assert value == pytest.approx(1 / 1800.0, rel=1e-12) and how == "measured"   # exact on a power law
+    assert panel.value_at(curve, 50.0) == (None, "before start")
+    assert panel.value_at(curve, 2e4) == (1e-4, "after end")
+    assert panel.value_at(curve, 1e4) == (pytest.approx(1e-4), "measured")
+    assert panel.value_at([[10.0, None], [100.0, 0.1]], 50.0) == (None, "before start")  # unscored points are skipped
+
+
+def test_ratio_takes_the_better_baseline_and_marks_an_ended_curve_as_an_upper_bound(panel):
+    al = power_law(1.0, 1.0, [100.0, 10000.0])
+    metad = power_law(4.0, 1.0, [100.0, 10000.0])        # 4x the AL run's KLD at every time
+    opes = power_law(3.0, 1.0, [100.0, 1000.0])          # 3x, but ends at 1,000 s
+    at_500 = panel.ratio_at(al, {"metad": metad, "opes": opes}, 500.0)
+    assert at_500["ratio"] == pytest.approx(3.0) and at_500["better_baseline"] == "opes" and at_500["bound"] == "measured"
+    at_5000 = panel.ratio_at(al, {"metad": metad, "opes": opes}, 5000.0)
+    # OPES ended at 3e-3 (its last value), metad is at 4 / 5,000 = 8e-4: metad is the better baseline, measured
+    assert at_5000["better_baseline"] == "metad" and at_5000["ratio"] == pytest.approx(4.0) and at_5000["bound"] == "measured"
+    short_metad = power_law(4.0, 1.0, [100.0, 1000.0])
+    ended = panel.ratio_at(al, {"metad": short_metad}, 5000.0)
+    assert ended["bound"] == "upper" and ended["ratio"] == pytest.approx(4e-3 / 2e-4)
+    assert panel.ratio_at(power_law(1.0, 1.0, [1000.0]), {"metad": metad}, 500.0)["ratio"] is None   # AL not there yet
+    finished = panel.ratio_at(power_law(1.0, 1.0, [100.0, 1000.0]), {"metad": metad}, 5000.0)
+    assert finished["ratio"] == pytest.approx((4 / 5000) / 1e-3) and finished["al_read"] == "after end"  # a finished run keeps its PMF
+
+
+def _baseline_run(folder: Path, steps, free_energies, walls, centres, steps_per_s=None):
+    from openmm_cgflow.storage import save_arrays
+
+    folder.mkdir(parents=True)
+    curve = [{"md_steps": int(s), "forward_kld": None, **({"wall_s": w} if w is not None else {})} for s, w in zip(steps, walls)]
+    (folder / "metad_baseline.json").write_text(json.dumps({"curve": curve, "steps_per_s": steps_per_s, "steps": int(steps[-1])}))
+    save_arrays(folder / "metad_snapshots.npz", steps=np.asarray(steps, dtype=np.int64), free_energy_kT=np.asarray(free_energies, dtype=np.float32),
+                centres=centres)
+
+
+def test_a_pair_of_seeds_is_pooled_as_the_mean_of_its_densities_at_the_slower_seeds_wall(panel, tmp_path):
+    from openmm_cgflow.scoring import forward_kld
+
+    centres = np.linspace(-3, 3, 4)[:, None]
+    p_ref = np.array([0.1, 0.4, 0.4, 0.1])
+    # seed a puts too much weight left, seed b right: each alone is off, their mean density is the reference
+    pa, pb = np.array([0.15, 0.5, 0.3, 0.05]), np.array([0.05, 0.3, 0.5, 0.15])
+    Fa, Fb = -np.log(pa) + 3.0, -np.log(pb) - 1.0           # free energies carry arbitrary offsets
+    _baseline_run(tmp_path / "a", [1000, 2000, 3000], [Fa, Fa, Fa], [10.0, 20.0, 30.0], centres)
+    _baseline_run(tmp_path / "b", [1000, 3000], [Fb, Fb], [None, None], centres, steps_per_s=50.0)   # an older run: no wall per point
+    curve = panel.pooled_curve([tmp_path / "a", tmp_path / "b"], "metad", p_ref, centres)
+    assert [w for w, _ in curve] == [20.0, 60.0]             # common steps 1,000 and 3,000; b's wall from its mean speed
+    assert curve[0][1] == pytest.approx(0.0, abs=1e-6)       # the pooled density is the reference (float32 snapshots)
+    assert forward_kld(p_ref, Fa) > 1e-2 and forward_kld(p_ref, Fb) > 1e-2
+    with pytest.raises(SystemExit, match="grid is not the reference's"):
+        panel.pooled_curve([tmp_path / "a", tmp_path / "b"], "metad", p_ref, centres + 0.1)
