@@ -68,6 +68,10 @@ PANEL: Dict[str, Molecule] = {
     "aldp-vacuum": Molecule("aldp-vacuum", "aldp-vacuum", RESULTS / "reference_aldp-vacuum_mf" / "reference_aldp-vacuum.npz", True,
                             baseline_steps=43_000_000, reference_passes=12,
                             baseline_args={"metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "500")}),
+    # alanine dipeptide in another force field and solvent model (amber ff14SB + GBn2); ~3,200-3,500 MD steps/s
+    "aldp-gbn2": Molecule("aldp-gbn2", "aldp-gbn2", RESULTS / "reference_aldp-gbn2_mf" / "reference_aldp-gbn2.npz", True,
+                          baseline_steps=22_000_000, reference_passes=10,
+                          baseline_args={"metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "500")}),
 }
 
 

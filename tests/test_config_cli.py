@@ -144,7 +144,7 @@ def test_the_starting_md_shows_its_progress(capsys):
 
 
 def test_molecule_configs_are_the_molecule_recipe_plus_their_system(tmp_path, monkeypatch):
-    """One recipe for every molecule: aldp-fast and ace-ala2-nme extend the molecule recipe (aldp-vacuum), set only
+    """One recipe for every molecule: aldp-fast, ace-ala2-nme and aldp-gbn2 extend the molecule recipe (aldp-vacuum), set only
     their own system's keys, and a change of the recipe reaches them; a built-in config's 'extends' that names no
     built-in config or closes a cycle is refused in one line."""
     import shutil
@@ -155,7 +155,7 @@ def test_molecule_configs_are_the_molecule_recipe_plus_their_system(tmp_path, mo
     recipe = _flatten(load_config(MOLECULE_DEFAULTS))
     own = {"aldp-fast": {"system", "flow.hidden", "energy_training.chirality_filter", "dataset.max_start_points", "dataset.start_entries",
                          "search.start", "search.coverage_check", "loop.max_iterations", "metrics.reference"},
-           "ace-ala2-nme": {"system", "loop.max_iterations"}}
+           "ace-ala2-nme": {"system", "loop.max_iterations"}, "aldp-gbn2": {"system"}}
     for name, keys in own.items():
         values = _flatten(load_config(name))
         assert list(values) == list(recipe)  # the same keys, in the schema's order

@@ -188,6 +188,25 @@ def test_capped_alanine_peptide_is_built_l_and_trans_with_four_cg_dihedrals():
     assert cg.sample_filter("geometric")(torch.as_tensor(cg.positions)[None]).all()
     with pytest.raises(ValueError, match="at least one alanine"):
         capped_alanine_openmm(0)
+    with pytest.raises(ValueError, match="implicit_solvent must be one of"):
+        capped_alanine_openmm(1, "water")
+
+
+def test_the_panel_dipeptide_has_its_own_force_field_and_solvent_model():
+    """aldp-gbn2: alanine dipeptide in amber ff14SB + GBn2 (not the paper's ff96 + OBC1), same CG dihedrals, L form."""
+    import openmm
+
+    cg = create_system("aldp-gbn2")
+    assert cg.system.getNumParticles() == 22 and cg.system.getNumConstraints() == 0 and cg.cg_definition.names == ["phi1", "psi1"]
+    assert "GBn2" in cg.description.hamiltonian and len(cg.chirality_centres) == 1
+    assert cg.sample_filter("geometric")(torch.as_tensor(cg.positions)[None]).all()
+    def gb_parameters(system):
+        forces = [f for f in system.getForces() if isinstance(f, openmm.CustomGBForce)]
+        assert len(forces) == 1
+        return {forces[0].getPerParticleParameterName(k) for k in range(forces[0].getNumPerParticleParameters())}
+
+    assert {"alpha", "beta", "gamma", "radindex"} <= gb_parameters(cg.system)  # GBn2's per-atom rescaling and neck table
+    assert "radindex" not in gb_parameters(create_system("ace-ala2-nme").system)   # OBC1 has neither
 
 
 def test_md_baseline_runs_on_a_molecule_and_refuses_other_cg_spaces(tmp_path, capsys):

@@ -29,6 +29,7 @@ _REGISTRY: Dict[str, Union[str, Callable[..., CGSystem]]] = {
     "muller-brown": "openmm_cgflow.systems.muller_brown:create_muller_brown_system",
     "alanine-dipeptide": "openmm_cgflow.systems.alanine_dipeptide:create_alanine_dipeptide_system",
     "ace-ala2-nme": "openmm_cgflow.systems.peptides:create_ace_ala2_nme_system",
+    "aldp-gbn2": "openmm_cgflow.systems.peptides:create_aldp_gbn2_system",
 }
 #: name -> the built-in config (``openmm_cgflow/configs/NAME.yaml``) whose keys and defaults a run of the system
 #: uses; systems not listed use the molecule schema (``config.MOLECULE_DEFAULTS``).

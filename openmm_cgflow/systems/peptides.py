@@ -1,6 +1,7 @@
 """Capped alanine peptides Ace-(Ala)n-Nme built here, with no downloads: heavy atoms from ideal internal
 coordinates (trans peptide bonds, L-alanine), hydrogens by ``Modeller.addHydrogens``, Amber ff14SB
-(``amber14-all.xml``) with OBC1 implicit solvent (``implicit/obc1.xml``), no cutoff, no constraints, 300 K.
+(``amber14-all.xml``) with an implicit solvent of OpenMM's (OBC1 by default, ``implicit/obc1.xml``; GBn2 for the
+dipeptide of the molecule panel), no cutoff, no constraints, 300 K.
 
 CG coordinates: every backbone (phi_i, psi_i) as IUPAC dihedrals in rad, through the generic
 :func:`~openmm_cgflow.systems.molecule.molecule_system` path (``CGSystem.from_openmm``).
@@ -23,6 +24,8 @@ from .description import SystemDescription
 
 TEMPERATURE = 300.0  # K
 FORCE_FIELD = ("amber14-all.xml", "implicit/obc1.xml")
+#: implicit solvent models of OpenMM's ``implicit/`` force-field files (name -> file)
+IMPLICIT_SOLVENTS = {"OBC1": "implicit/obc1.xml", "OBC2": "implicit/obc2.xml", "GBn": "implicit/gbn.xml", "GBn2": "implicit/gbn2.xml", "HCT": "implicit/hct.xml"}
 # Ideal geometry (nm, degrees): Engh & Huber backbone values.
 BOND = {"N-CA": 0.1458, "CA-C": 0.1525, "C-N": 0.1329, "C-O": 0.1231, "CA-CB": 0.1530, "CH3-C": 0.1520, "N-CH3": 0.1458}
 ANGLE = {"C-N-CA": 121.7, "N-CA-C": 111.2, "CA-C-N": 116.2, "CA-C-O": 120.1, "C-CA-CB": 110.1, "O-C-N": 122.7}
@@ -63,17 +66,20 @@ def capped_alanine_heavy_atoms(n_alanines: int, phi_deg: float = -75.0, psi_deg:
     return atoms
 
 
-def capped_alanine_openmm(n_alanines: int) -> Tuple[openmm.System, app.Topology, np.ndarray]:
-    """(System, Topology, positions nm) of Ace-(Ala)n-Nme with hydrogens, ff14SB + OBC1, no cutoff, no constraints."""
+def capped_alanine_openmm(n_alanines: int, implicit_solvent: str = "OBC1") -> Tuple[openmm.System, app.Topology, np.ndarray]:
+    """(System, Topology, positions nm) of Ace-(Ala)n-Nme with hydrogens, ff14SB + ``implicit_solvent`` (a key of
+    :data:`IMPLICIT_SOLVENTS`), no cutoff, no constraints."""
     if n_alanines < 1:
         raise ValueError(f"a capped peptide needs at least one alanine, got {n_alanines}")
+    if implicit_solvent not in IMPLICIT_SOLVENTS:
+        raise ValueError(f"implicit_solvent must be one of {', '.join(IMPLICIT_SOLVENTS)}, got {implicit_solvent!r}")
     lines = []
     for serial, (residue, name, number, x) in enumerate(capped_alanine_heavy_atoms(n_alanines), start=1):
         x = 10.0 * x.numpy()  # Angstrom
         element = name[0]
         lines.append(f"HETATM{serial:5d} {name:<4s} {residue:>3s} A{number:4d}    {x[0]:8.3f}{x[1]:8.3f}{x[2]:8.3f}  1.00  0.00          {element:>2s}")
     pdb = app.PDBFile(io.StringIO("\n".join(lines + ["END"]) + "\n"))
-    forcefield = app.ForceField(*FORCE_FIELD)
+    forcefield = app.ForceField(FORCE_FIELD[0], IMPLICIT_SOLVENTS[implicit_solvent])
     modeller = app.Modeller(pdb.topology, pdb.positions)
     modeller.addHydrogens(forcefield)
     system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False)
@@ -94,18 +100,25 @@ def backbone_dihedrals(topology: app.Topology) -> Dict[str, List[int]]:
     return dihedrals
 
 
-def create_capped_alanine_system(n_alanines: int = 2) -> CGSystem:
+def create_capped_alanine_system(n_alanines: int = 2, implicit_solvent: str = "OBC1", name: str = "") -> CGSystem:
     """Ace-(Ala)n-Nme as a CGSystem with CG = all backbone (phi, psi): 2n IUPAC dihedrals (rad)."""
-    system, topology, positions = capped_alanine_openmm(n_alanines)
+    system, topology, positions = capped_alanine_openmm(n_alanines, implicit_solvent)
     dihedrals = backbone_dihedrals(topology)
     order = [f"{kind}{k}" for k in range(1, n_alanines + 1) for kind in ("phi", "psi")]
     return CGSystem.from_openmm(system, topology, positions, TEMPERATURE, {name: dihedrals[name] for name in order},
-                                name=f"ace-ala{n_alanines}-nme",
+                                name=name or f"ace-ala{n_alanines}-nme",
                                 description=SystemDescription(
-                                    hamiltonian="amber ff14SB + OBC1 (OpenMM amber14-all.xml, implicit/obc1.xml), NoCutoff, no constraints",
+                                    hamiltonian=f"amber ff14SB + {implicit_solvent} (OpenMM amber14-all.xml, {IMPLICIT_SOLVENTS[implicit_solvent]}), "
+                                                "NoCutoff, no constraints",
                                     notes={"built": "ideal internal coordinates + Modeller.addHydrogens"}))
 
 
 def create_ace_ala2_nme_system() -> CGSystem:
     """Ace-Ala-Ala-Nme: four CG dihedrals (phi1, psi1, phi2, psi2)."""
     return create_capped_alanine_system(2)
+
+
+def create_aldp_gbn2_system() -> CGSystem:
+    """Alanine dipeptide (Ace-Ala-Nme) with another force field and solvent model than the paper's: amber ff14SB +
+    GBn2 (the paper: ff96 + OBC1); CG = IUPAC (phi1, psi1) in rad. A molecule of the panel benchmark."""
+    return create_capped_alanine_system(1, "GBn2", name="aldp-gbn2")
