@@ -23,6 +23,10 @@ and ``ratio_at_2h`` = the better baseline's KLD / the AL run's KLD at that wall 
 baseline's curve ends before that time (its last KLD is used: the ratio is then an upper bound, as a baseline keeps
 converging) and None where the AL run has not reached it. Targets (issue 33): ratio >= 3 at 30 minutes and >= 1.5
 at 2 hours on every 2-D molecule.
+
+The 2-D molecules are here: alanine dipeptide in OBC1 (the packaged reference), in vacuum, and in ff14SB + GBn2
+(``aldp-gbn2``), each with a reference of its own. Ace-Ala-Ala-Nme (4 CG dihedrals, scored on 2-D marginals
+against long MD) is not: ``benchmarks/marginals_vs_md.py`` scores one run of it, not a curve against wall clock.
 """
 from __future__ import annotations
 
