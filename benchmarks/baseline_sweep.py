@@ -1,0 +1,141 @@
+"""A short sweep of a baseline's settings on one system, so that the panel (benchmarks/panel.py) and the wall-clock
+comparison (issue 32) run each baseline with its best settings, found as documented here, not as a new user
+would guess them.
+
+    python benchmarks/baseline_sweep.py --launch --method opes --system aldp --steps 3000000 \\
+        --grid barrier=10,20,40 width=adaptive,0.15,0.3 deposit_every=500 [--runs runs/sweep]
+    python benchmarks/baseline_sweep.py --method opes --system aldp --steps 3000000 --grid ...   (summarise)
+
+Every combination of the ``--grid`` values is one ``cgflow baseline METHOD SYSTEM --seed 0 --steps N`` run; runs
+go two at a time, one per pinned core, and a run already there is resumed (a longer ``--steps`` extends it).
+``width=adaptive`` is OPES's adaptive kernel variance, a number a fixed kernel width (rad or nm; for OPES
+``--fixed-width`` with that ``--width``); ``barrier`` (OPES, kT), ``bias_factor``, ``height`` (metad, kT) and
+``deposit_every`` (steps) map to the command's flags. The summary ranks the combinations by forward KLD at the
+last step count all reached (log-log interpolated between snapshots) and at a third of it, with each run's steps/s,
+and writes ``benchmarks/results/sweep_<method>_<system>.json``. One seed per combination: a ranking to choose
+from, not an A/B; the chosen setting's seeds run in the panel.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = {"barrier": "--barrier", "bias_factor": "--bias-factor", "height": "--height", "deposit_every": "--deposit-every", "width": "--width"}
+SUMMARY = {"metad": "metad_baseline.json", "opes": "opes_baseline.json"}
+
+
+def combinations(grid: List[str]) -> List[Dict[str, str]]:
+    """``["barrier=10,20", "width=adaptive,0.3"]`` -> every combination as ``{"barrier": "10", "width": "adaptive"}``."""
+    axes = []
+    for text in grid:
+        key, _, values = text.partition("=")
+        if key not in FLAGS or not values:
+            raise SystemExit(f"--grid {text!r}: expected KEY=V1,V2,... with KEY one of {', '.join(FLAGS)}")
+        axes.append([(key, v) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def tag(combo: Dict[str, str]) -> str:
+    return "_".join(f"{k}{v}" for k, v in combo.items())
+
+
+def command_args(method: str, combo: Dict[str, str]) -> List[str]:
+    args = []
+    for key, value in combo.items():
+        if key == "width" and value == "adaptive":
+            if method != "opes":
+                raise SystemExit("width=adaptive is OPES's adaptive variance")
+            continue
+        args += [FLAGS[key], value]
+        if key == "width" and method == "opes":
+            args.append("--fixed-width")
+    return args
+
+
+def launch(args, combos: List[Dict[str, str]]) -> None:
+    queue = []
+    for combo in combos:
+        out = args.runs / f"{args.method}_{args.system}" / tag(combo)
+        summary = out / SUMMARY[args.method]
+        if summary.is_file() and json.loads(summary.read_text())["steps"] >= args.steps:
+            continue
+        resume = ["--resume"] if (out / f"{args.method}_checkpoint.pt").is_file() else []
+        queue.append(["baseline", args.method, args.system, "--seed", "0", "--steps", str(args.steps), "--out", str(out), "--quiet",
+                      *(["--reference", str(args.reference)] if args.reference else []), *command_args(args.method, combo), *resume])
+    running: Dict[int, subprocess.Popen] = {}
+    while queue or running:
+        for core in (0, 1):
+            if core not in running and queue:
+                command = [sys.executable, "-m", "openmm_cgflow.cli", *queue.pop(0)]
+                print("running:", " ".join(command[1:]), flush=True)
+                running[core] = subprocess.Popen(command, preexec_fn=lambda c=core: os.sched_setaffinity(0, {c}))
+        time.sleep(2)
+        for core, process in list(running.items()):
+            if process.poll() is not None:
+                if process.returncode:
+                    raise SystemExit(f"failed (exit {process.returncode}): {' '.join(map(str, process.args))}")
+                del running[core]
+
+
+def kld_at(curve: List[Dict], steps: float) -> Optional[float]:
+    points = [(p["md_steps"], p["forward_kld"]) for p in curve if p.get("forward_kld")]
+    for (s0, k0), (s1, k1) in zip(points, points[1:]):
+        if s0 <= steps <= s1:
+            u = (math.log(steps) - math.log(s0)) / (math.log(s1) - math.log(s0)) if s1 > s0 else 1.0
+            return math.exp(math.log(k0) + u * (math.log(k1) - math.log(k0)))
+    return points[-1][1] if points and points[-1][0] == steps else None
+
+
+def summarise(args, combos: List[Dict[str, str]]) -> Dict:
+    rows = []
+    for combo in combos:
+        path = args.runs / f"{args.method}_{args.system}" / tag(combo) / SUMMARY[args.method]
+        if path.is_file():
+            summary = json.loads(path.read_text())
+            rows.append({"settings": combo, "steps": summary["steps"], "steps_per_s": summary["steps_per_s"], "curve": summary["curve"],
+                         "protocol": summary["protocol"]})
+    if not rows:
+        raise SystemExit("no finished run to summarise")
+    common = min(r["steps"] for r in rows)
+    for r in rows:
+        r["kld_at_common"], r["kld_at_third"] = kld_at(r["curve"], common), kld_at(r["curve"], common / 3)
+    rows.sort(key=lambda r: r["kld_at_common"] if r["kld_at_common"] is not None else math.inf)
+    return {"benchmark": "baseline_sweep", "method": args.method, "system": args.system, "seed": 0, "common_steps": common, "rows": rows,
+            "command": " ".join(sys.argv)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", choices=sorted(SUMMARY), required=True)
+    parser.add_argument("--system", required=True, help="a registered system, a built-in config or a YAML config")
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2")
+    parser.add_argument("--reference", type=Path, default=None)
+    parser.add_argument("--runs", type=Path, default=Path("runs/sweep"))
+    parser.add_argument("--launch", action="store_true")
+    args = parser.parse_args()
+    combos = combinations(args.grid)
+    if args.launch:
+        launch(args, combos)
+    result = summarise(args, combos)
+    out = ROOT / "benchmarks" / "results" / f"sweep_{args.method}_{args.system}.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"{'settings':<44}{'steps/s':>9}{'KLD at ' + format(result['common_steps'] / 3, '.2g'):>16}{'KLD at ' + format(result['common_steps'], '.2g'):>16}")
+    for r in result["rows"]:
+        fmt = (lambda v: f"{v:.2e}" if v is not None else "-")
+        print(f"{tag(r['settings']):<44}{r['steps_per_s']:>9.0f}{fmt(r['kld_at_third']):>16}{fmt(r['kld_at_common']):>16}")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
