@@ -21,12 +21,12 @@ import argparse
 import itertools
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from launching import cgflow, wait
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = {"barrier": "--barrier", "bias_factor": "--bias-factor", "height": "--height", "deposit_every": "--deposit-every", "width": "--width"}
@@ -69,20 +69,17 @@ def launch(args, combos: List[Dict[str, str]]) -> None:
         if summary.is_file() and json.loads(summary.read_text())["steps"] >= args.steps:
             continue
         resume = ["--resume"] if (out / f"{args.method}_checkpoint.pt").is_file() else []
-        queue.append(["baseline", args.method, args.system, "--seed", "0", "--steps", str(args.steps), "--out", str(out), "--quiet",
-                      *(["--reference", str(args.reference)] if args.reference else []), *command_args(args.method, combo), *resume])
-    running: Dict[int, subprocess.Popen] = {}
+        queue.append(("baseline", args.method, args.system, "--seed", "0", "--steps", str(args.steps), "--out", str(out), "--quiet",
+                      *(["--reference", str(args.reference)] if args.reference else []), *command_args(args.method, combo), *resume))
+    running = {}
     while queue or running:
         for core in (0, 1):
             if core not in running and queue:
-                command = [sys.executable, "-m", "openmm_cgflow.cli", *queue.pop(0)]
-                print("running:", " ".join(command[1:]), flush=True)
-                running[core] = subprocess.Popen(command, preexec_fn=lambda c=core: os.sched_setaffinity(0, {c}))
+                running[core] = cgflow(*queue.pop(0), core=core)
         time.sleep(2)
         for core, process in list(running.items()):
             if process.poll() is not None:
-                if process.returncode:
-                    raise SystemExit(f"failed (exit {process.returncode}): {' '.join(map(str, process.args))}")
+                wait(process)
                 del running[core]
 
 

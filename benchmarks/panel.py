@@ -33,14 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from launching import cgflow, wait
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -147,18 +147,6 @@ def al_curve(metrics_path: Path) -> List[List[float]]:
 
 
 # ------------------------------------------------------------------------------------------------------------ launch
-def cgflow(*args: str, core: Optional[int] = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "openmm_cgflow.cli", *map(str, args)]
-    print("running:", " ".join(command[1:]), flush=True)
-    return subprocess.Popen(command, preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if core is not None else None)
-
-
-def wait(*processes: subprocess.Popen) -> None:
-    for p in processes:
-        if p.wait():
-            raise SystemExit(f"failed (exit {p.returncode}): {' '.join(map(str, p.args))}")
-
-
 def reference_path(name: str) -> Optional[Path]:
     return PANEL[name].reference
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,22 +32,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from launching import cgflow, wait
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "benchmarks" / "inputs" / "butane-xtb.yaml"
 THRESHOLDS = (2e-2, 1e-2)  # the reference's own halves differ by ~1e-2 (one pass of 2,000 steps per window)
 WORKERS = (1, 4, 16, 64)
-
-
-def cgflow(*args: str, core: Optional[int] = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "openmm_cgflow.cli", *args]
-    print("running:", " ".join(command[1:]), flush=True)
-    return subprocess.Popen(command, preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if core is not None else None)
-
-
-def wait(*processes: subprocess.Popen) -> None:
-    for p in processes:
-        if p.wait():
-            raise SystemExit(f"failed (exit {p.returncode}): {' '.join(map(str, p.args))}")
 
 
 def launch(args) -> None:

@@ -125,31 +125,22 @@ def test_resume_with_a_different_config_is_refused(main_job):
         ActiveLearningRun(config, out, progress=False).run(resume=True)
 
 
-def test_a_finished_run_extended_continues_as_if_planned_longer(main_job, tmp_path):
+@pytest.mark.parametrize("limit, reason", [("loop.max_iterations=1", "reached loop.max_iterations = 1"),
+                                           ("loop.max_wall_s=1e-3", "passed loop.max_wall_s = 0.001")])
+def test_a_finished_run_extended_continues_as_if_planned_longer(main_job, tmp_path, limit, reason):
+    """A run stopped by a limit after iteration 1 (its iteration count, or ``loop.max_wall_s``: the iteration
+    during which its wall time passed the limit, a queue's time limit) and extended on resume continues exactly
+    as the run planned longer from the start."""
     _, planned = main_job                                    # planned for 10 iterations from the start
     out = tmp_path / "extended"
-    first = ActiveLearningRun(load_config("muller-brown", ["loop.max_iterations=1"]), out, progress=False).run()
-    assert len(first["iterations"]) == 1 and "loop.max_iterations" in first["totals"]["stop_reason"]
+    first = ActiveLearningRun(load_config("muller-brown", [limit]), out, progress=False).run()
+    assert len(first["iterations"]) == 1 and reason in first["totals"]["stop_reason"]
     extended = ActiveLearningRun(load_config("muller-brown", ["loop.max_iterations=2"]), out, progress=False).run(resume=True)
     assert len(extended["iterations"]) == 2
     expected = _comparable(planned)[:2]
     expected[-1].pop("mc_steps")                             # the planned run searched after its 2nd iteration
     assert _comparable(extended) == expected
     assert extended["iterations"][0]["mc_steps"] == planned["iterations"][0]["mc_steps"]   # the search the stop skipped
-
-
-def test_a_run_stopped_by_its_wall_time_limit_extends_as_if_planned_longer(main_job, tmp_path):
-    """``loop.max_wall_s`` ends a run after the iteration during which its wall time passed the limit (a queue's
-    time limit); raising the limit on resume continues it exactly as the uninterrupted run."""
-    _, planned = main_job
-    out = tmp_path / "timed"
-    first = ActiveLearningRun(load_config("muller-brown", ["loop.max_wall_s=1e-3"]), out, progress=False).run()
-    assert len(first["iterations"]) == 1 and "passed loop.max_wall_s = 0.001" in first["totals"]["stop_reason"]
-    extended = ActiveLearningRun(load_config("muller-brown", ["loop.max_iterations=2"]), out, progress=False).run(resume=True)
-    assert len(extended["iterations"]) == 2
-    expected = _comparable(planned)[:2]
-    expected[-1].pop("mc_steps")
-    assert _comparable(extended) == expected
 
 
 def _comparable(metrics):

@@ -13,12 +13,14 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "panel.py"
 
 @pytest.fixture(scope="module")
 def panel():
+    sys.path.insert(0, str(SCRIPT.parent))  # panel.py imports its sibling launching.py, as when run as a script
     spec = importlib.util.spec_from_file_location("panel", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses resolve their annotations through the module
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop(spec.name, None)
+    sys.path.remove(str(SCRIPT.parent))
 
 
 def power_law(a, b, walls):
