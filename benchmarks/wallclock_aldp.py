@@ -8,6 +8,16 @@ seed in turn (108 iterations reach 5,013,200 evaluations), each in its own proce
 does (the flow on one core, OpenMM workers and half the ensemble's member groups on the other); a run that is
 already there is resumed (``--resume``), one that has reached 5e6 is left alone. Nothing else should run meanwhile.
 
+``--baseline KIND=DIR`` (KIND md, metad or opes; a ``cgflow baseline`` output folder of alanine dipeptide) adds
+the wall-clock comparison: the wall seconds after which each AL seed's forward KLD stays at or below 2e-3, 1.5e-3
+and 1.2e-3 (every later iteration too: an AL run's KLD goes up and down by tens of %), and each baseline's, its
+steps from which its curve (rescored against the packaged reference) stays there, divided by its steps/s on one
+core; the speedup is their ratio (a lower bound where the baseline is not there yet). The first crossings are
+reported beside them. With ``--probe``, each
+baseline kind's steps/s is measured in this same benchmark run (``--probe-steps`` steps of ``cgflow baseline KIND
+aldp``, two at a time, one pinned core each), so that the comparison does not mix machines or days; without it,
+each baseline run's own recorded steps/s is used.
+
 The summary reads each run's ``metrics.json`` (wall time per iteration includes its checkpoint write) and writes
 ``benchmarks/results/wallclock_aldp.json``: ``seeds``, ``wall_s_to_5e6`` (per seed, the run's wall time interpolated to
 5e6 evaluations), ``kld_at_5e6`` and ``kld_at_1e6`` (per seed, log-log interpolation between iterations, as
@@ -25,11 +35,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 ITERATIONS_TO_5E6 = 108
+KLD_THRESHOLDS = (2e-3, 1.5e-3, 1.2e-3)
 TARGETS = {"wall_s_to_5e6_max": 4500.0, "iteration_ratio_max": 1.5, "kld_at_5e6_mean_max": 1.2e-3, "kld_at_1e6_mean_max": 2.4e-3}
 
 
@@ -91,6 +102,84 @@ def launch(seed: int, runs: Path, overrides: List[str]) -> None:
     print(f"seed {seed}: process wall {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def baseline_curve(kind: str, folder: Path, p_reference: np.ndarray) -> List[Dict[str, float]]:
+    """KLD against MD steps of a baseline run, rescored against ``p_reference``."""
+    from aldp_efficiency import md_curve, metad_curve
+
+    if kind == "md":
+        return md_curve(folder, p_reference)
+    if kind == "metad":
+        return metad_curve(folder, p_reference)
+    from openmm_cgflow.scoring.kld import forward_kld
+
+    with np.load(folder / "opes_snapshots.npz") as data:
+        return [{"md_steps": int(s), "forward_kld": forward_kld(p_reference, F.astype(np.float64))} for s, F in zip(data["steps"], data["free_energy_kT"])]
+
+
+def recorded_steps_per_s(kind: str, folder: Path) -> float:
+    name = {"md": "md_baseline.json", "metad": "metad_baseline.json", "opes": "opes_baseline.json"}[kind]
+    return float(json.loads((folder / name).read_text())["steps_per_s"])
+
+
+def probe_steps_per_s(kinds: List[str], steps: int, work: Path) -> Dict[str, float]:
+    """Each baseline kind's MD steps/s on one pinned core, measured now: ``steps`` steps, two kinds at a time."""
+    from launching import cgflow, wait
+
+    import tempfile
+
+    work.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="probe-", dir=work))  # a fresh folder: a baseline never overwrites one
+    speeds, queue = {}, list(kinds)
+    while queue:
+        batch = [(kind, folder / kind) for kind in queue[:2]]
+        queue = queue[2:]
+        wait(*[cgflow("baseline", kind, "aldp", "--steps", steps, "--seed", 0, "--out", out, "--quiet", core=core)
+               for core, (kind, out) in enumerate(batch)])
+        for kind, out in batch:
+            speeds[kind] = recorded_steps_per_s(kind, out)
+    return speeds
+
+
+def stays_below(curve: List[Dict[str, float]], kld: float, key: str) -> Optional[float]:
+    """``key`` (wall seconds or steps) of the first point of ``curve`` from which every point is at or below ``kld``;
+    None if its last point is above."""
+    above = [k for k, point in enumerate(curve) if point["forward_kld"] > kld]
+    if not curve or (above and above[-1] == len(curve) - 1):
+        return None
+    return float(curve[above[-1] + 1 if above else 0][key])
+
+
+def al_points(rows: List[Dict]) -> List[Dict[str, float]]:
+    return [{"wall_s": r["wall_s"], "forward_kld": r["forward_kld"]} for r in rows if r.get("forward_kld")]
+
+
+def wall_clock_comparison(per_seed_rows: Dict[int, List[Dict]], baselines: List[Tuple[str, Path]], speeds: Dict[str, float]) -> Dict:
+    """Per KLD threshold: each AL seed's wall seconds, each baseline run's (steps / steps/s on one core), speedups."""
+    from aldp_efficiency import steps_to_reach
+    from openmm_cgflow.scoring.grid import load_reference
+    from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path
+
+    p_reference = load_reference(packaged_reference_path()).probabilities.ravel()
+    curves = {f"{kind} {folder.name}": (kind, baseline_curve(kind, folder, p_reference), speeds.get(kind) or recorded_steps_per_s(kind, folder))
+              for kind, folder in baselines}
+    table = {}
+    for kld in KLD_THRESHOLDS:
+        al = {str(seed): stays_below(al_points(rows), kld, "wall_s") for seed, rows in per_seed_rows.items()}
+        first = {str(seed): steps_to_reach(al_points(rows), kld, key="wall_s") for seed, rows in per_seed_rows.items()}
+        reached = [w for w in al.values() if w is not None]
+        al_mean = float(np.mean(reached)) if len(reached) == len(al) and reached else None
+        entries = {}
+        for name, (kind, curve, speed) in curves.items():
+            steps, first_steps = stays_below(curve, kld, "md_steps"), steps_to_reach(curve, kld)
+            wall = steps / speed if steps is not None else None
+            last = curve[-1]["md_steps"] / speed
+            entries[name] = {"steps": steps, "steps_first_crossing": first_steps, "steps_per_s": speed, "wall_s": wall, "wall_s_so_far": last,
+                             "speedup": wall / al_mean if wall is not None and al_mean else None,
+                             "speedup_lower_bound": last / al_mean if wall is None and al_mean else None}
+        table[f"{kld:g}"] = {"al_wall_s": al, "al_wall_s_first_crossing": first, "al_wall_s_mean": al_mean, "baselines": entries}
+    return table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -99,6 +188,9 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", default="aldp-fast-wallclock", help="result name under benchmarks/results/aldp_runs/")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "wallclock_aldp.json")
+    parser.add_argument("--baseline", action="append", default=[], metavar="KIND=DIR", help="md|metad|opes=DIR of an ALDP baseline run")
+    parser.add_argument("--probe", action="store_true", help="measure each baseline kind's steps/s now, on this machine")
+    parser.add_argument("--probe-steps", type=int, default=200_000)
     args = parser.parse_args()
     if args.launch:
         for seed in args.seeds:
@@ -131,6 +223,13 @@ def main() -> int:
                   "iteration_ratio_40k_to_2k": forty / two if two and forty else None},
         "targets": TARGETS, "runs": {str(s): v for s, v in per_seed.items()},
     }
+    if args.baseline:
+        baselines = [(text.split("=", 1)[0], Path(text.split("=", 1)[1])) for text in args.baseline]
+        kinds = sorted({kind for kind, _ in baselines})
+        speeds = probe_steps_per_s(kinds, args.probe_steps, args.runs) if args.probe else {}
+        rows = {seed: json.loads((args.runs / f"seed{seed}" / "metrics.json").read_text())["iterations"] for seed in per_seed}
+        result["baseline_steps_per_s_probe"] = speeds or None
+        result["wall_clock"] = wall_clock_comparison(rows, baselines, speeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"{'seed':>5}{'iterations':>11}{'evaluations':>13}{'wall to 5e6':>13}{'KLD 1e6':>10}{'KLD 5e6':>10}{'it@2k s':>9}{'it@40k s':>10}")
@@ -139,6 +238,14 @@ def main() -> int:
             return format(v, spec) if v is not None else "-"
         print(f"{seed:>5}{r['iterations']:>11}{r['energy_evaluations']:>13,}{fmt(r['wall_s_to_5e6'], '>13.0f')}{fmt(r['kld_at_1e6'], '>10.2e')}"
               f"{fmt(r['kld_at_5e6'], '>10.2e')}{fmt(r['iteration_wall_s_at_2k_labels'], '>9.1f')}{fmt(r['iteration_wall_s_at_40k_labels'], '>10.1f')}")
+    for kld, entry in result.get("wall_clock", {}).items():
+        mean = entry["al_wall_s_mean"]
+        print(f"KLD {kld}: AL wall s {', '.join(f'{w:.0f}' if w else '-' for w in entry['al_wall_s'].values())} (mean {mean:.0f})" if mean else
+              f"KLD {kld}: AL wall s {entry['al_wall_s']}")
+        for name, b in entry["baselines"].items():
+            speed = f"{b['speedup']:.1f}x" if b["speedup"] else (f"> {b['speedup_lower_bound']:.1f}x" if b["speedup_lower_bound"] else "-")
+            wall = f"{b['wall_s']:.0f}" if b["wall_s"] else f"> {b['wall_s_so_far']:.0f}"
+            print(f"    {name:<40} {b['steps_per_s']:>7.0f} steps/s  wall s {wall:>8}  AL speedup {speed}")
     print("means:", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result["means"].items()})
     print(f"written to {args.out}")
     return 0
