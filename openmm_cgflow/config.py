@@ -212,20 +212,33 @@ def _system_facts(system: Any):
         raise ConfigError(f"config key 'system': building {label!r} failed ({type(error).__name__}: {reason})") from None
 
 
-def _own_domain_defaults(system: Any, user_keys: Iterable[str]) -> Dict[str, Any]:
+#: lengths in a recipe's CG units that a system of one's own with linear CG coordinates gets scaled by its domain's
+#: width over the recipe's (a Müller-Brown step of 0.1 nm on a 3.6 nm range is 1/36 of any other range)
+_DOMAIN_SCALED_KEYS = ("search.step_size", "spreading.width")
+
+
+def _own_domain_defaults(system: Any, user_keys: Iterable[str], schema: Dict[str, Any]) -> Dict[str, Any]:
     """For a system of one's own, the keys a config leaves unset that must come from the system and not from the
-    built-in config lending its recipe: ``metrics.domain`` (the CG coordinates' common domain), ``search.bounds``
-    (that domain for one linear coordinate, else null), ``search.start`` (null: the first starting frame) and
-    ``metrics.reference`` (the system's first reference, else none)."""
+    built-in config lending its recipe (``schema``): ``metrics.domain`` (the CG coordinates' common domain),
+    ``search.bounds`` (that domain for one linear coordinate, else null), ``search.start`` (null: the first starting
+    frame), ``metrics.reference`` (the system's first reference, else none) and, for linear CG coordinates, the
+    search's step and the spreading width in proportion to the domain (:data:`_DOMAIN_SCALED_KEYS`)."""
     if not is_user_system(system):
         return {}
     facts = _system_facts(system)
     values: Dict[str, Any] = {}
+    domains = sorted(set(facts.domain))
     if "metrics.domain" not in user_keys:
-        domains = sorted(set(facts.domain))
         if len(domains) != 1:
             raise ConfigError(f"config key 'metrics.domain' must be set: the system's CG coordinates have different domains {list(facts.domain)}")
         values["metrics.domain"] = list(domains[0])
+    if not any(facts.periodic):
+        lower, upper = values.get("metrics.domain") or domains[0]
+        recipe = _flatten(schema)
+        scale = (upper - lower) / (recipe["metrics.domain"][1] - recipe["metrics.domain"][0])
+        for key in _DOMAIN_SCALED_KEYS:
+            if key not in user_keys:
+                values[key] = recipe[key] * scale
     if "search.bounds" not in user_keys:
         values["search.bounds"] = list(facts.domain[0]) if len(facts.domain) == 1 and not facts.periodic[0] else None
     if "search.start" not in user_keys:
@@ -435,7 +448,7 @@ def load_config(name_or_path: str, overrides: Iterable[str] = (), seed: Optional
     else:
         raise ConfigError(f"'{name_or_path}' is neither a built-in config ({', '.join(builtin_configs())}) nor a YAML file")
     flat = _flatten(user)
-    flat = {**_own_domain_defaults(user["system"], {text.split("=", 1)[0].strip() for text in overrides} | set(flat)), **flat}
+    flat = {**_own_domain_defaults(user["system"], {text.split("=", 1)[0].strip() for text in overrides} | set(flat), schema), **flat}
     for text in overrides:
         key, value = parse_override(text)
         if key == "system":

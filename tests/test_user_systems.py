@@ -42,9 +42,17 @@ def test_a_factory_in_yaml_brings_its_own_domain_and_reference(tmp_path):
     assert cfg["metrics"]["reference"] == "exact"
     assert cfg["dataset"]["copies"] == load_config("muller-brown")["dataset"]["copies"]  # linear CG: the Müller-Brown recipe
     assert schema_name(cfg["system"]) == "muller-brown"
+    # lengths of the recipe in proportion to the domain: Müller-Brown's 0.1 nm step and 0.5 nm spreading on 3.6 nm
+    recipe = load_config("muller-brown")
+    assert cfg["search"]["step_size"] == pytest.approx(recipe["search"]["step_size"] * 3.2 / 3.6)
+    assert cfg["spreading"]["width"] == pytest.approx(recipe["spreading"]["width"] * 3.2 / 3.6)
+    (tmp_path / "wide.yaml").write_text("system:\n  factory: well.py:create\n  arguments: {domain: [-16.0, 16.0]}\n")
+    assert load_config(str(tmp_path / "wide.yaml"))["search"]["step_size"] == pytest.approx(recipe["search"]["step_size"] * 32 / 3.6)
     # what the user sets stays
-    cfg = load_config(str(tmp_path / "well.yaml"), ["metrics.domain=[-1.2, 1.2]", "search.bounds=null", "metrics.reference=none"])
+    cfg = load_config(str(tmp_path / "well.yaml"), ["metrics.domain=[-1.2, 1.2]", "search.bounds=null", "metrics.reference=none",
+                                                    "search.step_size=0.2"])
     assert cfg["metrics"]["domain"] == [-1.2, 1.2] and cfg["search"]["bounds"] is None and cfg["metrics"]["reference"] == "none"
+    assert cfg["search"]["step_size"] == 0.2
 
 
 @pytest.mark.parametrize("system, message", [
