@@ -32,8 +32,8 @@ README = ROOT / "README.md"
 #: The alanine-dipeptide active-learning runs of the headline: (label, run folders under results/aldp_runs/, cores
 #: of the wall times, or 0 where the runs were not timed one at a time on the whole machine).
 ALDP_RUNS: Sequence[Tuple[str, Sequence[str], int]] = (
-    ("active learning, `aldp-fast`", [f"aldp-fast-cells64-seed{s}" for s in (0, 1, 2)], 2),
-    ("active learning, `aldp-fast` before label cells", [f"aldp-fast-periodic2-groups10-seed{s}" for s in (0, 1, 2)], 0),
+    ("active learning, `aldp-fast` + 64 label cells per dihedral", [f"aldp-fast-cells64-seed{s}" for s in (0, 1, 2)], 2),
+    ("active learning, `aldp-fast`", [f"aldp-fast-periodic2-groups10-seed{s}" for s in (0, 1, 2)], 0),
 )
 #: The baselines: (label, kind, folders under results/); each ran on one pinned core.
 ALDP_BASELINES: Sequence[Tuple[str, str, Sequence[str]]] = (
