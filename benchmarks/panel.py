@@ -147,13 +147,9 @@ def al_curve(metrics_path: Path) -> List[List[float]]:
 
 
 # ------------------------------------------------------------------------------------------------------------ launch
-def reference_path(name: str) -> Optional[Path]:
-    return PANEL[name].reference
-
-
 def launch(name: str, phases: Sequence[str], runs: Path, seeds: Sequence[int], hours: float) -> None:
     mol, out = PANEL[name], runs / name
-    reference = reference_path(name)
+    reference = mol.reference
     if "reference" in phases and mol.make_reference and not reference.is_file():
         work = out / "reference"
         resume = ["--resume"] if (work / "seed1").exists() else []
