@@ -12,7 +12,7 @@ Each phase runs alone on the whole machine and resumes where it stopped (run it 
   default recipe) but for ``loop.max_wall_s`` (``--hours``) and no other stopping limit; the run pins itself to
   both cores (the flow on one, OpenMM workers and half the ensemble fit on the other).
 - ``metad``, ``opes``: each baseline gets the same two cores as a pair of pooled seeds: seeds 2S and 2S+1 run at
-  once, one pinned core each, for ``--baseline-steps`` steps (about ``--hours`` of one core), and the pair's
+  once, one pinned core each, for the molecule's ``baseline_steps`` (its ``PANEL`` entry: about 2 hours of one core), and the pair's
   estimate is the mean of the two seeds' probability densities at equal step counts (its wall clock: the slower
   seed's). Protocols are the baselines' own defaults unless the molecule's entry says otherwise.
 

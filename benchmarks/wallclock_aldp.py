@@ -162,10 +162,11 @@ def wall_clock_comparison(per_seed_rows: Dict[int, List[Dict]], baselines: List[
     p_reference = load_reference(packaged_reference_path()).probabilities.ravel()
     curves = {f"{kind} {folder.name}": (kind, baseline_curve(kind, folder, p_reference), speeds.get(kind) or recorded_steps_per_s(kind, folder))
               for kind, folder in baselines}
+    points = {str(seed): al_points(rows) for seed, rows in per_seed_rows.items()}
     table = {}
     for kld in KLD_THRESHOLDS:
-        al = {str(seed): stays_below(al_points(rows), kld, "wall_s") for seed, rows in per_seed_rows.items()}
-        first = {str(seed): steps_to_reach(al_points(rows), kld, key="wall_s") for seed, rows in per_seed_rows.items()}
+        al = {seed: stays_below(curve, kld, "wall_s") for seed, curve in points.items()}
+        first = {seed: steps_to_reach(curve, kld, key="wall_s") for seed, curve in points.items()}
         reached = [w for w in al.values() if w is not None]
         al_mean = float(np.mean(reached)) if len(reached) == len(al) and reached else None
         entries = {}
