@@ -107,3 +107,23 @@ def test_minimize_stops_at_max_iter_and_at_a_zero_gradient():
     log = []
     x = minimize(_objective(quadratic, log), torch.full((3,), 2.0, dtype=torch.float64), 10)
     assert log == [0.0] and torch.equal(x, torch.full((3,), 2.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_fit_to_astronomical_labels_ends_finite(weighted):
+    """Labels of up to 2e10 kT (an untrained flow's first labels) make a float32 ensemble loss ~1e19, whose changes
+    along a step fall below float32's resolution: torch's strong-Wolfe line search then returns a NaN step. The fit
+    must stop at its last finite point instead of carrying NaN parameters into the PMF (seed 5 did, before)."""
+    import numpy as np
+
+    from openmm_cgflow.pmf.ensemble import PMFEnsemble
+
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        s = rng.uniform(-np.pi, np.pi, (63, 2))
+        F = 500 + np.exp(rng.uniform(0, np.log(2e10), 63))
+        ensemble = PMFEnsemble(2, 10, (64, 64), periodic=True)
+        history = ensemble.fit(s, F, 20, 256, 1.0, "fraction", "xavier", torch.Generator().manual_seed(seed), "lbfgs", "float32", 10,
+                               weights=np.ones(63) if weighted else None)
+        mean, std = ensemble.predict(s)
+        assert np.isfinite(mean).all() and np.isfinite(std).all() and np.isfinite(history).all()

@@ -18,6 +18,7 @@ and whole fits against ``torch.optim.LBFGS``.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -83,7 +84,10 @@ def minimize(objective: Objective, x0: torch.Tensor, max_iter: int, lr: float = 
              tolerance_grad: float = 1e-12, tolerance_change: float = 1e-15, max_eval: Optional[int] = None) -> torch.Tensor:
     """Minimise ``objective`` (flat tensor -> (loss, flat gradient)) from ``x0`` by L-BFGS with a strong-Wolfe line
     search: the control flow of one ``torch.optim.LBFGS(lr, max_iter, max_eval, tolerance_grad, tolerance_change,
-    history_size, line_search_fn="strong_wolfe").step`` call. Returns the final point (a new tensor)."""
+    history_size, line_search_fn="strong_wolfe").step`` call, except that a line search ending at a non-finite step
+    or loss stops the minimisation at the last finite point, where torch's would continue from NaN parameters (in
+    float32, labels of ~1e10 kT from an untrained flow make the loss ~1e19, whose changes along a step fall below
+    the precision, and the cubic interpolation divides 0 by 0). Returns the final point (a new tensor)."""
     if max_eval is None:
         max_eval = max_iter * 5 // 4
     x = x0.detach().clone()
@@ -116,10 +120,13 @@ def minimize(objective: Objective, x0: torch.Tensor, max_iter: int, lr: float = 
         if gtd > -tolerance_change:
             break
 
-        loss, g, t, ls_evals = _strong_wolfe(along, x, t, d, loss, g, gtd)
+        new_loss, new_g, t, ls_evals = _strong_wolfe(along, x, t, d, loss, g, gtd)
         t = float(t)
-        x = x + t * d
         evals += ls_evals
+        if not (math.isfinite(t) and math.isfinite(new_loss)):
+            break  # the line search broke down (a loss beyond the precision's resolution): keep the last finite point
+        loss, g = new_loss, new_g
+        x = x + t * d
         if n_iter == max_iter or evals >= max_eval:
             break
         if float(g.abs().max()) <= tolerance_grad:

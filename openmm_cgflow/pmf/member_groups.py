@@ -16,6 +16,7 @@ no module and no pickled code beyond this file's functions.
 from __future__ import annotations
 
 import atexit
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -74,7 +75,8 @@ def lbfgs_group(params: Dict[str, torch.Tensor], X: torch.Tensor, Y: torch.Tenso
             loss = squared.mean(1).sum() if W is None else ((W * squared).sum(1) / W.sum(1)).sum()
             (grad,) = torch.autograd.grad(loss, flat)
             value = float(loss.detach())
-            history.append(value / n_members)
+            if math.isfinite(value) or not history:  # a broken-down line search's NaN trials are not the fit's loss
+                history.append(value / n_members)
             return value, grad
 
         x0 = torch.cat([params[key].detach().reshape(-1) for key in keys])
