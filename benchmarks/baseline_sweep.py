@@ -10,10 +10,12 @@ Every combination of the ``--grid`` values is one ``cgflow baseline METHOD SYSTE
 go two at a time, one per pinned core, and a run already there is resumed (a longer ``--steps`` extends it).
 ``width=adaptive`` is OPES's adaptive kernel variance, a number a fixed kernel width (rad or nm; for OPES
 ``--fixed-width`` with that ``--width``); ``barrier`` (OPES, kT), ``bias_factor``, ``height`` (metad, kT) and
-``deposit_every`` (steps) map to the command's flags. The summary ranks the combinations by forward KLD at the
-last step count all reached (log-log interpolated between snapshots) and at a third of it, with each run's steps/s,
-and writes ``benchmarks/results/sweep_<method>_<system>.json``. One seed per combination: a ranking to choose
-from, not an A/B; the chosen setting's seeds run in the panel.
+``deposit_every`` (steps) map to the command's flags, ``correct_smoothing=yes`` to OPES's ``--correct-smoothing``. The summary ranks the combinations by forward KLD at the
+last step count all reached (log-log interpolated between snapshots) and at a third of it, with each run's steps/s
+(every finished run in the folder, earlier grids' included; for OPES also the final KLD with the other free-energy
+estimate, the kernel density with or without its smoothing correction), and writes
+``benchmarks/results/sweep_<method>_<system>.json``. One seed per combination: a ranking to choose from, not an A/B;
+the chosen setting's seeds run in the panel.
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from launching import cgflow, wait
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = {"barrier": "--barrier", "bias_factor": "--bias-factor", "height": "--height", "deposit_every": "--deposit-every", "width": "--width"}
+FLAGS = {"barrier": "--barrier", "correct_smoothing": "--correct-smoothing", "bias_factor": "--bias-factor", "height": "--height", "deposit_every": "--deposit-every", "width": "--width"}
 SUMMARY = {"metad": "metad_baseline.json", "opes": "opes_baseline.json"}
 
 
@@ -54,6 +58,9 @@ def command_args(method: str, combo: Dict[str, str]) -> List[str]:
         if key == "width" and value == "adaptive":
             if method != "opes":
                 raise SystemExit("width=adaptive is OPES's adaptive variance")
+            continue
+        if key == "correct_smoothing":
+            args += [FLAGS[key]] if value == "yes" else []
             continue
         args += [FLAGS[key], value]
         if key == "width" and method == "opes":
@@ -92,14 +99,40 @@ def kld_at(curve: List[Dict], steps: float) -> Optional[float]:
     return points[-1][1] if points and points[-1][0] == steps else None
 
 
-def summarise(args, combos: List[Dict[str, str]]) -> Dict:
+def opes_other_estimate(args, out: Path) -> Dict:
+    """The forward KLD of an OPES run's final state with the other free-energy estimate (the kernel density with
+    and without its smoothing correction, ``--correct-smoothing``): the estimate changes only the scoring, not the
+    sampling, so one run scores both."""
+    from openmm_cgflow.active_learning.scoring import metric_grid, score_points
+    from openmm_cgflow.active_learning.settings import RunSettings
+    from openmm_cgflow.baselines.opes import OPESProtocol, OPESSampler
+    from openmm_cgflow.config import load_config
+    from openmm_cgflow.scoring import forward_kld
+    from openmm_cgflow.storage import load_checkpoint
+    from openmm_cgflow.systems.base import kT_in_kJ_per_mol
+
+    state = load_checkpoint(out / "opes_checkpoint.pt", ("protocol", "opes_state", "steps_done"))
+    protocol = OPESProtocol(**{**state["protocol"], "correct_smoothing": not state["protocol"]["correct_smoothing"]})
+    settings = RunSettings.from_config(load_config(args.system, [f"metrics.reference={args.reference}"] if args.reference else []))
+    cg_system = settings.create_system()
+    grid = metric_grid(settings.metrics, cg_system)
+    sampler = OPESSampler(protocol)
+    sampler.build(cg_system.system, cg_system)
+    sampler.opes.setState(state["opes_state"])
+    F = sampler.free_energy(score_points(settings.metrics, cg_system.cg_dim, grid), kT_in_kJ_per_mol(cg_system.temperature))
+    return {"correct_smoothing": protocol.correct_smoothing, "steps": state["steps_done"],
+            "forward_kld": forward_kld(grid.p_reference, F) if np.isfinite(F).all() else None}
+
+
+def summarise(args) -> Dict:
+    """Every finished run of the method on the system under ``--runs`` (this grid's and earlier ones'), ranked."""
     rows = []
-    for combo in combos:
-        path = args.runs / f"{args.method}_{args.system}" / tag(combo) / SUMMARY[args.method]
-        if path.is_file():
-            summary = json.loads(path.read_text())
-            rows.append({"settings": combo, "steps": summary["steps"], "steps_per_s": summary["steps_per_s"], "curve": summary["curve"],
-                         "protocol": summary["protocol"]})
+    for path in sorted((args.runs / f"{args.method}_{args.system}").glob(f"*/{SUMMARY[args.method]}")):
+        summary = json.loads(path.read_text())
+        rows.append({"settings": path.parent.name, "steps": summary["steps"], "steps_per_s": summary["steps_per_s"], "curve": summary["curve"],
+                     "protocol": summary["protocol"]})
+        if args.method == "opes":
+            rows[-1]["final_kld_other_estimate"] = opes_other_estimate(args, path.parent)
     if not rows:
         raise SystemExit("no finished run to summarise")
     common = min(r["steps"] for r in rows)
@@ -123,13 +156,15 @@ def main() -> int:
     combos = combinations(args.grid)
     if args.launch:
         launch(args, combos)
-    result = summarise(args, combos)
+    result = summarise(args)
     out = ROOT / "benchmarks" / "results" / f"sweep_{args.method}_{args.system}.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"{'settings':<44}{'steps/s':>9}{'KLD at ' + format(result['common_steps'] / 3, '.2g'):>16}{'KLD at ' + format(result['common_steps'], '.2g'):>16}")
     for r in result["rows"]:
         fmt = (lambda v: f"{v:.2e}" if v is not None else "-")
-        print(f"{tag(r['settings']):<44}{r['steps_per_s']:>9.0f}{fmt(r['kld_at_third']):>16}{fmt(r['kld_at_common']):>16}")
+        other = r.get("final_kld_other_estimate")
+        print(f"{r['settings']:<44}{r['steps_per_s']:>9.0f}{fmt(r['kld_at_third']):>16}{fmt(r['kld_at_common']):>16}"
+              + (f"   final, {'with' if other['correct_smoothing'] else 'without'} smoothing correction: {fmt(other['forward_kld'])}" if other else ""))
     print(f"written to {out}")
     return 0
 

@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--seeds", type=_count(0), nargs="+", default=None, help="independent runs in parallel, one per seed, in OUT/seed<S>")
     base.add_argument("--platform", default="CPU")
     base.add_argument("--reference", type=Path, default=None, help="reference file to score against (default: the system's packaged/exact reference)")
-    base.add_argument("--bias-factor", type=_positive_float, default=6.0, help="metad: gamma > 1 (CG coordinates sampled as at gamma T)")
+    base.add_argument("--bias-factor", type=_positive_float, default=None,
+                      help="metad: gamma > 1, CG coordinates sampled as at gamma T (default 6); opes: the target's bias factor (default: barrier/kT)")
     base.add_argument("--height", type=_positive_float, default=0.5, help="metad: initial Gaussian height in kT")
     base.add_argument("--width", type=_positive_float, default=0.35, help="metad: Gaussian width (std) in the CG units (rad or nm)")
     base.add_argument("--deposit-every", type=_count(1), default=500, help="metad, opes: MD steps between Gaussians (kernels)")
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--fixed-width", action="store_true", help="opes: kernels of the fixed --width instead of the adaptive variance")
     base.add_argument("--variance-every", type=_count(0), default=0, help="opes: steps between variance updates (0: --deposit-every)")
     base.add_argument("--explore", action="store_true", help="opes: OPES-explore")
+    base.add_argument("--correct-smoothing", action="store_true", help="opes: F from the kernel density with its smoothing bias removed")
     base.add_argument("--friction", type=_positive_float, default=1.0, help="Langevin friction in 1/ps")
     base.add_argument("--resume", action="store_true")
     base.add_argument("--quiet", action="store_true")
@@ -360,10 +362,11 @@ def _baseline(args) -> int:
     p_reference, centres = (grid.p_reference if grid is not None else None), score_points(metrics, cg_system.cg_dim, grid)
     if args.method == "opes":
         protocol = OPESProtocol(barrier_kT=args.barrier, deposit_every=args.deposit_every, adaptive_variance=not args.fixed_width,
-                                variance_every=args.variance_every, width=args.width, explore=args.explore, friction_per_ps=args.friction)
+                                variance_every=args.variance_every, width=args.width, bias_factor=args.bias_factor or 0.0, explore=args.explore,
+                                correct_smoothing=args.correct_smoothing, friction_per_ps=args.friction)
         run, name, summary_file = run_opes, "OPES", "opes_baseline.json"
     else:
-        protocol = MetadynamicsProtocol(bias_factor=args.bias_factor, height_kT=args.height, width=args.width, deposit_every=args.deposit_every,
+        protocol = MetadynamicsProtocol(bias_factor=args.bias_factor or 6.0, height_kT=args.height, width=args.width, deposit_every=args.deposit_every,
                                         friction_per_ps=args.friction)
         run, name, summary_file = run_metadynamics, "metadynamics", "metad_baseline.json"
     summary = run(cg_system, args.out, args.steps, p_reference, centres, protocol, args.seed, args.platform, args.resume, not args.quiet)

@@ -149,3 +149,25 @@ def test_opes_converges_to_the_exact_muller_brown_pmf_and_resumes(tmp_path, mb_g
     resumed = run_opes(create_system("muller-brown"), tmp_path / "split", 100_000, *args, resume=True, **kwargs)
     assert [p["md_steps"] for p in resumed["curve"]] == [p["md_steps"] for p in whole["curve"]]
     assert all(np.isfinite(p["forward_kld"]) for p in resumed["curve"])
+
+
+@pytest.mark.parametrize("method, flags, expected", [
+    ("metad", [], {"bias_factor": 6.0, "width": 0.35}),
+    ("metad", ["--bias-factor", "4"], {"bias_factor": 4.0}),
+    ("opes", [], {"bias_factor": 0.0, "barrier_kT": 20.0, "adaptive_variance": True, "correct_smoothing": False}),
+    ("opes", ["--bias-factor", "5", "--barrier", "12", "--correct-smoothing", "--fixed-width", "--width", "0.05"],
+     {"bias_factor": 5.0, "barrier_kT": 12.0, "adaptive_variance": False, "width": 0.05, "correct_smoothing": True}),
+])
+def test_baseline_command_line_sets_the_protocol(tmp_path, method, flags, expected):
+    """`cgflow baseline metad|opes` flags reach the protocol that the run records (`--bias-factor` defaults to 6 for
+    metadynamics and to barrier/kT for OPES; `--correct-smoothing` switches OPES's free-energy estimate)."""
+    import json
+
+    from openmm_cgflow.cli import main
+
+    out = tmp_path / method
+    assert main(["baseline", method, "muller-brown", "--steps", "2000", "--deposit-every", "100", "--platform", "Reference", "--out", str(out),
+                 "--quiet", *flags]) == 0
+    summary = json.loads((out / f"{'metad' if method == 'metad' else 'opes'}_baseline.json").read_text())
+    assert {key: summary["protocol"][key] for key in expected} == expected
+    assert summary["steps"] == 2000 and np.isfinite(summary["free_energy_kT"]).all()
