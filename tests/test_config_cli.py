@@ -153,7 +153,7 @@ def test_molecule_configs_are_the_molecule_recipe_plus_their_system(tmp_path, mo
     from openmm_cgflow.config import MOLECULE_DEFAULTS, _flatten
 
     recipe = _flatten(load_config(MOLECULE_DEFAULTS))
-    own = {"aldp-fast": {"system", "flow.hidden", "energy_training.chirality_filter", "dataset.max_start_points", "dataset.start_entries",
+    own = {"aldp-fast": {"system", "flow.hidden", "energy_training.chirality_filter", "dataset.max_start_points", "dataset.start_entries", "labels.cell_width",
                          "search.start", "search.coverage_check", "loop.max_iterations", "metrics.reference"},
            "ace-ala2-nme": {"system", "loop.max_iterations"}, "aldp-gbn2": {"system"}}
     for name, keys in own.items():
