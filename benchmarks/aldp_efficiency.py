@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from curves import first_reach
 from openmm_cgflow.scoring.grid import kld_of_histogram, load_reference
 from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path
 from openmm_cgflow.scoring.kld import forward_kld
@@ -48,14 +49,8 @@ def metad_curve(metad_dir: Path, p_reference: np.ndarray) -> List[Dict[str, floa
 
 def steps_to_reach(curve: List[Dict[str, float]], kld: float, key: str = "md_steps") -> Optional[float]:
     """MD steps (or another cost, ``key``: a run's ``energy_evaluations``) at which a curve first reaches ``kld``
-    (log-log interpolation between the last point above it and the first at or below it); None if it never does."""
-    for a, b in zip(curve, curve[1:]):
-        if a["forward_kld"] <= kld:
-            return float(a[key])
-        if b["forward_kld"] <= kld:
-            t = (math.log(kld) - math.log(a["forward_kld"])) / (math.log(b["forward_kld"]) - math.log(a["forward_kld"]))
-            return float(math.exp(math.log(a[key]) + t * (math.log(b[key]) - math.log(a[key]))))
-    return float(curve[0][key]) if curve and curve[0]["forward_kld"] <= kld else None
+    (:func:`curves.first_reach`); None if it never does."""
+    return first_reach([point[key] for point in curve], [point["forward_kld"] for point in curve], kld)
 
 
 def versus_baseline(curve: List[Dict[str, float]], kld: float, evaluations: float) -> Dict[str, Optional[float]]:

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from curves import kld_at
 from launching import cgflow, wait
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,13 +91,9 @@ def launch(args, combos: List[Dict[str, str]]) -> None:
                 del running[core]
 
 
-def kld_at(curve: List[Dict], steps: float) -> Optional[float]:
-    points = [(p["md_steps"], p["forward_kld"]) for p in curve if p.get("forward_kld")]
-    for (s0, k0), (s1, k1) in zip(points, points[1:]):
-        if s0 <= steps <= s1:
-            u = (math.log(steps) - math.log(s0)) / (math.log(s1) - math.log(s0)) if s1 > s0 else 1.0
-            return math.exp(math.log(k0) + u * (math.log(k1) - math.log(k0)))
-    return points[-1][1] if points and points[-1][0] == steps else None
+def kld_at_steps(curve: List[Dict], steps: float) -> Optional[float]:
+    points = [p for p in curve if p.get("forward_kld")]
+    return kld_at([p["md_steps"] for p in points], [p["forward_kld"] for p in points], steps)
 
 
 def opes_other_estimate(args, out: Path) -> Dict:
@@ -137,7 +134,7 @@ def summarise(args) -> Dict:
         raise SystemExit("no finished run to summarise")
     common = min(r["steps"] for r in rows)
     for r in rows:
-        r["kld_at_common"], r["kld_at_third"] = kld_at(r["curve"], common), kld_at(r["curve"], common / 3)
+        r["kld_at_common"], r["kld_at_third"] = kld_at_steps(r["curve"], common), kld_at_steps(r["curve"], common / 3)
     rows.sort(key=lambda r: r["kld_at_common"] if r["kld_at_common"] is not None else math.inf)
     return {"benchmark": "baseline_sweep", "method": args.method, "system": args.system, "seed": 0, "common_steps": common, "rows": rows,
             "command": " ".join(sys.argv)}

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from curves import kld_at
 from launching import cgflow, wait
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,15 +86,9 @@ def value_at(curve: Sequence[Sequence[float]], t: float) -> Tuple[Optional[float
     points = [(float(w), float(k)) for w, k in curve if k is not None and w > 0 and k > 0]
     if not points or t < points[0][0]:
         return None, "before start"
-    for (w0, k0), (w1, k1) in zip(points, points[1:]):
-        if w0 <= t <= w1:
-            if w1 == w0:
-                return k1, "measured"
-            u = (math.log(t) - math.log(w0)) / (math.log(w1) - math.log(w0))
-            return math.exp(math.log(k0) + u * (math.log(k1) - math.log(k0))), "measured"
-    if t == points[-1][0]:
-        return points[-1][1], "measured"
-    return points[-1][1], "after end"
+    if t > points[-1][0]:
+        return points[-1][1], "after end"
+    return kld_at([w for w, _ in points], [k for _, k in points], t), "measured"
 
 
 def ratio_at(al: Sequence[Sequence[float]], baselines: Dict[str, Sequence[Sequence[float]]], t: float) -> Dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import re
 import sys
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from curves import kld_at, stays_below
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,10 +56,7 @@ class Curve:
 
     def kld_at(self, x: float) -> Optional[float]:
         """Log-log interpolation between the points around ``x``; None outside the run."""
-        e, k = self.evaluations, self.kld
-        if x < e[0] or x > e[-1]:
-            return None
-        return float(math.exp(np.interp(math.log(x), np.log(e), np.log(k))))
+        return kld_at(self.evaluations, self.kld, x)
 
     def wall_at(self, x: float) -> Optional[float]:
         if self.wall_s is None or x < self.evaluations[0] or x > self.evaluations[-1]:
@@ -68,10 +66,7 @@ class Curve:
     def wall_stays_below(self, target: float) -> Optional[float]:
         """Wall seconds of the first point from which the KLD stays at or below ``target`` to the end of the run
         (a curve that dips below and comes back up counts from its last crossing); None if its last point is above."""
-        above = np.nonzero(self.kld > target)[0]
-        if len(above) and above[-1] == len(self.kld) - 1:
-            return None
-        return float(self.wall_s[above[-1] + 1 if len(above) else 0])
+        return stays_below(self.wall_s, self.kld, target)
 
 
 def al_curve(folder: str) -> Curve:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -39,21 +38,21 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from curves import first_reach, kld_at, stays_below
+
 ITERATIONS_TO_5E6 = 108
 KLD_THRESHOLDS = (2e-3, 1.5e-3, 1.2e-3)
 TARGETS = {"wall_s_to_5e6_max": 4500.0, "iteration_ratio_max": 1.5, "kld_at_5e6_mean_max": 1.2e-3, "kld_at_1e6_mean_max": 2.4e-3}
 
 
-def interpolate(rows: List[Dict], x: float, key: str, log: bool) -> Optional[float]:
-    """``key`` at ``x`` energy evaluations: linear (or log-log) interpolation between the iterations around it."""
-    for a, b in zip(rows, rows[1:]):
-        if a["energy_evaluations"] <= x <= b["energy_evaluations"]:
-            if log:
-                t = (math.log(x) - math.log(a["energy_evaluations"])) / (math.log(b["energy_evaluations"]) - math.log(a["energy_evaluations"]))
-                return math.exp(math.log(a[key]) + t * (math.log(b[key]) - math.log(a[key])))
-            t = (x - a["energy_evaluations"]) / (b["energy_evaluations"] - a["energy_evaluations"])
-            return a[key] + t * (b[key] - a[key])
-    return None
+def at_evaluations(rows: List[Dict], x: float, key: str) -> Optional[float]:
+    """``key`` at ``x`` energy evaluations: linear interpolation between the iterations around it (None outside)."""
+    evaluations = [r["energy_evaluations"] for r in rows]
+    return float(np.interp(x, evaluations, [r[key] for r in rows])) if rows and evaluations[0] <= x <= evaluations[-1] else None
+
+
+def kld_at_evaluations(rows: List[Dict], x: float) -> Optional[float]:
+    return kld_at([r["energy_evaluations"] for r in rows], [r["forward_kld"] for r in rows], x)
 
 
 def iteration_wall(rows: List[Dict], k: int) -> float:
@@ -74,8 +73,8 @@ def summarise(run: Path) -> Dict:
     return {
         "iterations": len(rows), "energy_evaluations": rows[-1]["energy_evaluations"], "n_labels": rows[-1]["n_labels"],
         "n_fit_rows": rows[-1].get("n_fit_rows"), "first_iteration_wall_s": rows[0]["wall_s"],
-        "wall_s_to_5e6": interpolate(rows, 5e6, "wall_s", log=False), "kld_at_5e6": interpolate(rows, 5e6, "forward_kld", log=True),
-        "kld_at_1e6": interpolate(rows, 1e6, "forward_kld", log=True),
+        "wall_s_to_5e6": at_evaluations(rows, 5e6, "wall_s"), "kld_at_5e6": kld_at_evaluations(rows, 5e6),
+        "kld_at_1e6": kld_at_evaluations(rows, 1e6),
         "iteration_wall_s_at_2k_labels": iteration_wall(rows, at_2k) if at_2k is not None else None,
         "iteration_wall_s_at_40k_labels": iteration_wall(rows, at_40k) if at_40k is not None else None,
         "mean_iteration_wall_s_from_40k_labels": float(np.mean([iteration_wall(rows, k) for k in late])) if late else None,
@@ -140,13 +139,9 @@ def probe_steps_per_s(kinds: List[str], steps: int, work: Path) -> Dict[str, flo
     return speeds
 
 
-def stays_below(curve: List[Dict[str, float]], kld: float, key: str) -> Optional[float]:
-    """``key`` (wall seconds or steps) of the first point of ``curve`` from which every point is at or below ``kld``;
-    None if its last point is above."""
-    above = [k for k, point in enumerate(curve) if point["forward_kld"] > kld]
-    if not curve or (above and above[-1] == len(curve) - 1):
-        return None
-    return float(curve[above[-1] + 1 if above else 0][key])
+def costs_klds(curve: List[Dict[str, float]], key: str) -> Tuple[List[float], List[float]]:
+    """A curve of ``{key: cost, "forward_kld": kld}`` points as (costs, klds)."""
+    return [point[key] for point in curve], [point["forward_kld"] for point in curve]
 
 
 def al_points(rows: List[Dict]) -> List[Dict[str, float]]:
@@ -155,7 +150,6 @@ def al_points(rows: List[Dict]) -> List[Dict[str, float]]:
 
 def wall_clock_comparison(per_seed_rows: Dict[int, List[Dict]], baselines: List[Tuple[str, Path]], speeds: Dict[str, float]) -> Dict:
     """Per KLD threshold: each AL seed's wall seconds, each baseline run's (steps / steps/s on one core), speedups."""
-    from aldp_efficiency import steps_to_reach
     from openmm_cgflow.scoring.grid import load_reference
     from openmm_cgflow.systems.alanine_dipeptide import packaged_reference_path
 
@@ -165,13 +159,13 @@ def wall_clock_comparison(per_seed_rows: Dict[int, List[Dict]], baselines: List[
     points = {str(seed): al_points(rows) for seed, rows in per_seed_rows.items()}
     table = {}
     for kld in KLD_THRESHOLDS:
-        al = {seed: stays_below(curve, kld, "wall_s") for seed, curve in points.items()}
-        first = {seed: steps_to_reach(curve, kld, key="wall_s") for seed, curve in points.items()}
+        al = {seed: stays_below(*costs_klds(curve, "wall_s"), kld) for seed, curve in points.items()}
+        first = {seed: first_reach(*costs_klds(curve, "wall_s"), kld) for seed, curve in points.items()}
         reached = [w for w in al.values() if w is not None]
         al_mean = float(np.mean(reached)) if len(reached) == len(al) and reached else None
         entries = {}
         for name, (kind, curve, speed) in curves.items():
-            steps, first_steps = stays_below(curve, kld, "md_steps"), steps_to_reach(curve, kld)
+            steps, first_steps = stays_below(*costs_klds(curve, "md_steps"), kld), first_reach(*costs_klds(curve, "md_steps"), kld)
             wall = steps / speed if steps is not None else None
             last = curve[-1]["md_steps"] / speed
             entries[name] = {"steps": steps, "steps_first_crossing": first_steps, "steps_per_s": speed, "wall_s": wall, "wall_s_so_far": last,

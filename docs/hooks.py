@@ -15,11 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module(path: Path):
+    """The script at ``path`` as a module, loaded with its folder on sys.path (as when it runs as a script: a
+    benchmark imports its sibling helpers, e.g. ``curves.py``)."""
     name = f"_cgflow_docs_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 

@@ -1,8 +1,12 @@
 """Shared fixtures: the OpenMM platforms to test on with their tolerance table; a small PMF ensemble fitted to the
-packaged alanine-dipeptide reference; every test gets back the CPU affinity it started with."""
+packaged alanine-dipeptide reference; the benchmark scripts as modules; every test gets back the CPU affinity it
+started with."""
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -23,6 +27,34 @@ PLATFORMS = ["Reference", "CPU"] + [p for p in ("OpenCL", "CUDA") if p in AVAILA
 #: in mixed precision (single-precision forces); GPUs run in double precision here (PLATFORM_PROPERTIES)
 TOLERANCE = {"Reference": 1e-9, "CPU": 1e-5, "OpenCL": 1e-9, "CUDA": 1e-9}
 PLATFORM_PROPERTIES = {"CPU": {"Threads": "1"}, "OpenCL": {"Precision": "double"}, "CUDA": {"Precision": "double"}}
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``load(name)``: ``benchmarks/<name>.py`` as a module, imported as when it runs as a script (its folder on
+    sys.path while it loads, for its sibling helpers such as ``curves.py``) and registered under its name, so its
+    dataclasses resolve their annotations through it."""
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            sys.path.insert(0, str(BENCHMARKS))
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(BENCHMARKS))
+            loaded[name] = module
+        return loaded[name]
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture(params=PLATFORMS)

@@ -78,8 +78,8 @@ def test_every_config_key_says_what_it_does():
     assert "| `labels.cell_width` |" in page and "| `system.cg_dihedrals` |" in page
 
 
-def test_the_readme_tables_are_what_the_results_say():
-    report = _load(ROOT / "benchmarks" / "report.py")
+def test_the_readme_tables_are_what_the_results_say(benchmark_script):
+    report = benchmark_script("report")
     text = (ROOT / "README.md").read_text()
     assert len(report.MARKER.findall(text)) == 2
     assert report.readme_with_tables(text) == text, "run: python benchmarks/report.py --readme"

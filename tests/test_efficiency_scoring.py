@@ -1,21 +1,14 @@
 """The scoring of benchmarks/aldp_efficiency.py (steps to a KLD, speedups, lower bounds, baselines' convergence
 laws) on curves whose answers are known in closed form."""
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "aldp_efficiency.py"
-
 
 @pytest.fixture(scope="module")
-def efficiency():
-    spec = importlib.util.spec_from_file_location("aldp_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def efficiency(benchmark_script):
+    return benchmark_script("aldp_efficiency")
 
 
 def law_curve(a, b, steps):

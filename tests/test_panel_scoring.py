@@ -1,26 +1,16 @@
 """The scoring of benchmarks/panel.py (KLD at a wall time, the better baseline's ratio and its bound, a pair of
 baseline seeds pooled on two cores) on curves and densities whose answers are known in closed form."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "panel.py"
 
 
 @pytest.fixture(scope="module")
-def panel():
-    sys.path.insert(0, str(SCRIPT.parent))  # panel.py imports its sibling launching.py, as when run as a script
-    spec = importlib.util.spec_from_file_location("panel", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through the module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-    sys.path.remove(str(SCRIPT.parent))
+def panel(benchmark_script):
+    return benchmark_script("panel")
 
 
 def power_law(a, b, walls):
