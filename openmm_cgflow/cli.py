@@ -175,7 +175,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in ("data", "md-baseline", "baseline", "reference", "backmap") and args.platform in ("CPU", None) \
-                and getattr(args, "executor", None) is None:  # jobs pin themselves
+                and getattr(args, "executor", None) is None \
+                and not (args.command == "baseline" and args.seeds is not None):  # jobs pin themselves
             from .platforms import pin_to_core
 
             pin_to_core()

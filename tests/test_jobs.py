@@ -48,6 +48,19 @@ def test_seeds_in_parallel_give_the_numbers_of_one_run_at_a_time(tmp_path, capsy
     assert _klds(json.loads((tmp_path / "seed0" / "metrics.json").read_text())) == _klds(uninterrupted)
 
 
+def test_baseline_seeds_run_at_once_on_their_own_cores(tmp_path, capsys):
+    """`cgflow baseline METHOD SYSTEM --seeds 0 1` (no --executor) runs the seeds side by side, one core each: the
+    command itself is not pinned to one core first (it was, and the seeds then ran one after another)."""
+    before = os.sched_getaffinity(0)
+    assert main(["baseline", "md", "muller-brown", "--seeds", "0", "1", "--steps", "2000", "--out", str(tmp_path), "--quiet"]) == 0
+    assert os.sched_getaffinity(0) == before
+    out = capsys.readouterr().out
+    assert out.count(": ok after ") == 2
+    cores = [line.split("cores ")[1] for line in out.splitlines() if ": ok after " in line]
+    assert len(set(cores)) == 2 or len(before) == 1
+    assert all((tmp_path / f"seed{s}" / "md_baseline.json").is_file() for s in (0, 1))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--seeds", "0", "--seed", "1"], "either --seed (one run) or --seeds (several), not both"),
     (["--seeds", "0", "0"], "--seeds repeats a seed: 0 0"),
