@@ -64,18 +64,26 @@ class Molecule:
     baseline_args: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
 
+#: The baselines' settings on every molecule: metadynamics' defaults (gamma 6, 0.5 kT, 0.35 rad, every 500 steps);
+#: OPES as its sweep on alanine dipeptide in OBC1 ranked it (barrier 10 kT, a kernel every 100 steps, adaptive
+#: variance, the smoothing-corrected estimate; benchmarks/studies/opes-settings-aldp.md).
+BASELINE_ARGS: Dict[str, Tuple[str, ...]] = {
+    "metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "500"),
+    "opes": ("--barrier", "10", "--deposit-every", "100", "--correct-smoothing"),
+}
+
 PANEL: Dict[str, Molecule] = {
     # ALDP in OBC1: the packaged reference (umbrella + mean force, halves 5.3e-4); ~3,400 metadynamics steps/s
     "aldp-obc1": Molecule("aldp-fast", "aldp", None, False, baseline_steps=25_000_000,
-                          baseline_args={"metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "500")}),
+                          baseline_args=BASELINE_ARGS),
     # ALDP in vacuum (amber ff96, openmmtools): a reference of its own, not metadynamics scoring itself; ~6,000 steps/s
     "aldp-vacuum": Molecule("aldp-vacuum", "aldp-vacuum", RESULTS / "reference_aldp-vacuum_mf" / "reference_aldp-vacuum.npz", True,
                             baseline_steps=43_000_000, reference_passes=12,
-                            baseline_args={"metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "500")}),
+                            baseline_args=BASELINE_ARGS),
     # alanine dipeptide in another force field and solvent model (amber ff14SB + GBn2); ~3,200-3,500 MD steps/s
     "aldp-gbn2": Molecule("aldp-gbn2", "aldp-gbn2", RESULTS / "reference_aldp-gbn2_mf" / "reference_aldp-gbn2.npz", True,
                           baseline_steps=22_000_000, reference_passes=10,
-                          baseline_args={"metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "500")}),
+                          baseline_args=BASELINE_ARGS),
 }
 
 
