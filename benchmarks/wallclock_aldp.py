@@ -120,8 +120,24 @@ def recorded_steps_per_s(kind: str, folder: Path) -> float:
     return float(json.loads((folder / name).read_text())["steps_per_s"])
 
 
-def probe_steps_per_s(kinds: List[str], steps: int, work: Path) -> Dict[str, float]:
-    """Each baseline kind's MD steps/s on one pinned core, measured now: ``steps`` steps, two kinds at a time."""
+def protocol_flags(kind: str, folder: Path) -> List[str]:
+    """The ``cgflow baseline`` flags that repeat the protocol a baseline run recorded (none for plain MD)."""
+    if kind == "md":
+        return []
+    name = {"metad": "metad_baseline.json", "opes": "opes_baseline.json"}[kind]
+    p = json.loads((folder / name).read_text())["protocol"]
+    flags = ["--deposit-every", p["deposit_every"], "--friction", p["friction_per_ps"]]
+    if kind == "metad":
+        return flags + ["--bias-factor", p["bias_factor"], "--height", p["height_kT"], "--width", p["width"]]
+    flags += ["--barrier", p["barrier_kT"], "--variance-every", p["variance_every"]]
+    flags += ["--bias-factor", p["bias_factor"]] if p["bias_factor"] else []
+    flags += [] if p["adaptive_variance"] else ["--fixed-width", "--width", p["width"]]
+    return flags + (["--explore"] if p["explore"] else []) + (["--correct-smoothing"] if p["correct_smoothing"] else [])
+
+
+def probe_steps_per_s(kinds: Dict[str, List[str]], steps: int, work: Path) -> Dict[str, float]:
+    """Each baseline kind's MD steps/s on one pinned core, measured now with its flags (``kinds``: kind -> flags):
+    ``steps`` steps, two kinds at a time."""
     from launching import cgflow, wait
 
     import tempfile
@@ -132,7 +148,7 @@ def probe_steps_per_s(kinds: List[str], steps: int, work: Path) -> Dict[str, flo
     while queue:
         batch = [(kind, folder / kind) for kind in queue[:2]]
         queue = queue[2:]
-        wait(*[cgflow("baseline", kind, "aldp", "--steps", steps, "--seed", 0, "--out", out, "--quiet", core=core)
+        wait(*[cgflow("baseline", kind, "aldp", "--steps", steps, "--seed", 0, "--out", out, "--quiet", *kinds[kind], core=core)
                for core, (kind, out) in enumerate(batch)])
         for kind, out in batch:
             speeds[kind] = recorded_steps_per_s(kind, out)
@@ -220,8 +236,8 @@ def main() -> int:
     }
     if args.baseline:
         baselines = [(text.split("=", 1)[0], Path(text.split("=", 1)[1])) for text in args.baseline]
-        kinds = sorted({kind for kind, _ in baselines})
-        speeds = probe_steps_per_s(kinds, args.probe_steps, args.runs) if args.probe else {}
+        kinds = {kind: protocol_flags(kind, folder) for kind, folder in reversed(baselines)}  # each kind's first run's protocol
+        speeds = probe_steps_per_s(dict(sorted(kinds.items())), args.probe_steps, args.runs) if args.probe else {}
         rows = {seed: json.loads((args.runs / f"seed{seed}" / "metrics.json").read_text())["iterations"] for seed in per_seed}
         result["baseline_steps_per_s_probe"] = speeds or None
         result["wall_clock"] = wall_clock_comparison(rows, baselines, speeds)
