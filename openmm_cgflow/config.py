@@ -160,8 +160,9 @@ def _check_system(value: Any) -> Any:
     return dict(value)
 
 
-#: The recipe of systems of one's own whose CG coordinates are not all angles (linear coordinates, nm).
-LINEAR_DEFAULTS = "muller-brown"
+#: The recipe of systems of one's own whose CG coordinates are not all angles (linear coordinates, nm): Müller-Brown's
+#: with a spline flow (configs/linear.yaml; benchmarks/studies/flow-multimodal.md).
+LINEAR_DEFAULTS = "linear"
 
 
 def is_user_system(system: Any) -> bool:
@@ -176,8 +177,8 @@ def is_user_system(system: Any) -> bool:
 
 def schema_name(system: Any) -> str:
     """The built-in config whose keys and defaults apply to a config of ``system``: a registered system's own, the
-    one a factory names (``config``), else the molecule recipe for CG angles and the Müller-Brown recipe for linear
-    CG coordinates (a system of one's own is built once to find out which)."""
+    one a factory names (``config``), else the molecule recipe for CG angles and the linear recipe (Müller-Brown's with a
+    spline flow) for linear CG coordinates (a system of one's own is built once to find out which)."""
     from .systems import default_config_name, is_factory_config, registered_name
 
     chosen = None

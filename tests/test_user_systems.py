@@ -40,10 +40,10 @@ def test_a_factory_in_yaml_brings_its_own_domain_and_reference(tmp_path):
     assert cfg["system"]["factory"] == f"{(tmp_path / 'well.py').resolve()}:create"  # a path relative to the config file
     assert cfg["metrics"]["domain"] == [-1.6, 1.6] and cfg["search"]["bounds"] == [-1.6, 1.6] and cfg["search"]["start"] is None
     assert cfg["metrics"]["reference"] == "exact"
-    assert cfg["dataset"]["copies"] == load_config("muller-brown")["dataset"]["copies"]  # linear CG: the Müller-Brown recipe
-    assert schema_name(cfg["system"]) == "muller-brown"
+    assert cfg["dataset"]["copies"] == load_config("muller-brown")["dataset"]["copies"]  # linear CG: the linear recipe,
+    assert schema_name(cfg["system"]) == "linear" and cfg["flow"]["kind"] == "spline"  # Müller-Brown's with a spline flow
     # lengths of the recipe in proportion to the domain: Müller-Brown's 0.1 nm step and 0.5 nm spreading on 3.6 nm
-    recipe = load_config("muller-brown")
+    recipe = load_config("linear")
     assert cfg["search"]["step_size"] == pytest.approx(recipe["search"]["step_size"] * 3.2 / 3.6)
     assert cfg["spreading"]["width"] == pytest.approx(recipe["spreading"]["width"] * 3.2 / 3.6)
     (tmp_path / "wide.yaml").write_text("system:\n  factory: well.py:create\n  arguments: {domain: [-16.0, 16.0]}\n")
@@ -86,9 +86,13 @@ def test_a_system_registered_with_another_systems_config_keeps_its_own_domain(re
 
 def test_a_registered_system_without_a_config_gets_the_recipe_of_its_coordinates(registry):
     from openmm_cgflow.config import LINEAR_DEFAULTS, MOLECULE_DEFAULTS
+    from openmm_cgflow.systems import load_factory
 
-    registry.register_system("well", f"{DATA / 'tilted_well.py'}:create")
-    assert schema_name("well") == LINEAR_DEFAULTS
+    well = load_factory(f"{DATA / 'tilted_well.py'}:create")
+    registry.register_system("well", lambda: well())  # without the factory's own `config` attribute (muller-brown)
+    assert schema_name("well") == LINEAR_DEFAULTS == "linear" and load_config(LINEAR_DEFAULTS)["flow"]["kind"] == "spline"
+    registry.register_system("named", f"{DATA / 'tilted_well.py'}:create")
+    assert schema_name("named") == "muller-brown"  # the attribute wins
     registry.register_system("dipeptide", "openmm_cgflow.systems.alanine_dipeptide:create_alanine_dipeptide_system")
     assert schema_name("dipeptide") == MOLECULE_DEFAULTS
 

@@ -155,7 +155,7 @@ FACTORY_KEY_DOCS = {
     "factory": "a function returning a CGSystem: 'package.module:function', or 'file.py:function' (relative to the config file)",
     "arguments": "keyword arguments of the factory (default: none)",
     "config": "the built-in config whose recipe the run uses for keys you leave out (default: aldp-vacuum for CG dihedrals, "
-              "muller-brown for linear CG coordinates); the CG domain, search bounds and reference always come from the system",
+              "linear for linear CG coordinates: Müller-Brown's recipe with a spline flow); the CG domain, search bounds and reference always come from the system",
 }
 
 
