@@ -40,6 +40,7 @@ ALDP_RUNS: Sequence[Tuple[str, Sequence[str], int]] = (
 ALDP_BASELINES: Sequence[Tuple[str, str, Sequence[str]]] = (
     ("plain MD", "md", ["md_baseline_aldp_seed0", "md_baseline_aldp_seed1"]),
     ("well-tempered metadynamics", "metad", ["metad_aldp_seed0", "metad_aldp_seed1"]),
+    ("OPES (barrier 10 kT, a kernel every 100 steps)", "opes", ["opes_aldp_seed0", "opes_aldp_seed1"]),
 )
 BUDGETS = (1e6, 5e6)
 TARGETS = (2e-3, 1.5e-3)
@@ -156,7 +157,7 @@ def figures() -> Dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    styles = {"md": ("tab:gray", "MD"), "metad": ("tab:orange", "metadynamics")}
+    styles = {"md": ("tab:gray", "MD"), "metad": ("tab:orange", "metadynamics"), "opes": ("tab:green", "OPES")}
     for label, folders, cores in ALDP_RUNS:
         for k, folder in enumerate(folders):
             c = al_curve(folder)

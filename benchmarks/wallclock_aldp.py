@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -135,9 +135,9 @@ def protocol_flags(kind: str, folder: Path) -> List[str]:
     return flags + (["--explore"] if p["explore"] else []) + (["--correct-smoothing"] if p["correct_smoothing"] else [])
 
 
-def probe_steps_per_s(kinds: Dict[str, List[str]], steps: int, work: Path) -> Dict[str, float]:
+def probe_steps_per_s(kinds: Dict[str, List[str]], steps: int, work: Path, cores: Sequence[int] = (0, 1)) -> Dict[str, float]:
     """Each baseline kind's MD steps/s on one pinned core, measured now with its flags (``kinds``: kind -> flags):
-    ``steps`` steps, two kinds at a time."""
+    ``steps`` steps, one kind per core of ``cores`` at a time."""
     from launching import cgflow, wait
 
     import tempfile
@@ -146,10 +146,10 @@ def probe_steps_per_s(kinds: Dict[str, List[str]], steps: int, work: Path) -> Di
     folder = Path(tempfile.mkdtemp(prefix="probe-", dir=work))  # a fresh folder: a baseline never overwrites one
     speeds, queue = {}, list(kinds)
     while queue:
-        batch = [(kind, folder / kind) for kind in queue[:2]]
-        queue = queue[2:]
+        batch = [(kind, folder / kind) for kind in queue[:len(cores)]]
+        queue = queue[len(cores):]
         wait(*[cgflow("baseline", kind, "aldp", "--steps", steps, "--seed", 0, "--out", out, "--quiet", *kinds[kind], core=core)
-               for core, (kind, out) in enumerate(batch)])
+               for core, (kind, out) in zip(cores, batch)])
         for kind, out in batch:
             speeds[kind] = recorded_steps_per_s(kind, out)
     return speeds
@@ -202,6 +202,7 @@ def main() -> int:
     parser.add_argument("--baseline", action="append", default=[], metavar="KIND=DIR", help="md|metad|opes=DIR of an ALDP baseline run")
     parser.add_argument("--probe", action="store_true", help="measure each baseline kind's steps/s now, on this machine")
     parser.add_argument("--probe-steps", type=int, default=200_000)
+    parser.add_argument("--probe-cores", type=int, nargs="+", default=[0, 1], help="cores the probe runs on, one kind per core at a time")
     args = parser.parse_args()
     if args.launch:
         for seed in args.seeds:
@@ -237,7 +238,7 @@ def main() -> int:
     if args.baseline:
         baselines = [(text.split("=", 1)[0], Path(text.split("=", 1)[1])) for text in args.baseline]
         kinds = {kind: protocol_flags(kind, folder) for kind, folder in reversed(baselines)}  # each kind's first run's protocol
-        speeds = probe_steps_per_s(dict(sorted(kinds.items())), args.probe_steps, args.runs) if args.probe else {}
+        speeds = probe_steps_per_s(dict(sorted(kinds.items())), args.probe_steps, args.runs, args.probe_cores) if args.probe else {}
         rows = {seed: json.loads((args.runs / f"seed{seed}" / "metrics.json").read_text())["iterations"] for seed in per_seed}
         result["baseline_steps_per_s_probe"] = speeds or None
         result["wall_clock"] = wall_clock_comparison(rows, baselines, speeds)
