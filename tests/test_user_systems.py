@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openmm_cgflow.config import ConfigError, load_config, schema_name
+from openmm_cgflow.config import load_config, schema_name
 
 DATA = Path(__file__).parent / "data"
 #: a short run: small starting MD, one iteration
@@ -198,3 +198,30 @@ def test_reference_files_work_for_linear_cg_coordinates(tmp_path):
     result = cgflow("baseline", "md", "well.yaml", "--steps", "1000", "--out", "bad", "--reference", "angles.npz", cwd=tmp_path)
     assert result.returncode == 2 and "expected linear CG coordinates" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_coupled_four_well_has_the_pmf_of_its_energy():
+    """The tilted well with a coupling c q p (benchmarks/flow_multimodal_ab.py): OpenMM's energy is the formula, and
+    its exact PMF (quadrature over p) is the Boltzmann sum over the plane."""
+    import openmm
+    import openmm.unit as unit
+
+    sys.path.insert(0, str(DATA))
+    try:
+        import tilted_well
+    finally:
+        sys.path.remove(str(DATA))
+    cg = tilted_well.create(perp_barrier=10.0, coupling=3.0)
+    context = openmm.Context(cg.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    c, s = np.cos(0.3), np.sin(0.3)
+    for q, p in [(1.0, -1.0), (-0.7, 0.4), (0.2, 1.3)]:
+        context.setPositions([[c * q - s * p, s * q + c * p, 0.0]])
+        energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        assert energy == pytest.approx(5 * (q * q - 1) ** 2 + 10 * (p * p - 1) ** 2 + 3 * q * p, rel=1e-10)
+    kT = tilted_well.kT_in_kJ_per_mol(tilted_well.TEMPERATURE)
+    q = np.linspace(-1.6, 1.6, 161)
+    p = np.linspace(-4.0, 4.0, 4001)
+    F = -np.log(np.exp(-(5 * (q[:, None] ** 2 - 1) ** 2 + 10 * (p[None, :] ** 2 - 1) ** 2 + 3 * q[:, None] * p[None, :]) / kT).sum(1))
+    np.testing.assert_allclose(tilted_well.exact_pmf_kT(q, 10.0, 3.0), F - F.min(), atol=1e-9)
+    centres, probabilities = cg.references["exact"](100, (-1.6, 1.6))
+    assert probabilities.sum() == pytest.approx(1.0) and abs(centres[np.argmax(probabilities), 0]) > 0.9  # minima near s = +-1
