@@ -10,8 +10,8 @@ Every combination of the ``--grid`` values is one ``cgflow baseline METHOD SYSTE
 go two at a time, one per pinned core, and a run already there is resumed (a longer ``--steps`` extends it).
 ``width=adaptive`` is OPES's adaptive kernel variance, a number a fixed kernel width (rad or nm; for OPES
 ``--fixed-width`` with that ``--width``); ``barrier`` (OPES, kT), ``bias_factor``, ``height`` (metad, kT) and
-``deposit_every`` (steps) map to the command's flags, ``correct_smoothing=yes`` to OPES's ``--correct-smoothing``. The summary ranks the combinations by forward KLD at the
-last step count all reached (log-log interpolated between snapshots) and at a third of it, with each run's steps/s
+``deposit_every`` (steps) map to the command's flags, ``correct_smoothing=yes`` to OPES's ``--correct-smoothing``.
+The summary ranks the combinations by forward KLD at the last step count all reached (log-log interpolated between snapshots) and at a third of it, with each run's steps/s
 (every finished run in the folder, earlier grids' included; for OPES also the final KLD with the other free-energy
 estimate, the kernel density with or without its smoothing correction), and writes
 ``benchmarks/results/sweep_<method>_<system>.json``. One seed per combination: a ranking to choose from, not an A/B;
@@ -34,7 +34,8 @@ from curves import kld_at
 from launching import cgflow, wait
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = {"barrier": "--barrier", "correct_smoothing": "--correct-smoothing", "bias_factor": "--bias-factor", "height": "--height", "deposit_every": "--deposit-every", "width": "--width"}
+FLAGS = {"barrier": "--barrier", "correct_smoothing": "--correct-smoothing", "bias_factor": "--bias-factor", "height": "--height",
+         "deposit_every": "--deposit-every", "width": "--width"}
 SUMMARY = {"metad": "metad_baseline.json", "opes": "opes_baseline.json"}
 
 
@@ -96,10 +97,10 @@ def kld_at_steps(curve: List[Dict], steps: float) -> Optional[float]:
     return kld_at([p["md_steps"] for p in points], [p["forward_kld"] for p in points], steps)
 
 
-def opes_other_estimate(args, out: Path) -> Dict:
-    """The forward KLD of an OPES run's final state with the other free-energy estimate (the kernel density with
-    and without its smoothing correction, ``--correct-smoothing``): the estimate changes only the scoring, not the
-    sampling, so one run scores both."""
+def opes_rescorer(args):
+    """``rescore(out)``: the forward KLD of an OPES run's final state with the other free-energy estimate (the kernel
+    density with and without its smoothing correction, ``--correct-smoothing``); the estimate changes only the
+    scoring, not the sampling, so one run scores both. The system and its scoring grid are built once for all runs."""
     from openmm_cgflow.active_learning.scoring import metric_grid, score_points
     from openmm_cgflow.active_learning.settings import RunSettings
     from openmm_cgflow.baselines.opes import OPESProtocol, OPESSampler
@@ -108,28 +109,34 @@ def opes_other_estimate(args, out: Path) -> Dict:
     from openmm_cgflow.storage import load_checkpoint
     from openmm_cgflow.systems.base import kT_in_kJ_per_mol
 
-    state = load_checkpoint(out / "opes_checkpoint.pt", ("protocol", "opes_state", "steps_done"))
-    protocol = OPESProtocol(**{**state["protocol"], "correct_smoothing": not state["protocol"]["correct_smoothing"]})
     settings = RunSettings.from_config(load_config(args.system, [f"metrics.reference={args.reference}"] if args.reference else []))
     cg_system = settings.create_system()
     grid = metric_grid(settings.metrics, cg_system)
-    sampler = OPESSampler(protocol)
-    sampler.build(cg_system.system, cg_system)
-    sampler.opes.setState(state["opes_state"])
-    F = sampler.free_energy(score_points(settings.metrics, cg_system.cg_dim, grid), kT_in_kJ_per_mol(cg_system.temperature))
-    return {"correct_smoothing": protocol.correct_smoothing, "steps": state["steps_done"],
-            "forward_kld": forward_kld(grid.p_reference, F) if np.isfinite(F).all() else None}
+    points, kT = score_points(settings.metrics, cg_system.cg_dim, grid), kT_in_kJ_per_mol(cg_system.temperature)
+
+    def rescore(out: Path) -> Dict:
+        state = load_checkpoint(out / "opes_checkpoint.pt", ("protocol", "opes_state", "steps_done"))
+        protocol = OPESProtocol(**{**state["protocol"], "correct_smoothing": not state["protocol"]["correct_smoothing"]})
+        sampler = OPESSampler(protocol)
+        sampler.build(cg_system.system, cg_system)
+        sampler.opes.setState(state["opes_state"])
+        F = sampler.free_energy(points, kT)
+        return {"correct_smoothing": protocol.correct_smoothing, "steps": state["steps_done"],
+                "forward_kld": forward_kld(grid.p_reference, F) if np.isfinite(F).all() else None}
+
+    return rescore
 
 
 def summarise(args) -> Dict:
     """Every finished run of the method on the system under ``--runs`` (this grid's and earlier ones'), ranked."""
     rows = []
+    rescore = opes_rescorer(args) if args.method == "opes" else None
     for path in sorted((args.runs / f"{args.method}_{args.system}").glob(f"*/{SUMMARY[args.method]}")):
         summary = json.loads(path.read_text())
         rows.append({"settings": path.parent.name, "steps": summary["steps"], "steps_per_s": summary["steps_per_s"], "curve": summary["curve"],
                      "protocol": summary["protocol"]})
         if args.method == "opes":
-            rows[-1]["final_kld_other_estimate"] = opes_other_estimate(args, path.parent)
+            rows[-1]["final_kld_other_estimate"] = rescore(path.parent)
     if not rows:
         raise SystemExit("no finished run to summarise")
     common = min(r["steps"] for r in rows)
