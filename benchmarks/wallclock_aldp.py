@@ -24,6 +24,10 @@ The summary reads each run's ``metrics.json`` (wall time per iteration includes 
 ``aldp_efficiency.py``), ``iteration_wall_s_at_2k_labels`` and ``iteration_wall_s_at_40k_labels`` (per seed: the wall
 time of the iteration that fits 2,000 labels, and of the first to fit >= 40,000), stage means, and the targets of
 issue 32. It copies each run's metrics.json to ``benchmarks/results/aldp_runs/<name>-seed<S>/``.
+
+``--average-fraction F`` scores runs recorded without averaging as the same runs with ``ensemble.average_fraction``
+= F (exact: averaging changes nothing a run does; :func:`pmf_averaging.averaged_metrics` reads their checkpoints),
+and the copied metrics.json is the rescored one (its ``forward_kld_latest_fit`` the recorded KLD).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from curves import first_reach, kld_at, stays_below
+from pmf_averaging import averaged_metrics
 
 ITERATIONS_TO_5E6 = 108
 KLD_THRESHOLDS = (2e-3, 1.5e-3, 1.2e-3)
@@ -60,8 +65,8 @@ def iteration_wall(rows: List[Dict], k: int) -> float:
     return rows[k]["wall_s"] - (rows[k - 1]["wall_s"] if k else 0.0)
 
 
-def summarise(run: Path) -> Dict:
-    metrics = json.loads((run / "metrics.json").read_text())
+def summarise(metrics: Dict) -> Dict:
+    """The benchmark's figures of one run's metrics (a ``metrics.json`` dict)."""
     rows = metrics["iterations"]
     at_2k = next((k for k, r in enumerate(rows) if r["n_labels"] >= 2000), None)
     at_40k = next((k for k, r in enumerate(rows) if r["n_labels"] >= 40_000), None)
@@ -202,19 +207,22 @@ def main() -> int:
     parser.add_argument("--baseline", action="append", default=[], metavar="KIND=DIR", help="md|metad|opes=DIR of an ALDP baseline run")
     parser.add_argument("--probe", action="store_true", help="measure each baseline kind's steps/s now, on this machine")
     parser.add_argument("--probe-steps", type=int, default=200_000)
+    parser.add_argument("--average-fraction", type=float, default=None,
+                        help="score runs recorded without averaging as if run with ensemble.average_fraction = this (from their checkpoints)")
     parser.add_argument("--probe-cores", type=int, nargs="+", default=[0, 1], help="cores the probe runs on, one kind per core at a time")
     args = parser.parse_args()
     if args.launch:
         for seed in args.seeds:
             launch(seed, args.runs, args.overrides)
-    per_seed = {}
+    per_seed, metrics = {}, {}
     for seed in args.seeds:
         run = args.runs / f"seed{seed}"
         if (run / "metrics.json").is_file():
-            per_seed[seed] = summarise(run)
+            metrics[seed] = averaged_metrics(run, args.average_fraction) if args.average_fraction is not None else json.loads((run / "metrics.json").read_text())
+            per_seed[seed] = summarise(metrics[seed])
             keep = Path(__file__).parent / "results" / "aldp_runs" / f"{args.name}-seed{seed}"
             keep.mkdir(parents=True, exist_ok=True)
-            (keep / "metrics.json").write_text((run / "metrics.json").read_text())
+            (keep / "metrics.json").write_text(json.dumps(metrics[seed], indent=1))
 
     def column(key):
         return [per_seed[s][key] for s in per_seed]
@@ -225,7 +233,7 @@ def main() -> int:
 
     two, forty = mean(column("iteration_wall_s_at_2k_labels")), mean(column("iteration_wall_s_at_40k_labels"))
     result = {
-        "benchmark": "wallclock_aldp", "config": "aldp-fast", "overrides": args.overrides,
+        "benchmark": "wallclock_aldp", "config": "aldp-fast", "overrides": args.overrides, "rescored_average_fraction": args.average_fraction,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "seeds": list(per_seed), "wall_s_to_5e6": column("wall_s_to_5e6"), "kld_at_5e6": column("kld_at_5e6"),
         "kld_at_1e6": column("kld_at_1e6"), "iteration_wall_s_at_2k_labels": column("iteration_wall_s_at_2k_labels"),
@@ -239,7 +247,7 @@ def main() -> int:
         baselines = [(text.split("=", 1)[0], Path(text.split("=", 1)[1])) for text in args.baseline]
         kinds = {kind: protocol_flags(kind, folder) for kind, folder in reversed(baselines)}  # each kind's first run's protocol
         speeds = probe_steps_per_s(dict(sorted(kinds.items())), args.probe_steps, args.runs, args.probe_cores) if args.probe else {}
-        rows = {seed: json.loads((args.runs / f"seed{seed}" / "metrics.json").read_text())["iterations"] for seed in per_seed}
+        rows = {seed: metrics[seed]["iterations"] for seed in per_seed}
         result["baseline_steps_per_s_probe"] = speeds or None
         result["wall_clock"] = wall_clock_comparison(rows, baselines, speeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)

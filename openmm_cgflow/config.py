@@ -45,7 +45,7 @@ _CHOICES = {
     "search.backend": ("mc", "cg_dynamics"),
     "search.acquisition": ("stop_at_uncertainty", "uncertainty_weighted"),
 }
-_FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction")
+_FRACTIONS = ("dataset.train_fraction", "energy_training.replay_fraction", "ensemble.average_fraction")
 _NON_NEGATIVE = ("energy_training.warmup_epochs_first", "energy_training.warmup_epochs", "energy_training.clip_warmup_epochs", "energy_training.skip_top_k", "labels.clip_k", "labels.accumulate_from_epoch", "labels.cell_width", "search.min_steps", "starting_data.equilibration_steps", "seed")
 
 
@@ -326,6 +326,8 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
 
     if cfg["ensemble"]["n_members"] < 2:
         fail("config key 'ensemble.n_members' must be >= 2 (the std needs two members)")
+    if cfg["ensemble"]["average_fraction"] >= 1:
+        fail("config key 'ensemble.average_fraction' must be < 1 (the PMF averages the fits of that last fraction of the run's evaluations)")
     address = cfg["energy"]["address"]
     if address is not None and cfg["energy"]["executor"] != "ray":
         fail(f"config key 'energy.address' ({address!r}) names a Ray cluster: set 'energy.executor' to ray, or the address to null")
@@ -381,7 +383,7 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
 
 #: Keys added after runs were already stored, with the value that reproduces those runs (a stored config that
 #: lacks one ran with this value, whatever today's default is).
-LEGACY_VALUES = {"energy.executor": "local", "energy.address": None, "labels.cell_width": 0.0, "dataset.start_entries": None, "dataset.max_start_points": None, "loop.stable_ratio": None, "loop.stable_iterations": 3, "loop.max_wall_s": None, "search.coverage_check": False, "ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "flow.precision": "float64", "flow.compile": False}
+LEGACY_VALUES = {"energy.executor": "local", "energy.address": None, "labels.cell_width": 0.0, "dataset.start_entries": None, "dataset.max_start_points": None, "loop.stable_ratio": None, "loop.stable_iterations": 3, "loop.max_wall_s": None, "search.coverage_check": False, "ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "ensemble.average_fraction": 0.0, "flow.precision": "float64", "flow.compile": False}
 
 
 def validate_config(config: Any) -> Dict[str, Any]:

@@ -16,9 +16,10 @@ from .settings import GlobalCosineSchedule, RunSettings
 CHECKPOINT_NAME = "checkpoint.pt"
 #: what a checkpoint must hold to be resumed
 CHECKPOINT_KEYS = ("config", "state", "flow", "flow_norm", "optimizer", "dataset", "ensemble", "torch_generator", "numpy_generator")
-#: config keys a resumed run may change: its stopping limits (a finished run is then extended), and where its
-#: energies are computed (the same numbers on any executor: a run started on this machine may go on on a cluster)
-EXTENDABLE_KEYS = ("loop.max_iterations", "loop.stop_kld", "loop.max_wall_s", "energy.executor", "energy.address")
+#: config keys a resumed run may change: its stopping limits (a finished run is then extended), where its
+#: energies are computed (the same numbers on any executor: a run started on this machine may go on on a cluster),
+#: and how many of its latest fits its PMF averages (what it reports, not what it does)
+EXTENDABLE_KEYS = ("loop.max_iterations", "loop.stop_kld", "loop.max_wall_s", "energy.executor", "energy.address", "ensemble.average_fraction")
 
 
 def read_run_checkpoint(path: Path) -> Dict[str, Any]:
@@ -33,7 +34,7 @@ def read_run_checkpoint(path: Path) -> Dict[str, Any]:
 
 def write_run_checkpoint(path: Path, run: RunContext) -> None:
     """Everything a run needs to continue exactly: config, state, flow (+ its normalisation and optimizer),
-    dataset, ensemble and both random generators."""
+    dataset, ensemble (and the fits the PMF averages) and both random generators."""
     save_checkpoint(path, {
         "package_version": __version__,
         "config": run.settings.to_config(),
@@ -43,6 +44,7 @@ def write_run_checkpoint(path: Path, run: RunContext) -> None:
         "optimizer": run.optimizer.state_dict(),
         "dataset": run.dataset.state_dict(),
         "ensemble": run.ensemble.state_dict(),
+        "fits": run.fits.state_dict(),
         "torch_generator": run.torch_gen.get_state(),
         "numpy_generator": run.rng.bit_generator.state,
     })

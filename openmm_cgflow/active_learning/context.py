@@ -15,6 +15,7 @@ from ..config import MAX_GRID_POINTS, ConfigError
 from ..energy import EnergyOracle
 from ..flows.training import EnergyTrainer, train_by_example
 from ..pmf import PMFEnsemble
+from ..pmf.fit_window import FitWindow
 from ..storage import CheckpointError
 from ..systems import CGSystem
 from .dataset import ActiveLearningDataset
@@ -74,6 +75,16 @@ class RunContext:
     optimizer: Optional[torch.optim.Optimizer] = None
     trainer: Optional[EnergyTrainer] = None
     dataset: Optional[ActiveLearningDataset] = None
+    fits: Optional[FitWindow] = None
+
+    def __post_init__(self):
+        if self.fits is None:
+            self.fits = self.settings.ensemble.fit_window()
+
+    def pmf_ensemble(self) -> PMFEnsemble:
+        """The run's PMF as a model: the stacked ensemble of the fits it averages (``ensemble.average_fraction``),
+        the latest fit alone before any."""
+        return self.fits.ensemble(self.ensemble) if self.fits.fits else self.ensemble
 
     @classmethod
     def build(cls, settings: RunSettings, progress: bool = True) -> "RunContext":
@@ -140,6 +151,8 @@ class RunContext:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.dataset = ActiveLearningDataset.from_state_dict(checkpoint["dataset"])
             self.ensemble.load_state_dict(checkpoint["ensemble"])
+            if "fits" in checkpoint:  # checkpoints written before the PMF averaged fits hold none
+                self.fits.load_state_dict(checkpoint["fits"])
             self.torch_gen.set_state(checkpoint["torch_generator"])
             self.rng.bit_generator.state = checkpoint["numpy_generator"]
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:

@@ -74,7 +74,7 @@ class ActiveLearningRun:
                     bar.set_postfix(std=f"{last.signals.std_visited_max:.2f}", evals=last.energy_evaluations)
             bar.close()
             outputs.write_metrics(self.out_dir, self.settings, run.state)
-            outputs.export_models(run.flow, run.ensemble, run.cg_system, self.out_dir / "models")
+            outputs.export_models(run.flow, run.pmf_ensemble(), run.cg_system, self.out_dir / "models")
             outputs.plot_run(self.out_dir, self.settings, run.cg_system, run.grid, run.state.history)
             return outputs.metrics(self.settings, run.state)
         finally:

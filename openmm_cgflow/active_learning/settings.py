@@ -470,7 +470,9 @@ class EnsembleSettings:
     """``ensemble``: ``n_members`` MLPs of ``hidden`` widths fitted to the labels (SPEC §6.2). ``optimizer`` lbfgs
     (``epochs`` full-batch iterations, ``lr`` the first step, ``lbfgs_groups`` independent groups of members) or adam
     (mini-batches of ``batch_size``); ``strategy`` bagging | fraction; ``init`` gaussian_uniform | xavier; fits compute in
-    ``precision``; ``warm_start`` continues from the previous fit for ``epochs_warm`` (None: ``epochs``)."""
+    ``precision``; ``warm_start`` continues from the previous fit for ``epochs_warm`` (None: ``epochs``). The run's
+    PMF averages the fits made in the last ``average_fraction`` of its energy evaluations
+    (:class:`~openmm_cgflow.pmf.fit_window.FitWindow`; 0: the latest fit alone)."""
 
     n_members: int
     hidden: Tuple[int, ...]
@@ -484,6 +486,7 @@ class EnsembleSettings:
     lbfgs_groups: int
     warm_start: bool
     epochs_warm: Optional[int]
+    average_fraction: float = 0.0
 
     def build(self, cg_dim: int, periodic: bool):
         """An untrained ensemble in float64 (as a run keeps it; fits compute in ``precision``)."""
@@ -494,18 +497,24 @@ class EnsembleSettings:
         with default_dtype(torch.float64):
             return PMFEnsemble(cg_dim, self.n_members, list(self.hidden), periodic=periodic)
 
+    def fit_window(self):
+        """The (empty) window of fits the run's PMF averages."""
+        from ..pmf.fit_window import FitWindow
+
+        return FitWindow(self.average_fraction)
+
     def fit_epochs(self, warm: bool) -> int:
         return self.epochs_warm if warm and self.epochs_warm is not None else self.epochs
 
     @classmethod
     def from_config(cls, c: Mapping[str, Any]) -> "EnsembleSettings":
         return cls(c["n_members"], tuple(c["hidden"]), c["optimizer"], c["lr"], c["batch_size"], c["epochs"], c["strategy"], c["init"],
-                   c["precision"], c["lbfgs_groups"], c["warm_start"], c["epochs_warm"])
+                   c["precision"], c["lbfgs_groups"], c["warm_start"], c["epochs_warm"], c["average_fraction"])
 
     def to_config(self) -> Dict[str, Any]:
         return {"n_members": self.n_members, "hidden": list(self.hidden), "optimizer": self.optimizer, "lr": self.lr, "batch_size": self.batch_size,
                 "epochs": self.epochs, "strategy": self.strategy, "init": self.init, "precision": self.precision, "lbfgs_groups": self.lbfgs_groups,
-                "warm_start": self.warm_start, "epochs_warm": self.epochs_warm}
+                "warm_start": self.warm_start, "epochs_warm": self.epochs_warm, "average_fraction": self.average_fraction}
 
 
 # ---------------------------------------------------------------------------------------------------- search

@@ -111,8 +111,9 @@ class FitPMF:
 
 
 class Score:
-    """The PMF on the scoring grid, its forward KLD against the reference, the convergence signals: the iteration's
-    record; then the loop's limits may end the run."""
+    """The PMF on the scoring grid (the mean of the fits the run averages, ``ensemble.average_fraction``), its forward
+    KLD against the reference, the convergence signals (those of the latest fit, which the search uses): the
+    iteration's record; then the loop's limits may end the run."""
 
     name = "score"
 
@@ -120,6 +121,8 @@ class Score:
         st, metrics = run.state, run.settings.metrics
         at = score_points(metrics, run.cg_system.cg_dim, run.grid)
         mean, std = run.ensemble.predict(at) if at is not None else (np.zeros(0), np.zeros(0))
+        run.fits.add(st.energy_evaluations, run.ensemble, mean, std)
+        mean, std = run.fits.grid_mean_std()  # the run's PMF: the fits of the last average_fraction of its evaluations
         kld = forward_kld(run.grid.p_reference, mean) if run.grid is not None else None
         points = run.dataset.point_s[work.groups]
         label_mean, label_std = run.ensemble.predict(points)

@@ -241,6 +241,35 @@ class PMFEnsemble(nn.Module):
         padded = [h + [h[-1]] * (length - len(h)) for h in histories]
         return [sum(n * h[k] for n, h in zip(sizes, padded)) / self.n_members for k in range(length)]
 
+    @classmethod
+    def stack(cls, ensembles: Sequence["PMFEnsemble"]) -> "PMFEnsemble":
+        """One ensemble whose members are all the members of ``ensembles`` (same CG dimension, periodicity and
+        hidden widths): its mean is the mean over every member, its std their std. Each ensemble's input
+        standardisation is folded into its members' first layer and its output offset into their last bias, so the
+        result has none of its own and is an ordinary :class:`PMFEnsemble` (exported and used as any other)."""
+        if not ensembles:
+            raise ValueError("stacking needs at least one ensemble")
+        first = ensembles[0]
+        widths = [layer.weight.shape[1:] for layer in first.layers]
+        for other in ensembles[1:]:
+            if other.cg_dim != first.cg_dim or other.periodic != first.periodic or [layer.weight.shape[1:] for layer in other.layers] != widths:
+                raise ValueError("stacked ensembles must have the same CG dimension, periodicity and hidden widths")
+        dtype = first.input_mean.dtype
+        hidden = [int(w[1]) for w in widths[:-1]]
+        stacked = cls(first.cg_dim, sum(e.n_members for e in ensembles), hidden, periodic=first.periodic).to(dtype)
+        with torch.no_grad():
+            weights = [[layer.weight.detach().to(dtype).clone() for layer in e.layers] for e in ensembles]
+            biases = [[layer.bias.detach().to(dtype).clone() for layer in e.layers] for e in ensembles]
+            for e, w, b in zip(ensembles, weights, biases):
+                scale = 1.0 / e.input_std.to(dtype)  # features (f - mean) / std: W' = W / std, b' = b - (mean / std) W
+                b[0] = b[0] - torch.einsum("i,mio->mo", e.input_mean.to(dtype) * scale, w[0]).unsqueeze(1)
+                w[0] = w[0] * scale[None, :, None]
+                b[-1] = b[-1] + e.output_offset.to(dtype)
+            for i, layer in enumerate(stacked.layers):
+                layer.weight.copy_(torch.cat([w[i] for w in weights]))
+                layer.bias.copy_(torch.cat([b[i] for b in biases]))
+        return stacked
+
     def predict(self, s: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Numpy convenience: (mean, std) in kT at CG points ``s`` (n, cg_dim)."""
         with torch.no_grad():
