@@ -55,7 +55,8 @@ def serve(conn: Connection, handle: Callable[[Any], Any]) -> None:
 
 
 def stop_workers(workers: Sequence[Tuple[subprocess.Popen, Connection]]) -> None:
-    """Ask every worker to stop, then wait for it (kill it after 2 s) and close its connection."""
+    """Ask every worker to stop, then wait for it (kill it after 2 s, and wait until it is gone: on a loaded machine
+    a killed process can take longer than any fixed time to exit) and close its connection."""
     for _, conn in workers:
         try:
             conn.send(("stop", None))
@@ -66,5 +67,5 @@ def stop_workers(workers: Sequence[Tuple[subprocess.Popen, Connection]]) -> None
             process.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout=5.0)
+            process.wait()
         conn.close()
