@@ -64,11 +64,12 @@ class Molecule:
     baseline_args: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
 
-#: The baselines' settings on every molecule: metadynamics' defaults (gamma 6, 0.5 kT, 0.35 rad, every 500 steps);
-#: OPES as its sweep on alanine dipeptide in OBC1 ranked it (barrier 10 kT, a kernel every 100 steps, adaptive
-#: variance, the smoothing-corrected estimate; benchmarks/studies/opes-settings-aldp.md).
+#: The baselines' settings on every molecule, as their sweeps on alanine dipeptide in OBC1 ranked them: metadynamics
+#: with gamma 6, 0.5 kT, 0.35 rad Gaussians every 100 steps (benchmarks/studies/metad-settings-aldp.md); OPES with
+#: barrier 10 kT, a kernel every 100 steps, adaptive variance and the smoothing-corrected estimate
+#: (benchmarks/studies/opes-settings-aldp.md).
 BASELINE_ARGS: Dict[str, Tuple[str, ...]] = {
-    "metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "500"),
+    "metad": ("--bias-factor", "6", "--height", "0.5", "--width", "0.35", "--deposit-every", "100"),
     "opes": ("--barrier", "10", "--deposit-every", "100", "--correct-smoothing"),
 }
 

@@ -222,7 +222,8 @@ def main() -> int:
             per_seed[seed] = summarise(metrics[seed])
             keep = Path(__file__).parent / "results" / "aldp_runs" / f"{args.name}-seed{seed}"
             keep.mkdir(parents=True, exist_ok=True)
-            (keep / "metrics.json").write_text(json.dumps(metrics[seed], indent=1))
+            rescored = "rescored" in metrics[seed]
+            (keep / "metrics.json").write_text(json.dumps(metrics[seed], indent=1) if rescored else (run / "metrics.json").read_text())
 
     def column(key):
         return [per_seed[s][key] for s in per_seed]
