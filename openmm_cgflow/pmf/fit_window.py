@@ -92,8 +92,8 @@ class FitWindow:
         return loaded[0] if len(loaded) == 1 else PMFEnsemble.stack(loaded)
 
     def state_dict(self) -> Dict[str, Any]:
-        """Tensors and plain data for a checkpoint."""
-        return {"fraction": self.fraction, "fits": [
+        """Tensors and plain data for a checkpoint (the fraction is the run's setting, stored with its config)."""
+        return {"fits": [
             {"energy_evaluations": fit.energy_evaluations, "members": fit.members, "n_members": fit.n_members,
              "grid_mean": torch.as_tensor(fit.grid_mean), "grid_std": torch.as_tensor(fit.grid_std)} for fit in self.fits]}
 
