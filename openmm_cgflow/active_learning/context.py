@@ -84,7 +84,7 @@ class RunContext:
     def pmf_ensemble(self) -> PMFEnsemble:
         """The run's PMF as a model: the stacked ensemble of the fits it averages (``ensemble.average_fraction``),
         the latest fit alone before any."""
-        return self.fits.ensemble(self.ensemble) if self.fits.fits else self.ensemble
+        return self.fits.ensemble(self.ensemble)
 
     @classmethod
     def build(cls, settings: RunSettings, progress: bool = True) -> "RunContext":

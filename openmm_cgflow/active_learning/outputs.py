@@ -93,10 +93,9 @@ def export_checkpoint_models(checkpoint_path: Path, models_dir: Path) -> Dict[st
         flow.load_state_dict(checkpoint["flow"])
         ensemble = settings.ensemble.build(cg_system.cg_dim, cg_system.cg_periodic)
         ensemble.load_state_dict(checkpoint["ensemble"])
-        if checkpoint.get("fits", {}).get("fits"):  # the run's PMF averages these fits (ensemble.average_fraction)
-            fits = settings.ensemble.fit_window()
-            fits.load_state_dict(checkpoint["fits"])
-            ensemble = fits.ensemble(ensemble)
+        fits = settings.ensemble.fit_window()  # the run's PMF averages these fits (ensemble.average_fraction)
+        fits.load_state_dict(checkpoint.get("fits", {"fits": []}))
+        ensemble = fits.ensemble(ensemble)
         history = checkpoint["state"]["history"]
         last = history[-1] if history else None
     except (KeyError, TypeError, ValueError, RuntimeError) as error:

@@ -81,9 +81,10 @@ class FitWindow:
 
     def ensemble(self, template: PMFEnsemble) -> PMFEnsemble:
         """The stacked ensemble of the window's fits (``template``: an ensemble of the run's architecture whose
-        members are loaded with each fit's in turn; it is not changed). The latest fit alone is returned as a copy."""
+        members are loaded with each fit's in turn; it is not changed). The latest fit alone is returned as a copy;
+        an empty window (no fit yet, or a checkpoint written before windows existed) returns ``template`` itself."""
         if not self.fits:
-            raise ValueError("the window holds no fit yet")
+            return template
         loaded = []
         for fit in self.fits:
             member = copy.deepcopy(template)
