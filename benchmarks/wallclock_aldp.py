@@ -28,6 +28,10 @@ issue 32. It copies each run's metrics.json to ``benchmarks/results/aldp_runs/<n
 ``--average-fraction F`` scores runs recorded without averaging as the same runs with ``ensemble.average_fraction``
 = F (exact: averaging changes nothing a run does; :func:`pmf_averaging.averaged_metrics` reads their checkpoints),
 and the copied metrics.json is the rescored one (its ``forward_kld_latest_fit`` the recorded KLD).
+
+``--kept`` summarises the runs already kept under ``results/aldp_runs/<name>-seed<S>/`` instead (as they were
+kept: recorded or rescored), so that the comparison can be redone, e.g. with a new baseline, after the run
+folders and their checkpoints are gone.
 """
 from __future__ import annotations
 
@@ -209,21 +213,29 @@ def main() -> int:
     parser.add_argument("--probe-steps", type=int, default=200_000)
     parser.add_argument("--average-fraction", type=float, default=None,
                         help="score runs recorded without averaging as if run with ensemble.average_fraction = this (from their checkpoints)")
+    parser.add_argument("--kept", action="store_true", help="summarise the runs kept under results/aldp_runs/NAME-seedS (no --runs folders)")
     parser.add_argument("--probe-cores", type=int, nargs="+", default=[0, 1], help="cores the probe runs on, one kind per core at a time")
     args = parser.parse_args()
     if args.launch:
         for seed in args.seeds:
             launch(seed, args.runs, args.overrides)
+    if args.kept and (args.launch or args.average_fraction is not None):
+        parser.error("--kept reads the runs as they were kept: it takes neither --launch nor --average-fraction")
     per_seed, metrics = {}, {}
     for seed in args.seeds:
         run = args.runs / f"seed{seed}"
-        if (run / "metrics.json").is_file():
+        kept = Path(__file__).parent / "results" / "aldp_runs" / f"{args.name}-seed{seed}"
+        if args.kept:
+            if not (kept / "metrics.json").is_file():
+                raise SystemExit(f"--kept: no {kept / 'metrics.json'}")
+            metrics[seed] = json.loads((kept / "metrics.json").read_text())
+            per_seed[seed] = summarise(metrics[seed])
+        elif (run / "metrics.json").is_file():
             metrics[seed] = averaged_metrics(run, args.average_fraction) if args.average_fraction is not None else json.loads((run / "metrics.json").read_text())
             per_seed[seed] = summarise(metrics[seed])
-            keep = Path(__file__).parent / "results" / "aldp_runs" / f"{args.name}-seed{seed}"
-            keep.mkdir(parents=True, exist_ok=True)
+            kept.mkdir(parents=True, exist_ok=True)
             rescored = "rescored" in metrics[seed]
-            (keep / "metrics.json").write_text(json.dumps(metrics[seed], indent=1) if rescored else (run / "metrics.json").read_text())
+            (kept / "metrics.json").write_text(json.dumps(metrics[seed], indent=1) if rescored else (run / "metrics.json").read_text())
 
     def column(key):
         return [per_seed[s][key] for s in per_seed]
@@ -235,6 +247,8 @@ def main() -> int:
     two, forty = mean(column("iteration_wall_s_at_2k_labels")), mean(column("iteration_wall_s_at_40k_labels"))
     result = {
         "benchmark": "wallclock_aldp", "config": "aldp-fast", "overrides": args.overrides, "rescored_average_fraction": args.average_fraction,
+        "kept_runs": f"results/aldp_runs/{args.name}-seed<S>" if args.kept else None,
+        "rescored": {str(s): m["rescored"] for s, m in metrics.items() if "rescored" in m} or None,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "seeds": list(per_seed), "wall_s_to_5e6": column("wall_s_to_5e6"), "kld_at_5e6": column("kld_at_5e6"),
         "kld_at_1e6": column("kld_at_1e6"), "iteration_wall_s_at_2k_labels": column("iteration_wall_s_at_2k_labels"),
