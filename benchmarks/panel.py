@@ -14,7 +14,8 @@ Each phase runs alone on the whole machine and resumes where it stopped (run it 
 - ``metad``, ``opes``: each baseline gets the same two cores as a pair of pooled seeds: seeds 2S and 2S+1 run at
   once, one pinned core each, for the molecule's ``baseline_steps`` (its ``PANEL`` entry: about 2 hours of one core), and the pair's
   estimate is the mean of the two seeds' probability densities at equal step counts (its wall clock: the slower
-  seed's). Protocols are the baselines' own defaults unless the molecule's entry says otherwise.
+  seed's; ``--steps-per-s MOLECULE:METHOD=V`` times them at a measured speed instead, for a pair that shared a
+  loaded machine for part of its run). Protocols are the baselines' own defaults unless the molecule's entry says otherwise.
 
 The summary reads every run it finds (or the files named by ``--al-source`` / ``--baseline-source``) and writes
 ``benchmarks/results/panel.json``: per molecule and AL seed S, ``kld_vs_wall`` ([wall s, forward KLD] pairs) of
@@ -115,10 +116,13 @@ def ratio_at(al: Sequence[Sequence[float]], baselines: Dict[str, Sequence[Sequen
             "bound": "upper" if how == "after end" else "measured", "al_read": al_how}
 
 
-def pooled_curve(runs: Sequence[Path], method: str, p_reference: np.ndarray, centres: np.ndarray) -> List[List[float]]:
+def pooled_curve(runs: Sequence[Path], method: str, p_reference: np.ndarray, centres: np.ndarray,
+                 steps_per_s: Optional[float] = None) -> List[List[float]]:
     """``[[wall_s, kld], ...]`` of a pair of baseline seeds run at once on one core each: at every step count both
     recorded, the mean of their probability densities on the grid, scored against ``p_reference``; its wall time
-    is the slower seed's (from each point's recorded wall time, else the run's mean steps/s)."""
+    is the slower seed's (from each point's recorded wall time, else the run's mean steps/s). ``steps_per_s``
+    (one core's speed, measured elsewhere on the same machine) times every point as steps / that speed instead:
+    for a pair whose recorded walls include time on a loaded machine."""
     from openmm_cgflow.scoring import forward_kld
 
     summary_name, snapshots_name = BASELINE_FILES[method]
@@ -129,7 +133,8 @@ def pooled_curve(runs: Sequence[Path], method: str, p_reference: np.ndarray, cen
             steps, F = data["steps"], data["free_energy_kT"].astype(np.float64)
             if not np.allclose(data["centres"], centres):
                 raise SystemExit(f"{run}: the snapshots' grid is not the reference's")
-        wall = {int(p["md_steps"]): float(p["wall_s"]) if "wall_s" in p else p["md_steps"] / summary["steps_per_s"] for p in summary["curve"]}
+        wall = {int(p["md_steps"]): p["md_steps"] / steps_per_s if steps_per_s else
+                float(p["wall_s"]) if "wall_s" in p else p["md_steps"] / summary["steps_per_s"] for p in summary["curve"]}
         per_seed.append({int(s): (f, wall[int(s)]) for s, f in zip(steps, F)})
     common = sorted(set.intersection(*(set(seed) for seed in per_seed)))
     curve = []
@@ -200,7 +205,9 @@ def grid_of(name: str) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def summarise(runs: Path, al_sources: Dict[Tuple[str, int], Path], baseline_sources: Dict[Tuple[str, str, int], Path],
-              seeds: Sequence[int]) -> Dict:
+              seeds: Sequence[int], speeds: Optional[Dict[Tuple[str, str], float]] = None) -> Dict:
+    """``speeds``: (molecule, method) -> steps/s that times that method's pairs (see :func:`pooled_curve`)."""
+    speeds = speeds or {}
     panel = {}
     for name, mol in PANEL.items():
         if mol.reference is not None and not mol.reference.is_file():
@@ -213,8 +220,9 @@ def summarise(runs: Path, al_sources: Dict[Tuple[str, int], Path], baseline_sour
             for pair in seeds:
                 dirs = [baseline_sources.get((name, method, s), runs / name / f"{method}-seed{s}") for s in (2 * pair, 2 * pair + 1)]
                 if all((d / BASELINE_FILES[method][1]).is_file() for d in dirs):
-                    pairs[method][pair] = pooled_curve(dirs, method, p_reference, centres)
-                    sources[f"{method} pair {pair}"] = " + ".join(map(str, dirs))
+                    pairs[method][pair] = pooled_curve(dirs, method, p_reference, centres, speeds.get((name, method)))
+                    sources[f"{method} pair {pair}"] = " + ".join(map(str, dirs)) + (
+                        f" (timed at {speeds[(name, method)]:g} steps/s)" if (name, method) in speeds else "")
         per_seed = {}
         for seed in seeds:
             path = al_sources.get((name, seed), runs / name / f"al-seed{seed}" / "metrics.json")
@@ -273,6 +281,8 @@ def main() -> int:
     parser.add_argument("--hours", type=float, default=2.0, help="wall-clock budget of each AL run")
     parser.add_argument("--al-source", action="append", default=[], metavar="MOLECULE:SEED=METRICS_JSON")
     parser.add_argument("--baseline-source", action="append", default=[], metavar="MOLECULE:METHOD:SEED=DIR")
+    parser.add_argument("--steps-per-s", action="append", default=[], metavar="MOLECULE:METHOD=V",
+                        help="time that baseline's pairs at V steps/s of one core (e.g. a probe of the same day) instead of their recorded walls")
     parser.add_argument("--out", type=Path, default=RESULTS / "panel.json")
     args = parser.parse_args()
     runs = args.runs.resolve()
@@ -280,8 +290,14 @@ def main() -> int:
         launch(args.launch, args.phases, runs, args.seeds, args.hours)
     al_sources = dict(_source(text, 2) for text in args.al_source)
     baseline_sources = dict(_source(text, 3) for text in args.baseline_source)
-    result = summarise(runs, al_sources, baseline_sources, args.seeds)
-    result["sources"] = {"al": args.al_source, "baselines": args.baseline_source}
+    speeds = {}
+    for text in args.steps_per_s:
+        key, _, value = text.partition("=")
+        if key.count(":") != 1 or not value:
+            raise SystemExit(f"bad --steps-per-s {text!r}: MOLECULE:METHOD=V")
+        speeds[tuple(key.split(":"))] = float(value)
+    result = summarise(runs, al_sources, baseline_sources, args.seeds, speeds)
+    result["sources"] = {"al": args.al_source, "baselines": args.baseline_source, "steps_per_s": args.steps_per_s}
     args.out.write_text(json.dumps(result, indent=1))
     print_table(result)
     print(f"written to {args.out}")

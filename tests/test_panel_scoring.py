@@ -68,5 +68,7 @@ def test_a_pair_of_seeds_is_pooled_as_the_mean_of_its_densities_at_the_slower_se
     assert [w for w, _ in curve] == [20.0, 60.0]             # common steps 1,000 and 3,000; b's wall from its mean speed
     assert curve[0][1] == pytest.approx(0.0, abs=1e-6)       # the pooled density is the reference (float32 snapshots)
     assert forward_kld(p_ref, Fa) > 1e-2 and forward_kld(p_ref, Fb) > 1e-2
+    timed = panel.pooled_curve([tmp_path / "a", tmp_path / "b"], "metad", p_ref, centres, steps_per_s=100.0)
+    assert [w for w, _ in timed] == [10.0, 30.0] and [k for _, k in timed] == [k for _, k in curve]   # a measured speed replaces the walls
     with pytest.raises(SystemExit, match="grid is not the reference's"):
         panel.pooled_curve([tmp_path / "a", tmp_path / "b"], "metad", p_ref, centres + 0.1)
