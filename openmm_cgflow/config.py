@@ -20,7 +20,7 @@ from .errors import ConfigError  # noqa: F401  (the config's error type, defined
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys whose default is null accept these types too.
-_NULLABLE = {"energy.address": str, "loop.stop_kld": float, "loop.stable_ratio": float, "loop.max_wall_s": float, "ensemble.epochs_warm": int, "dataset.start_entries": int, "dataset.max_start_points": int, "search.bounds": list, "search.start": list, "flow.hidden": list}
+_NULLABLE = {"energy.address": str, "loop.stop_kld": float, "loop.stable_ratio": float, "loop.max_wall_s": float, "loop.max_evaluations": int, "ensemble.epochs_warm": int, "dataset.start_entries": int, "dataset.max_start_points": int, "search.bounds": list, "search.start": list, "flow.hidden": list}
 #: The schema (keys and defaults) of a system whose registry entry names no config of its own
 #: (``systems.register_system(..., config=...)``): a molecule given by a ``system:`` mapping, or a system registered by the user.
 MOLECULE_DEFAULTS = "aldp-vacuum"
@@ -383,7 +383,7 @@ def _check_relations(cfg: Dict[str, Any]) -> None:
 
 #: Keys added after runs were already stored, with the value that reproduces those runs (a stored config that
 #: lacks one ran with this value, whatever today's default is).
-LEGACY_VALUES = {"energy.executor": "local", "energy.address": None, "labels.cell_width": 0.0, "dataset.start_entries": None, "dataset.max_start_points": None, "loop.stable_ratio": None, "loop.stable_iterations": 3, "loop.max_wall_s": None, "search.coverage_check": False, "ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "ensemble.average_fraction": 0.0, "flow.precision": "float64", "flow.compile": False}
+LEGACY_VALUES = {"energy.executor": "local", "energy.address": None, "labels.cell_width": 0.0, "dataset.start_entries": None, "dataset.max_start_points": None, "loop.stable_ratio": None, "loop.stable_iterations": 3, "loop.max_wall_s": None, "loop.max_evaluations": None, "search.coverage_check": False, "ensemble.precision": "float64", "ensemble.lbfgs_groups": 1, "ensemble.warm_start": False, "ensemble.epochs_warm": None, "ensemble.average_fraction": 0.0, "flow.precision": "float64", "flow.compile": False}
 
 
 def validate_config(config: Any) -> Dict[str, Any]:

@@ -126,10 +126,12 @@ def test_resume_with_a_different_config_is_refused(main_job):
 
 
 @pytest.mark.parametrize("limit, reason", [("loop.max_iterations=1", "reached loop.max_iterations = 1"),
-                                           ("loop.max_wall_s=1e-3", "passed loop.max_wall_s = 0.001")])
+                                           ("loop.max_wall_s=1e-3", "passed loop.max_wall_s = 0.001"),
+                                           ("loop.max_evaluations=1", "passed loop.max_evaluations = 1")])
 def test_a_finished_run_extended_continues_as_if_planned_longer(main_job, tmp_path, limit, reason):
-    """A run stopped by a limit after iteration 1 (its iteration count, or ``loop.max_wall_s``: the iteration
-    during which its wall time passed the limit, a queue's time limit) and extended on resume continues exactly
+    """A run stopped by a limit after iteration 1 (its iteration count, ``loop.max_wall_s``: the iteration
+    during which its wall time passed the limit, a queue's time limit, or ``loop.max_evaluations``: an energy
+    budget) and extended on resume continues exactly
     as the run planned longer from the start."""
     _, planned = main_job                                    # planned for 10 iterations from the start
     out = tmp_path / "extended"

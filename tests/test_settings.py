@@ -80,6 +80,9 @@ def test_loop_limits_and_failure_reason():
     assert loop.limit_reached(2, 5e-4) == "forward KLD 0.0005 < 0.001"
     assert loop.limit_reached(5, None) == "reached loop.max_iterations = 5"
     assert loop.limit_reached(4, 2e-3) is None
+    budget = s.LoopSettings(max_iterations=100, stop_kld=None, max_evaluations=3_000_000)
+    assert budget.limit_reached(4, None, evaluations=2_999_999) is None
+    assert budget.limit_reached(4, None, evaluations=3_041_600) == "the run's 3,041,600 energy evaluations passed loop.max_evaluations = 3,000,000"
     search = s.RunSettings.from_config(load_config("muller-brown")).search
     assert search.failure_reason() == "the uncertainty search (mc) found no uncertain point within 10000 steps"
     assert search.n_candidates == 1

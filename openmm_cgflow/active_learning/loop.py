@@ -128,7 +128,8 @@ class ActiveLearningRun:
         run planned with the new limits from the start would have."""
         run, st = self.context, self.context.state
         if (not st.finished or st.stop_reason == self.settings.search.failure_reason()
-                or self.settings.loop.limit_reached(st.iteration, st.history[-1].forward_kld, st.history, wall_s=st.wall_s)):
+                or self.settings.loop.limit_reached(st.iteration, st.history[-1].forward_kld, st.history, wall_s=st.wall_s,
+                                                    evaluations=st.energy_evaluations)):
             return
         st.finished, st.stop_reason = False, ""
         if run.searches:

@@ -699,18 +699,21 @@ class LoopSettings:
     no reference needed once the PMF has stopped changing within its uncertainty (``stable_iterations``
     consecutive iterations whose RMS change of the PMF at the labelled points is below ``stable_ratio`` x the
     ensemble's mean std there; None: never), or after the iteration during which the run's wall time (seconds,
-    resumed sessions added up) passed ``max_wall_s`` (None: never)."""
+    resumed sessions added up) passed ``max_wall_s`` (None: never), or after the iteration during which its
+    all-atom energy evaluations passed ``max_evaluations`` (None: never)."""
 
     max_iterations: int
     stop_kld: Optional[float]
     stable_ratio: Optional[float] = None
     stable_iterations: int = 3
     max_wall_s: Optional[float] = None
+    max_evaluations: Optional[int] = None
 
-    def limit_reached(self, iteration: int, kld: Optional[float], history: Sequence[Any] = (), wall_s: Optional[float] = None) -> Optional[str]:
+    def limit_reached(self, iteration: int, kld: Optional[float], history: Sequence[Any] = (), wall_s: Optional[float] = None,
+                      evaluations: Optional[int] = None) -> Optional[str]:
         """The stop reason if these limits end the run after ``iteration`` scored ``kld`` (``history``: the run's
-        iteration records so far, the last one this iteration's; ``wall_s``: the run's wall seconds so far);
-        None otherwise."""
+        iteration records so far, the last one this iteration's; ``wall_s``: the run's wall seconds so far;
+        ``evaluations``: its energy evaluations so far); None otherwise."""
         if self.stop_kld is not None and kld is not None and kld < self.stop_kld:
             return f"forward KLD {kld:.3g} < {self.stop_kld}"
         if self.stable_ratio is not None and self.stable_for(history) >= self.stable_iterations:
@@ -720,6 +723,8 @@ class LoopSettings:
             return f"reached loop.max_iterations = {self.max_iterations}"
         if self.max_wall_s is not None and wall_s is not None and wall_s >= self.max_wall_s:
             return f"the run's wall time {wall_s:.0f} s passed loop.max_wall_s = {self.max_wall_s:g}"
+        if self.max_evaluations is not None and evaluations is not None and evaluations >= self.max_evaluations:
+            return f"the run's {evaluations:,} energy evaluations passed loop.max_evaluations = {self.max_evaluations:,}"
         return None
 
     def stable_for(self, history: Sequence[Any]) -> int:
@@ -776,7 +781,7 @@ class RunSettings:
             labels=label_settings(cfg["labels"]), ensemble=EnsembleSettings.from_config(cfg["ensemble"]),
             search=SearchSettings.from_config(cfg["search"]), spreading=spreading_settings(cfg["spreading"]),
             loop=LoopSettings(cfg["loop"]["max_iterations"], cfg["loop"]["stop_kld"], cfg["loop"]["stable_ratio"], cfg["loop"]["stable_iterations"],
-                              cfg["loop"]["max_wall_s"]),
+                              cfg["loop"]["max_wall_s"], cfg["loop"]["max_evaluations"]),
             metrics=MetricsSettings(cfg["metrics"]["reference"], cfg["metrics"]["n_bins"], tuple(cfg["metrics"]["domain"])),
         )
 
@@ -795,7 +800,7 @@ class RunSettings:
             "labels": self.labels.to_config(), "ensemble": self.ensemble.to_config(), "search": self.search.to_config(),
             "spreading": _spreading_config(self.spreading), "loop": {"max_iterations": self.loop.max_iterations, "stop_kld": self.loop.stop_kld,
                                                                    "stable_ratio": self.loop.stable_ratio, "stable_iterations": self.loop.stable_iterations,
-                                                                   "max_wall_s": self.loop.max_wall_s},
+                                                                   "max_wall_s": self.loop.max_wall_s, "max_evaluations": self.loop.max_evaluations},
             "metrics": {"reference": self.metrics.reference, "n_bins": self.metrics.n_bins, "domain": list(self.metrics.domain)},
         }
 

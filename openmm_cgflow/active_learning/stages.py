@@ -135,7 +135,8 @@ class Score:
             skipped_batches=st.skipped_batches, mean=np.asarray(mean), std=np.asarray(std), label_points=points,
             label_iteration=run.dataset.point_iteration[work.groups], labels=np.asarray(work.labels), label_mean=np.asarray(label_mean),
         ))
-        limit = run.settings.loop.limit_reached(st.iteration, kld, st.history, wall_s=st.wall_s + time.perf_counter() - work.started)
+        limit = run.settings.loop.limit_reached(st.iteration, kld, st.history, wall_s=st.wall_s + time.perf_counter() - work.started,
+                                               evaluations=st.energy_evaluations)
         if limit:
             st.finished, st.stop_reason = True, limit
 
