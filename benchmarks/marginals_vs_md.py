@@ -110,6 +110,20 @@ def basins(p: np.ndarray, threshold_kT: float = 4.0):
     return sorted(found, key=lambda t: t[2])
 
 
+def compare_marginals(md: np.ndarray, run: Path, bins: int) -> list:
+    """Per pair of CG coordinates: KLD(MD || run) of the 2-D marginals of the run's final PMF (``run/models``),
+    MD's own noise (KLD between its halves), and the basins of both, on ``bins`` x ``bins`` periodic bins."""
+    marginals, names = model_marginals(run, bins)
+    half = len(md) // 2
+    rows = []
+    for (a, b), p_model in marginals.items():
+        p_md = probabilities(histogram_2d(md[:, [a, b]], bins))
+        halves = forward_kld(probabilities(histogram_2d(md[:half, [a, b]], bins)), probabilities(histogram_2d(md[half:, [a, b]], bins)))
+        rows.append({"pair": f"{names[a]}/{names[b]}", "kld_md_to_run": forward_kld(p_md, np.maximum(p_model, 1e-300)),
+                     "kld_md_halves": halves, "basins_md": basins(p_md), "basins_run": basins(p_model)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", required=True, help="a registered system")
@@ -119,16 +133,8 @@ def main() -> None:
     parser.add_argument("--bins", type=int, default=24)
     args = parser.parse_args()
     md = md_cg_values(args.system, args.md_steps, args.seed)
-    marginals, names = model_marginals(args.run, args.bins)
-    half = len(md) // 2
     metrics = json.loads((args.run / "metrics.json").read_text())
-    rows = []
-    for (a, b), p_model in marginals.items():
-        counts = histogram_2d(md[:, [a, b]], args.bins)
-        p_md = probabilities(counts)
-        halves = forward_kld(probabilities(histogram_2d(md[:half, [a, b]], args.bins)), probabilities(histogram_2d(md[half:, [a, b]], args.bins)))
-        rows.append({"pair": f"{names[a]}/{names[b]}", "kld_md_to_run": forward_kld(p_md, np.maximum(p_model, 1e-300)),
-                     "kld_md_halves": halves, "basins_md": basins(p_md), "basins_run": basins(p_model)})
+    rows = compare_marginals(md, args.run, args.bins)
     result = {"system": args.system, "run": str(args.run), "md_steps": int(len(md) * 10), "bins": args.bins, "pairs": rows,
               "run_totals": metrics["totals"],
               "command": f"python benchmarks/marginals_vs_md.py --system {args.system} --run {args.run} --md-steps {args.md_steps} --seed {args.seed} --bins {args.bins}"}

@@ -72,3 +72,41 @@ def test_a_pair_of_seeds_is_pooled_as_the_mean_of_its_densities_at_the_slower_se
     assert [w for w, _ in timed] == [10.0, 30.0] and [k for _, k in timed] == [k for _, k in curve]   # a measured speed replaces the walls
     with pytest.raises(SystemExit, match="grid is not the reference's"):
         panel.pooled_curve([tmp_path / "a", tmp_path / "b"], "metad", p_ref, centres + 0.1)
+
+
+def test_marginal_molecules_are_scored_against_md_halves_per_budget(panel, benchmark_script, tmp_path, monkeypatch):
+    """A 3-D density known in closed form: MD drawn from it scores the exact marginals near MD's own noise, a run
+    whose marginal on one pair is wrong is flagged on that pair; the summary reads each budget's scores in order."""
+    marginals_vs_md = benchmark_script("marginals_vs_md")
+    rng = np.random.default_rng(0)
+    bins, n = 12, 200_000
+    centres = -np.pi + (np.arange(bins) + 0.5) * 2 * np.pi / bins
+    # independent von Mises-like coordinates: the exact 2-D marginals are outer products of the 1-D ones
+    p1 = [np.exp(2.0 * np.cos(centres - mu)) for mu in (-1.0, 0.5, 2.0)]
+    p1 = [q / q.sum() for q in p1]
+    edges = np.linspace(-np.pi, np.pi, bins + 1)
+    md = np.stack([rng.uniform(edges[k], edges[k + 1]) for k in (rng.choice(bins, size=n, p=q) for q in p1)], axis=0).T
+    exact = {(a, b): np.outer(p1[a], p1[b]) for a, b in ((0, 1), (0, 2), (1, 2))}
+    wrong = dict(exact)
+    wrong[(1, 2)] = np.outer(p1[1], np.roll(p1[2], 2))            # the third coordinate's basin shifted by two bins
+    for label, model in (("exact", exact), ("wrong", wrong)):
+        monkeypatch.setattr(marginals_vs_md, "model_marginals", lambda run, b, model=model: (model, ["a", "b", "c"]))
+        rows = marginals_vs_md.compare_marginals(md, tmp_path, bins)
+        scores = panel.marginal_scores(rows)
+        assert set(scores["pairs"]) == {"a/b", "a/c", "b/c"}
+        if label == "exact":
+            assert all(v["kld"] < 5 * v["md_halves"] + 1e-3 for v in scores["pairs"].values())
+        else:
+            assert scores["worst_pair"] == "b/c" and scores["pairs"]["b/c"]["kld"] > 0.3 and not scores["target_met"]
+            assert scores["pairs"]["a/b"]["kld"] < 1e-3
+    seed0 = tmp_path / "ace-ala2-nme" / "al-seed0"
+    seed0.mkdir(parents=True)
+    for budget, worst in ((2_000_000, 1.5), (1_000_000, 9.0)):
+        rows = [{"pair": "a/b", "kld_md_to_run": 0.01, "kld_md_halves": 0.01}, {"pair": "b/c", "kld_md_to_run": worst * 0.02, "kld_md_halves": 0.02}]
+        (seed0 / f"marginals_at_{budget}.json").write_text(json.dumps({"budget": budget, "energy_evaluations": budget + 41_600, "wall_s": budget / 1000,
+                                                                         "iterations": 3, "md_steps": 3_000_000, "bins": 24, "pairs": rows}))
+    entry = panel.summarise_marginal("ace-ala2-nme", tmp_path / "ace-ala2-nme", [0, 1])
+    points = entry["seeds"]["0"]
+    assert [p["budget"] for p in points] == [1_000_000, 2_000_000] and "1" not in entry["seeds"]
+    assert points[0]["worst_pair"] == "b/c" and points[0]["worst_ratio"] == pytest.approx(9.0) and not points[0]["target_met"]
+    assert points[1]["worst_ratio"] == pytest.approx(1.5) and points[1]["target_met"]
