@@ -37,11 +37,14 @@ ALDP_RUNS: Sequence[Tuple[str, Sequence[str], int]] = (
     ("active learning, `aldp-fast`, latest fit only", [f"aldp-fast-cells64-seed{s}" for s in (0, 1, 2)], 2),
     ("active learning, `aldp-fast` before label cells", [f"aldp-fast-periodic2-groups10-seed{s}" for s in (0, 1, 2)], 0),
 )
-#: The baselines: (label, kind, folders under results/); each ran on one pinned core.
-ALDP_BASELINES: Sequence[Tuple[str, str, Sequence[str]]] = (
-    ("plain MD", "md", ["md_baseline_aldp_seed0", "md_baseline_aldp_seed1"]),
-    ("well-tempered metadynamics (a Gaussian every 500 steps)", "metad", ["metad_aldp_seed0", "metad_aldp_seed1"]),
-    ("OPES (barrier 10 kT, a kernel every 100 steps)", "opes", ["opes_aldp_seed0", "opes_aldp_seed1"]),
+#: The baselines: (label, kind, folders under results/, timing); each ran on one pinned core. Timing "recorded": each
+#: point's own wall time; "probe": steps / the kind's one-core steps/s that ``wallclock_aldp.py --probe`` measured
+#: beside the AL runs (``results/wallclock_aldp.json``), for runs that shared a loaded machine for part of their time.
+ALDP_BASELINES: Sequence[Tuple[str, str, Sequence[str], str]] = (
+    ("plain MD", "md", ["md_baseline_aldp_seed0", "md_baseline_aldp_seed1"], "recorded"),
+    ("well-tempered metadynamics, defaults (a Gaussian every 500 steps)", "metad", ["metad_aldp_seed0", "metad_aldp_seed1"], "recorded"),
+    ("well-tempered metadynamics, swept (0.5 kT, 0.35 rad, every 100 steps)", "metad", ["metad100_aldp_seed0", "metad100_aldp_seed1"], "probe"),
+    ("OPES (barrier 10 kT, a kernel every 100 steps)", "opes", ["opes_aldp_seed0", "opes_aldp_seed1"], "recorded"),
 )
 BUDGETS = (1e6, 5e6)
 TARGETS = (2e-3, 1.5e-3, 1.2e-3)
@@ -78,13 +81,22 @@ def al_curve(folder: str) -> Curve:
                  np.array([r["wall_s"] for r in rows], float))
 
 
-def baseline_curve(kind: str, folder: str) -> Curve:
-    """A baseline's curve; where its points carry no wall time, wall = steps / the run's mean steps per second."""
+def probe_steps_per_s(kind: str) -> float:
+    """The one-core steps/s of a baseline kind measured beside the AL runs (``results/wallclock_aldp.json``)."""
+    return float(json.loads((RESULTS / "wallclock_aldp.json").read_text())["baseline_steps_per_s_probe"][kind])
+
+
+def baseline_curve(kind: str, folder: str, timing: str = "recorded") -> Curve:
+    """A baseline's curve; wall = each point's recorded wall time, or where its points carry none (or ``timing`` is
+    "probe"), steps / the run's mean steps per second (the probe's)."""
     path = RESULTS / folder
     report = json.loads((path / f"{kind}_baseline.json").read_text())
     points = json.loads((path / "md_baseline_kld.json").read_text())["curve"] if kind == "md" else report["curve"]
     steps = np.array([p["md_steps"] for p in points], float)
-    wall = np.array([p["wall_s"] for p in points], float) if all("wall_s" in p for p in points) else steps / report["steps_per_s"]
+    if timing == "probe":
+        wall = steps / probe_steps_per_s(kind)
+    else:
+        wall = np.array([p["wall_s"] for p in points], float) if all("wall_s" in p for p in points) else steps / report["steps_per_s"]
     return Curve(folder, steps, np.array([p["forward_kld"] for p in points]), wall)
 
 
@@ -118,8 +130,8 @@ def aldp_table() -> str:
     rows = []
     for label, folders, cores in ALDP_RUNS:
         rows.append(_row(f"{label} ({len(folders)})", [al_curve(f) for f in folders], cores))
-    for label, kind, folders in ALDP_BASELINES:
-        rows.append(_row(f"{label} ({len(folders)})", [baseline_curve(kind, f) for f in folders], 1))
+    for label, kind, folders, timing in ALDP_BASELINES:
+        rows.append(_row(f"{label} ({len(folders)})", [baseline_curve(kind, f, timing) for f in folders], 1))
     return "\n".join(head + rows)
 
 
@@ -165,12 +177,15 @@ def figures() -> Dict[str, bytes]:
             axes[0].loglog(c.evaluations, c.kld, color="tab:blue", lw=1, label=label.replace("`", "") if k == 0 else None)
             if cores:  # wall times of runs that shared their cores would mislead
                 axes[1].loglog(c.wall_s, c.kld, color="tab:blue", lw=1, label=label.replace("`", "") if k == 0 else None)
-    for label, kind, folders in ALDP_BASELINES:
+    kinds_drawn = set()
+    for label, kind, folders, timing in ALDP_BASELINES:
+        line = "--" if kind in kinds_drawn else "-"   # a second row of one kind (other settings): dashed
+        kinds_drawn.add(kind)
         for k, folder in enumerate(folders):
-            c = baseline_curve(kind, folder)
+            c = baseline_curve(kind, folder, timing)
             color = styles.get(kind, ("tab:green", kind))[0]
-            axes[0].loglog(c.evaluations, c.kld, color=color, lw=1, label=label if k == 0 else None)
-            axes[1].loglog(c.wall_s, c.kld, color=color, lw=1, label=label if k == 0 else None)
+            axes[0].loglog(c.evaluations, c.kld, color=color, ls=line, lw=1, label=label if k == 0 else None)
+            axes[1].loglog(c.wall_s, c.kld, color=color, ls=line, lw=1, label=label if k == 0 else None)
     axes[0].set_xlabel("all-atom energy evaluations (MD steps)")
     axes[1].set_xlabel("wall seconds (active learning: 2 cores; baselines: 1 core)")
     for ax in axes:
@@ -211,7 +226,7 @@ def results_page() -> str:
     ]
     budgets = (6e5, 1e6, 1.5e6, 2e6, 3e6, 4e6, 5e6)
     curves = [(label, al_curve(f)) for label, folders, _ in ALDP_RUNS for f in folders]
-    curves += [(label, baseline_curve(kind, f)) for label, kind, folders in ALDP_BASELINES for f in folders]
+    curves += [(label, baseline_curve(kind, f, timing)) for label, kind, folders, timing in ALDP_BASELINES for f in folders]
     lines += ["| run | " + " | ".join(_sci(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for label, c in curves:
         lines.append(f"| {label.replace('`', '')}: {c.name} | " + " | ".join(_sci(c.kld_at(b), 2) for b in budgets) + " |")
