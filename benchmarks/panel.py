@@ -87,7 +87,7 @@ PANEL: Dict[str, Molecule] = {
                           baseline_args=BASELINE_ARGS),
     # ALDP in vacuum (amber ff96, openmmtools): a reference of its own, not metadynamics scoring itself; ~6,000 steps/s
     "aldp-vacuum": Molecule("aldp-vacuum", "aldp-vacuum", RESULTS / "reference_aldp-vacuum_mf" / "reference_aldp-vacuum.npz", True,
-                            baseline_steps=43_000_000, reference_passes=12,
+                            baseline_steps=43_000_000, reference_passes=20,
                             baseline_args=BASELINE_ARGS),
     # alanine dipeptide in another force field and solvent model (amber ff14SB + GBn2); ~3,200-3,500 MD steps/s
     "aldp-gbn2": Molecule("aldp-gbn2", "aldp-gbn2", RESULTS / "reference_aldp-gbn2_mf" / "reference_aldp-gbn2.npz", True,
@@ -198,8 +198,15 @@ def launch_marginal(name: str, phases: Sequence[str], runs: Path, seeds: Sequenc
     """The ``md`` and ``al`` phases of a :class:`MarginalMolecule` (see the module docstring)."""
     from marginals_vs_md import compare_marginals, md_cg_values
 
+    import os
+
     mol, out = MARGINAL_PANEL[name], runs / name
-    md = md_cg_values(mol.system, mol.md_steps, seed=0) if {"md", "al"} & set(phases) else None
+    if not {"md", "al"} & set(phases):
+        return
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    md = md_cg_values(mol.system, mol.md_steps, seed=0)       # pins this process to one core for the MD...
+    if cores is not None:
+        os.sched_setaffinity(0, cores)                        # ...which the AL runs, its children, must not inherit
     if "al" not in phases:
         return
     for seed in seeds:
