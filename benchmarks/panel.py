@@ -194,6 +194,10 @@ def marginal_scores(rows: Sequence[Dict], target_ratio: float = MARGINAL_TARGET_
 
 
 # ------------------------------------------------------------------------------------------------------------ launch
+#: the overrides that leave a panel AL run only the limit the panel gives it (wall clock or evaluations)
+NO_OTHER_LIMIT = ("--set", "loop.max_iterations=100000", "--set", "loop.stop_kld=null", "--set", "loop.stable_ratio=null")
+
+
 def launch_marginal(name: str, phases: Sequence[str], runs: Path, seeds: Sequence[int]) -> None:
     """The ``md`` and ``al`` phases of a :class:`MarginalMolecule` (see the module docstring)."""
     from marginals_vs_md import compare_marginals, md_cg_values
@@ -216,7 +220,7 @@ def launch_marginal(name: str, phases: Sequence[str], runs: Path, seeds: Sequenc
             if scored.is_file():
                 continue
             wait(cgflow("run", mol.config, "--seed", seed, "--out", run, "--quiet", "--set", f"loop.max_evaluations={budget}",
-                        "--set", "loop.max_iterations=100000", "--set", "loop.stop_kld=null", "--set", "loop.stable_ratio=null",
+                        *NO_OTHER_LIMIT,
                         *(["--resume"] if (run / "checkpoint.pt").is_file() else [])))
             totals = json.loads((run / "metrics.json").read_text())["totals"]
             rows = compare_marginals(md, run, mol.bins)
@@ -246,7 +250,7 @@ def launch(name: str, phases: Sequence[str], runs: Path, seeds: Sequence[int], h
             if (run / "metrics.json").is_file() and json.loads((run / "metrics.json").read_text())["totals"].get("finished"):
                 continue
             wait(cgflow("run", mol.config, "--seed", seed, "--out", run, "--quiet", *scoring, "--set", f"loop.max_wall_s={hours * 3600:g}",
-                        "--set", "loop.max_iterations=100000", "--set", "loop.stop_kld=null", "--set", "loop.stable_ratio=null",
+                        *NO_OTHER_LIMIT,
                         *(["--resume"] if (run / "checkpoint.pt").is_file() else [])))
     for method in (m for m in BASELINES if m in phases):
         for pair in seeds:
