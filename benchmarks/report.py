@@ -81,7 +81,7 @@ def al_curve(folder: str) -> Curve:
                  np.array([r["wall_s"] for r in rows], float))
 
 
-def probe_steps_per_s(kind: str) -> float:
+def probed_steps_per_s(kind: str) -> float:
     """The one-core steps/s of a baseline kind measured beside the AL runs (``results/wallclock_aldp.json``)."""
     return float(json.loads((RESULTS / "wallclock_aldp.json").read_text())["baseline_steps_per_s_probe"][kind])
 
@@ -94,7 +94,7 @@ def baseline_curve(kind: str, folder: str, timing: str = "recorded") -> Curve:
     points = json.loads((path / "md_baseline_kld.json").read_text())["curve"] if kind == "md" else report["curve"]
     steps = np.array([p["md_steps"] for p in points], float)
     if timing == "probe":
-        wall = steps / probe_steps_per_s(kind)
+        wall = steps / probed_steps_per_s(kind)
     else:
         wall = np.array([p["wall_s"] for p in points], float) if all("wall_s" in p for p in points) else steps / report["steps_per_s"]
     return Curve(folder, steps, np.array([p["forward_kld"] for p in points]), wall)

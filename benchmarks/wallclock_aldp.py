@@ -216,11 +216,11 @@ def main() -> int:
     parser.add_argument("--kept", action="store_true", help="summarise the runs kept under results/aldp_runs/NAME-seedS (no --runs folders)")
     parser.add_argument("--probe-cores", type=int, nargs="+", default=[0, 1], help="cores the probe runs on, one kind per core at a time")
     args = parser.parse_args()
+    if args.kept and (args.launch or args.average_fraction is not None):
+        parser.error("--kept reads the runs as they were kept: it takes neither --launch nor --average-fraction")
     if args.launch:
         for seed in args.seeds:
             launch(seed, args.runs, args.overrides)
-    if args.kept and (args.launch or args.average_fraction is not None):
-        parser.error("--kept reads the runs as they were kept: it takes neither --launch nor --average-fraction")
     per_seed, metrics = {}, {}
     for seed in args.seeds:
         run = args.runs / f"seed{seed}"
