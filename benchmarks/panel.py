@@ -10,9 +10,11 @@ Each phase runs alone on the whole machine and resumes where it stopped (run it 
   is the reference's own error. Molecules with a packaged reference skip it.
 - ``al``: ``cgflow run CONFIG --seed S`` for each of ``--seeds``, the molecule's built-in config unchanged (the
   default recipe) but for ``loop.max_wall_s`` (``--hours``) and no other stopping limit; the run pins itself to
-  both cores (the flow on one, OpenMM workers and half the ensemble fit on the other).
+  both cores (the flow on one, OpenMM workers and half the ensemble fit on the other). A finished run shorter than
+  ``--hours`` is resumed with the longer limit: the same run as one planned that long.
 - ``metad``, ``opes``: each baseline gets the same two cores as a pair of pooled seeds: seeds 2S and 2S+1 run at
-  once, one pinned core each, for the molecule's ``baseline_steps`` (its ``PANEL`` entry: about 2 hours of one core), and the pair's
+  once, one pinned core each, for ``--hours`` of one core at the molecule's ``baseline_steps_per_s`` (its ``PANEL``
+  entry; a shorter pair is resumed to the longer length), and the pair's
   estimate is the mean of the two seeds' probability densities at equal step counts (its wall clock: the slower
   seed's; ``--steps-per-s MOLECULE:METHOD=V`` times them at a measured speed instead, for a pair that shared a
   loaded machine for part of its run). Protocols are the baselines' own defaults unless the molecule's entry says otherwise.
@@ -61,15 +63,20 @@ BASELINE_FILES = {"metad": ("metad_baseline.json", "metad_snapshots.npz"), "opes
 @dataclass(frozen=True)
 class Molecule:
     """A panel molecule: its built-in config (the AL default for it), the system name the baselines take, its
-    reference file (None: the config's own), whether the panel makes that reference, and steps per baseline seed."""
+    reference file (None: the config's own), whether the panel makes that reference, and the baselines' speed on one
+    pinned core of this machine (steps/s, at their panel settings), which turns ``--hours`` into steps per seed."""
 
     config: str
     system: str
     reference: Optional[Path]
     make_reference: bool
-    baseline_steps: int
+    baseline_steps_per_s: float
     reference_passes: int = 10
     baseline_args: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+
+    def baseline_steps(self, hours: float) -> int:
+        """MD steps of one baseline seed for ``hours`` of one core (rounded up to a whole 1e5)."""
+        return int(np.ceil(self.baseline_steps_per_s * hours * 3600 / 1e5)) * 100_000
 
 
 #: The baselines' settings on every molecule, as their sweeps on alanine dipeptide in OBC1 ranked them: metadynamics
@@ -82,16 +89,17 @@ BASELINE_ARGS: Dict[str, Tuple[str, ...]] = {
 }
 
 PANEL: Dict[str, Molecule] = {
-    # ALDP in OBC1: the packaged reference (umbrella + mean force, halves 5.3e-4); ~3,400 metadynamics steps/s
-    "aldp-obc1": Molecule("aldp-fast", "aldp", None, False, baseline_steps=25_000_000,
+    # ALDP in OBC1: the packaged reference (umbrella + mean force, halves 5.3e-4); metadynamics 3,474 steps/s (probe)
+    "aldp-obc1": Molecule("aldp-fast", "aldp", None, False, baseline_steps_per_s=3_500,
                           baseline_args=BASELINE_ARGS),
-    # ALDP in vacuum (amber ff96, openmmtools): a reference of its own, not metadynamics scoring itself; ~6,000 steps/s
+    # ALDP in vacuum (amber ff96, openmmtools): a reference of its own, not metadynamics scoring itself; metadynamics
+    # with a Gaussian every 500 steps ran 5,993 steps/s (results/metad_aldp_vacuum_seed0): an upper bound at stride 100
     "aldp-vacuum": Molecule("aldp-vacuum", "aldp-vacuum", RESULTS / "reference_aldp-vacuum_mf" / "reference_aldp-vacuum.npz", True,
-                            baseline_steps=43_000_000, reference_passes=20,
+                            baseline_steps_per_s=6_000, reference_passes=20,
                             baseline_args=BASELINE_ARGS),
     # alanine dipeptide in another force field and solvent model (amber ff14SB + GBn2); ~3,200-3,500 MD steps/s
     "aldp-gbn2": Molecule("aldp-gbn2", "aldp-gbn2", RESULTS / "reference_aldp-gbn2_mf" / "reference_aldp-gbn2.npz", True,
-                          baseline_steps=22_000_000, reference_passes=10,
+                          baseline_steps_per_s=3_100, reference_passes=10,
                           baseline_args=BASELINE_ARGS),
 }
 
@@ -247,22 +255,25 @@ def launch(name: str, phases: Sequence[str], runs: Path, seeds: Sequence[int], h
     if "al" in phases:
         for seed in seeds:
             run = out / f"al-seed{seed}"
-            if (run / "metrics.json").is_file() and json.loads((run / "metrics.json").read_text())["totals"].get("finished"):
-                continue
+            if (run / "metrics.json").is_file():
+                totals = json.loads((run / "metrics.json").read_text())["totals"]
+                if totals.get("finished") and totals["wall_s"] >= hours * 3600:
+                    continue
             wait(cgflow("run", mol.config, "--seed", seed, "--out", run, "--quiet", *scoring, "--set", f"loop.max_wall_s={hours * 3600:g}",
                         *NO_OTHER_LIMIT,
                         *(["--resume"] if (run / "checkpoint.pt").is_file() else [])))
+    steps = mol.baseline_steps(hours)
     for method in (m for m in BASELINES if m in phases):
         for pair in seeds:
             processes = []
             for core, seed in enumerate((2 * pair, 2 * pair + 1)):
                 run = out / f"{method}-seed{seed}"
                 summary = run / BASELINE_FILES[method][0]
-                if summary.is_file() and json.loads(summary.read_text())["steps"] >= mol.baseline_steps:
+                if summary.is_file() and json.loads(summary.read_text())["steps"] >= steps:
                     continue
                 resume = ["--resume"] if (run / f"{method}_checkpoint.pt").is_file() else []
                 ref = ["--reference", reference] if reference is not None else []
-                processes.append(cgflow("baseline", method, mol.system, "--seed", seed, "--steps", mol.baseline_steps, "--out", run, "--quiet",
+                processes.append(cgflow("baseline", method, mol.system, "--seed", seed, "--steps", steps, "--out", run, "--quiet",
                                         *ref, *mol.baseline_args.get(method, ()), *resume, core=core))
             wait(*processes)
 
@@ -377,7 +388,7 @@ def main() -> int:
     parser.add_argument("--phases", nargs="+", default=["reference", "md", "al", *BASELINES], choices=["reference", "md", "al", *BASELINES],
                         help="md: the marginal molecules' MD; reference: the 2-D molecules' reference")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--hours", type=float, default=2.0, help="wall-clock budget of each AL run")
+    parser.add_argument("--hours", type=float, default=2.0, help="wall-clock budget of each AL run and of each baseline seed (at the molecule's baseline_steps_per_s)")
     parser.add_argument("--al-source", action="append", default=[], metavar="MOLECULE:SEED=METRICS_JSON")
     parser.add_argument("--baseline-source", action="append", default=[], metavar="MOLECULE:METHOD:SEED=DIR")
     parser.add_argument("--steps-per-s", action="append", default=[], metavar="MOLECULE:METHOD=V",

@@ -110,3 +110,33 @@ def test_marginal_molecules_are_scored_against_md_halves_per_budget(panel, bench
     assert [p["budget"] for p in points] == [1_000_000, 2_000_000] and "1" not in entry["seeds"]
     assert points[0]["worst_pair"] == "b/c" and points[0]["worst_ratio"] == pytest.approx(9.0) and not points[0]["target_met"]
     assert points[1]["worst_ratio"] == pytest.approx(1.5) and points[1]["target_met"]
+
+
+def test_a_longer_launch_extends_finished_runs_and_baseline_pairs_instead_of_skipping_them(panel, tmp_path, monkeypatch):
+    """A panel launched for 30 minutes, then for 2 hours: the finished AL run is resumed with the longer wall limit
+    and each baseline seed resumed to the longer length; launched again for 30 minutes, nothing is started."""
+    started = []
+    monkeypatch.setattr(panel, "cgflow", lambda *args, core=None: started.append([str(a) for a in args]) or len(started))
+    monkeypatch.setattr(panel, "wait", lambda *processes: None)
+    mol = panel.PANEL["aldp-vacuum"]
+    assert mol.baseline_steps(0.5) % 100_000 == 0 and mol.baseline_steps(0.5) >= mol.baseline_steps_per_s * 1800
+    out = tmp_path / "aldp-vacuum"
+    al = out / "al-seed0"
+    al.mkdir(parents=True)
+    (al / "checkpoint.pt").write_bytes(b"")
+    (al / "metrics.json").write_text(json.dumps({"totals": {"finished": True, "wall_s": 1803.0}}))
+    for method in panel.BASELINES:
+        for seed in (0, 1):
+            run = out / f"{method}-seed{seed}"
+            run.mkdir()
+            (run / f"{method}_checkpoint.pt").write_bytes(b"")
+            (run / panel.BASELINE_FILES[method][0]).write_text(json.dumps({"steps": mol.baseline_steps(0.5)}))
+
+    panel.launch("aldp-vacuum", ["al", *panel.BASELINES], tmp_path, [0], 0.5)
+    assert started == []
+
+    panel.launch("aldp-vacuum", ["al", *panel.BASELINES], tmp_path, [0], 2.0)
+    run, *baselines = started
+    assert run[:2] == ["run", "aldp-vacuum"] and "loop.max_wall_s=7200" in run and run[-1] == "--resume"
+    assert len(baselines) == 4 and all(b[-1] == "--resume" and b[b.index("--steps") + 1] == str(mol.baseline_steps(2.0))
+                                       for b in baselines)
