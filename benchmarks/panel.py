@@ -93,9 +93,10 @@ PANEL: Dict[str, Molecule] = {
     "aldp-obc1": Molecule("aldp-fast", "aldp", None, False, baseline_steps_per_s=3_500,
                           baseline_args=BASELINE_ARGS),
     # ALDP in vacuum (amber ff96, openmmtools): a reference of its own, not metadynamics scoring itself; metadynamics
-    # with a Gaussian every 500 steps ran 5,993 steps/s (results/metad_aldp_vacuum_seed0): an upper bound at stride 100
+    # with a Gaussian every 500 steps ran 5,993 steps/s (results/metad_aldp_vacuum_seed0); at stride 100 the deposits'
+    # cost in OBC1 (~6.5 ms each) makes it ~4,500, so 5,000 runs a little past --hours
     "aldp-vacuum": Molecule("aldp-vacuum", "aldp-vacuum", RESULTS / "reference_aldp-vacuum_mf" / "reference_aldp-vacuum.npz", True,
-                            baseline_steps_per_s=6_000, reference_passes=20,
+                            baseline_steps_per_s=5_000, reference_passes=20,
                             baseline_args=BASELINE_ARGS),
     # alanine dipeptide in another force field and solvent model (amber ff14SB + GBn2); ~3,200-3,500 MD steps/s
     "aldp-gbn2": Molecule("aldp-gbn2", "aldp-gbn2", RESULTS / "reference_aldp-gbn2_mf" / "reference_aldp-gbn2.npz", True,
