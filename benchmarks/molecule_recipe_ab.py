@@ -33,7 +33,7 @@ VARIANTS = {"molecule-default": [], "aldp-fast-departures": FAST}
 
 def launch(runs: Path, iterations: int) -> None:
     common = ["--set", "energy.n_workers=1", "--set", f"metrics.reference={REFERENCE}", "--set", f"loop.max_iterations={iterations}",
-              "--set", "loop.stop_kld=null", "--seeds", *map(str, SEEDS), "--cpus-per-job", "1", "--quiet"]
+              "--set", "loop.stop_kld=null", "--set", "loop.stable_ratio=null", "--seeds", *map(str, SEEDS), "--cpus-per-job", "1", "--quiet"]
     processes = []
     for name, overrides in VARIANTS.items():
         command = [sys.executable, "-m", "openmm_cgflow.cli", "run", "aldp-vacuum", "--out", str(runs / name), *common]

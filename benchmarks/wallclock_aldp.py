@@ -3,7 +3,7 @@
     python benchmarks/wallclock_aldp.py --launch --seeds 0 1 2 --runs runs/wallclock [--set KEY=VALUE ...]
     python benchmarks/wallclock_aldp.py --seeds 0 1 2 --runs runs/wallclock            (summarise finished runs)
 
-``--launch`` runs ``cgflow run aldp-fast --seed S --set loop.max_iterations=108 --set loop.stop_kld=null`` for each
+``--launch`` runs ``cgflow run aldp-fast --seed S --set loop.max_iterations=108 --set loop.stop_kld=null --set loop.stable_ratio=null`` for each
 seed in turn (108 iterations reach 5,013,200 evaluations), each in its own process that pins itself as a user's run
 does (the flow on one core, OpenMM workers and half the ensemble's member groups on the other); a run that is
 already there is resumed (``--resume``), one that has reached 5e6 is left alone. Nothing else should run meanwhile.
@@ -99,7 +99,7 @@ def launch(seed: int, runs: Path, overrides: List[str]) -> None:
             print(f"seed {seed}: already at {rows[-1]['energy_evaluations']:,} evaluations", flush=True)
             return
     command = [sys.executable, "-m", "openmm_cgflow.cli", "run", "aldp-fast", "--seed", str(seed), "--out", str(out), "--quiet",
-               "--set", f"loop.max_iterations={ITERATIONS_TO_5E6}", "--set", "loop.stop_kld=null"]
+               "--set", f"loop.max_iterations={ITERATIONS_TO_5E6}", "--set", "loop.stop_kld=null", "--set", "loop.stable_ratio=null"]
     for text in overrides:
         command += ["--set", text]
     if (out / "checkpoint.pt").is_file():

@@ -53,7 +53,8 @@ def launch(args) -> None:
     if not (al / "metrics.json").exists() or len(json.loads((al / "metrics.json").read_text())["iterations"]) < args.al_iterations:
         resume = ["--resume"] if (al / "checkpoint.pt").exists() else []
         queue[0].append(("run", str(CONFIG), "--out", str(al), "--quiet", "--set", "energy.n_workers=1", "--set", f"metrics.reference={reference}",
-                         "--set", f"loop.max_iterations={args.al_iterations}", "--set", "loop.stop_kld=null", *resume))
+                         "--set", f"loop.max_iterations={args.al_iterations}", "--set", "loop.stop_kld=null",
+                         "--set", "loop.stable_ratio=null", *resume))
     for method in ("md", "metad"):
         out = runs / method
         if _baseline_steps(out, method) >= args.md_steps:

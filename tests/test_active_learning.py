@@ -271,3 +271,12 @@ def test_a_run_without_a_reference_stops_once_its_pmf_is_stable(tmp_path):
     assert len(stable["iterations"]) == 6
     for a, b in zip(passing["iterations"], plain["iterations"]):
         assert a["energy_evaluations"] == b["energy_evaluations"] and a["pmf_change_rms"] == b["pmf_change_rms"]
+    # the rule is a stopping limit: resumed with it unchanged the stopped run stays stopped, resumed without it the run
+    # goes on exactly as the run planned without it
+    rule = [f"loop.stable_ratio={max(ratios) * 1.01}", "loop.stable_iterations=2"]
+    again = ActiveLearningRun(load_config("muller-brown", overrides + rule), tmp_path / "passing", progress=False).run(resume=True)
+    assert len(again["iterations"]) == 3
+    lifted = ActiveLearningRun(load_config("muller-brown", overrides), tmp_path / "passing", progress=False).run(resume=True)
+    assert len(lifted["iterations"]) == 6 and "max_iterations" in lifted["totals"]["stop_reason"]
+    for a, b in zip(lifted["iterations"], plain["iterations"]):
+        assert a["energy_evaluations"] == b["energy_evaluations"] and a["pmf_change_rms"] == b["pmf_change_rms"]

@@ -19,7 +19,8 @@ CHECKPOINT_KEYS = ("config", "state", "flow", "flow_norm", "optimizer", "dataset
 #: config keys a resumed run may change: its stopping limits (a finished run is then extended), where its
 #: energies are computed (the same numbers on any executor: a run started on this machine may go on on a cluster),
 #: and how many of its latest fits its PMF averages (what it reports, not what it does)
-EXTENDABLE_KEYS = ("loop.max_iterations", "loop.stop_kld", "loop.max_wall_s", "loop.max_evaluations", "energy.executor", "energy.address", "ensemble.average_fraction")
+EXTENDABLE_KEYS = ("loop.max_iterations", "loop.stop_kld", "loop.stable_ratio", "loop.stable_iterations", "loop.max_wall_s", "loop.max_evaluations",
+                   "energy.executor", "energy.address", "ensemble.average_fraction")
 
 
 def read_run_checkpoint(path: Path) -> Dict[str, Any]:
