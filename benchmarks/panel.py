@@ -75,8 +75,9 @@ class Molecule:
     baseline_args: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
     def baseline_steps(self, hours: float) -> int:
-        """MD steps of one baseline seed for ``hours`` of one core (rounded up to a whole 1e5)."""
-        return int(np.ceil(self.baseline_steps_per_s * hours * 3600 / 1e5)) * 100_000
+        """MD steps of one baseline seed for ``hours`` of one core and 5 % more, so that a pair's curve reaches the
+        wall point despite small changes of speed (rounded up to a whole 1e5)."""
+        return int(np.ceil(self.baseline_steps_per_s * hours * 3600 * 1.05 / 1e5)) * 100_000
 
 
 #: The baselines' settings on every molecule, as their sweeps on alanine dipeptide in OBC1 ranked them: metadynamics
@@ -93,10 +94,9 @@ PANEL: Dict[str, Molecule] = {
     "aldp-obc1": Molecule("aldp-fast", "aldp", None, False, baseline_steps_per_s=3_500,
                           baseline_args=BASELINE_ARGS),
     # ALDP in vacuum (amber ff96, openmmtools): a reference of its own, not metadynamics scoring itself; metadynamics
-    # with a Gaussian every 500 steps ran 5,993 steps/s (results/metad_aldp_vacuum_seed0); at stride 100 the deposits'
-    # cost in OBC1 (~6.5 ms each) makes it ~4,500, so 5,000 runs a little past --hours
+    # at stride 100 ran 5,708 steps/s on one pinned core (seed 0 of the panel's pair, its first 5.6e6 steps)
     "aldp-vacuum": Molecule("aldp-vacuum", "aldp-vacuum", RESULTS / "reference_aldp-vacuum_mf" / "reference_aldp-vacuum.npz", True,
-                            baseline_steps_per_s=5_000, reference_passes=20,
+                            baseline_steps_per_s=5_700, reference_passes=20,
                             baseline_args=BASELINE_ARGS),
     # alanine dipeptide in another force field and solvent model (amber ff14SB + GBn2); ~3,200-3,500 MD steps/s
     "aldp-gbn2": Molecule("aldp-gbn2", "aldp-gbn2", RESULTS / "reference_aldp-gbn2_mf" / "reference_aldp-gbn2.npz", True,
