@@ -369,9 +369,11 @@ def print_table(result: Dict) -> None:
                 r = row[key]
                 fmt = (lambda v: f"{v:.2e}" if v is not None else "-")
                 mark = "<=" if r["bound"] == "upper" else ""
-                cells += [fmt(r["al_kld"]), f"{fmt(r['baseline_kld'])} {r['better_baseline'] or ''}".strip(),
+                ended = "*" if r.get("al_read") == "after end" else ""
+                cells += [fmt(r["al_kld"]) + ended, f"{fmt(r['baseline_kld'])} {r['better_baseline'] or ''}".strip(),
                           f"{mark}{r['ratio']:.2f}" if r["ratio"] is not None else "-"]
             print(f"{name:<13}{seed:>5}{cells[0]:>15}{cells[1]:>18}{cells[2]:>8}{cells[3]:>12}{cells[4]:>18}{cells[5]:>8}")
+    print("*: the AL run ended before that wall time (its last KLD); <=: the better baseline's curve ended before it (its last KLD)")
 
 
 def _source(text: str, parts: int):
