@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +211,6 @@ NO_OTHER_LIMIT = ("--set", "loop.max_iterations=100000", "--set", "loop.stop_kld
 def launch_marginal(name: str, phases: Sequence[str], runs: Path, seeds: Sequence[int]) -> None:
     """The ``md`` and ``al`` phases of a :class:`MarginalMolecule` (see the module docstring)."""
     from marginals_vs_md import compare_marginals, md_cg_values
-
-    import os
 
     mol, out = MARGINAL_PANEL[name], runs / name
     if not {"md", "al"} & set(phases):
