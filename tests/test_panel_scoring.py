@@ -140,3 +140,43 @@ def test_a_longer_launch_extends_finished_runs_and_baseline_pairs_instead_of_ski
     assert run[:2] == ["run", "aldp-vacuum"] and "loop.max_wall_s=7200" in run and run[-1] == "--resume"
     assert len(baselines) == 4 and all(b[-1] == "--resume" and b[b.index("--steps") + 1] == str(mol.baseline_steps(2.0))
                                        for b in baselines)
+
+
+def test_label_cells_ab_reads_each_run_at_its_wall_points_and_launches_only_the_missing_runs(benchmark_script, tmp_path, monkeypatch):
+    """benchmarks/label_cells_ab.py on made-up runs whose KLD falls as 1/wall: the KLD at a wall point is exact, the
+    iterations, evaluations and fit share are those of the iterations finished by then, an arm's mean is geometric;
+    ``--launch`` runs only what no ``--source`` names, the cells arm with 64 cells per dihedral."""
+    ab = benchmark_script("label_cells_ab")
+
+    def run(folder, scale, cell_width):
+        iterations = [{"iteration": k + 1, "wall_s": 600.0 * (k + 1), "energy_evaluations": 100_000 * (k + 1), "forward_kld": scale / (600.0 * (k + 1)),
+                       "n_fit_rows": 10 * (k + 1), "stage_wall_s": {"fit_pmf": 60.0 * (k + 1)}} for k in range(4)]
+        folder.mkdir(parents=True)
+        path = folder / "metrics.json"
+        path.write_text(json.dumps({"iterations": iterations, "config": {"labels": {"cell_width": cell_width}},
+                                    "totals": {"finished": True, "wall_s": 2400.0}}))
+        return path
+
+    elsewhere = run(tmp_path / "panel-al", 2.0, 0.0)
+    for seed, scale in zip(ab.SEEDS, (1.0, 4.0, 2.0)):
+        run(tmp_path / "runs" / f"cells64-seed{seed}", scale, ab.CELL_WIDTH)
+    result = ab.summarise(tmp_path / "runs", {("none", 0): elsewhere}, 30.0, tmp_path / "ab.json")
+    cells = result["arms"]["cells64"]
+    at = cells["seeds"][1]["at"]
+    assert at["900"]["forward_kld"] == pytest.approx(4.0 / 900) and at["900"]["iterations"] == 1 and at["900"]["energy_evaluations"] == 100_000
+    assert at["1800"]["forward_kld"] == pytest.approx(4.0 / 1800) and at["1800"]["iterations"] == 3 and at["1800"]["fit_rows"] == 30
+    assert at["1800"]["fit_share"] == pytest.approx((60 + 120 + 180) / 1800)
+    assert cells["geometric_mean_kld"]["1800"] == pytest.approx(2.0 / 1800)   # (1 x 4 x 2)^(1/3) = 2
+    assert list(result["arms"]["none"]["seeds"]) == [0] and result["arms"]["none"]["seeds"][0]["source"] == str(elsewhere)
+    assert json.loads((tmp_path / "ab.json").read_text())["arms"]["cells64"]["seeds"]["2"]["cell_width"] == ab.CELL_WIDTH
+
+    started = []
+    monkeypatch.setattr(ab, "cgflow", lambda *args, core=None: started.append([str(a) for a in args]))
+    monkeypatch.setattr(ab, "wait", lambda *processes: None)
+    ab.launch(tmp_path / "runs", 30.0, {("none", 0): elsewhere})     # the cells arm ran for 2,400 s >= 30 min
+    assert [r[r.index("--out") + 1] for r in started] == [str(tmp_path / "runs" / f"none-seed{s}") for s in (1, 2)]
+    assert all("loop.max_wall_s=1800" in r and "--resume" not in r and not any("cell_width" in a for a in r) for r in started)
+    started.clear()
+    ab.launch(tmp_path / "runs", 60.0, {("none", 0): elsewhere})
+    longer = [r for r in started if "cells64" in r[r.index("--out") + 1]]
+    assert len(longer) == 3 and all(f"labels.cell_width={ab.CELL_WIDTH!r}" in r for r in longer)
