@@ -144,12 +144,13 @@ def test_a_longer_launch_extends_finished_runs_and_baseline_pairs_instead_of_ski
 
 def test_label_cells_ab_reads_each_run_at_its_wall_points_and_launches_only_the_missing_runs(benchmark_script, tmp_path, monkeypatch):
     """benchmarks/label_cells_ab.py on made-up runs whose KLD falls as 1/wall: the KLD at a wall point is exact, the
-    iterations, evaluations and fit share are those of the iterations finished by then, an arm's mean is geometric;
+    iterations, evaluations and fit share are those of the iterations finished by then, the KLD at an energy budget
+is read the same way, an arm's mean is geometric;
     ``--launch`` runs only what no ``--source`` names, the cells arm with 64 cells per dihedral."""
     ab = benchmark_script("label_cells_ab")
 
     def run(folder, scale, cell_width):
-        iterations = [{"iteration": k + 1, "wall_s": 600.0 * (k + 1), "energy_evaluations": 100_000 * (k + 1), "forward_kld": scale / (600.0 * (k + 1)),
+        iterations = [{"iteration": k + 1, "wall_s": 600.0 * (k + 1), "energy_evaluations": 500_000 * (k + 1), "forward_kld": scale / (600.0 * (k + 1)),
                        "n_fit_rows": 10 * (k + 1), "stage_wall_s": {"fit_pmf": 60.0 * (k + 1)}} for k in range(4)]
         folder.mkdir(parents=True)
         path = folder / "metrics.json"
@@ -163,10 +164,12 @@ def test_label_cells_ab_reads_each_run_at_its_wall_points_and_launches_only_the_
     result = ab.summarise(tmp_path / "runs", {("none", 0): elsewhere}, 30.0, tmp_path / "ab.json")
     cells = result["arms"]["cells64"]
     at = cells["seeds"][1]["at"]
-    assert at["900"]["forward_kld"] == pytest.approx(4.0 / 900) and at["900"]["iterations"] == 1 and at["900"]["energy_evaluations"] == 100_000
+    assert at["900"]["forward_kld"] == pytest.approx(4.0 / 900) and at["900"]["iterations"] == 1 and at["900"]["energy_evaluations"] == 500_000
     assert at["1800"]["forward_kld"] == pytest.approx(4.0 / 1800) and at["1800"]["iterations"] == 3 and at["1800"]["fit_rows"] == 30
     assert at["1800"]["fit_share"] == pytest.approx((60 + 120 + 180) / 1800)
     assert cells["geometric_mean_kld"]["1800"] == pytest.approx(2.0 / 1800)   # (1 x 4 x 2)^(1/3) = 2
+    assert cells["seeds"][1]["kld_at_evaluations"]["1e+06"] == pytest.approx(4.0 / 1200)   # 1e6 evaluations at 1,200 s
+    assert cells["geometric_mean_kld_at_evaluations"]["2e+06"] == pytest.approx(2.0 / 2400)
     assert list(result["arms"]["none"]["seeds"]) == [0] and result["arms"]["none"]["seeds"][0]["source"] == str(elsewhere)
     assert json.loads((tmp_path / "ab.json").read_text())["arms"]["cells64"]["seeds"]["2"]["cell_width"] == ab.CELL_WIDTH
 
