@@ -60,7 +60,8 @@ def run_row(metrics_path: Path, wall_points: List[float]) -> Dict:
     walls = [it["wall_s"] for it in iterations]
     klds = [it["forward_kld"] for it in iterations]
     evaluations = [it["energy_evaluations"] for it in iterations]
-    row = {"source": str(metrics_path), "cell_width": metrics["config"]["labels"]["cell_width"], "wall_s": walls[-1], "at": {},
+    source = metrics_path.resolve()
+    row = {"source": str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else metrics_path), "cell_width": metrics["config"]["labels"]["cell_width"], "wall_s": walls[-1], "at": {},
            "first_iteration_wall_s": walls[0],
            "kld_at_evaluations": {f"{n:g}": kld_at(evaluations, klds, n) for n in EVALUATION_POINTS}}
     for t in wall_points:
