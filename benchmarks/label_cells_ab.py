@@ -23,12 +23,11 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import panel
 from curves import kld_at
-from launching import cgflow, wait
-from panel import NO_OTHER_LIMIT, PANEL
 
 ROOT = Path(__file__).resolve().parents[1]
-MOLECULE = PANEL["aldp-vacuum"]
+MOLECULE = panel.PANEL["aldp-vacuum"]
 SEEDS = (0, 1, 2)
 CELL_WIDTH = 2 * math.pi / 64
 #: energy budgets at which the arms are also compared (cells change no evaluation; this separates accuracy from speed)
@@ -38,19 +37,11 @@ ARMS: Dict[str, Tuple[str, ...]] = {"none": (), "cells64": ("--set", f"labels.ce
 
 def launch(runs: Path, minutes: float, sources: Dict[Tuple[str, int], Path]) -> None:
     """Run every (arm, seed) that no ``--source`` names, one at a time."""
-    limit = minutes * 60
     for seed in SEEDS:
         for arm, overrides in ARMS.items():
-            if (arm, seed) in sources:
-                continue
-            run = runs / f"{arm}-seed{seed}"
-            if (run / "metrics.json").is_file():
-                totals = json.loads((run / "metrics.json").read_text())["totals"]
-                if totals.get("finished") and totals["wall_s"] >= limit:
-                    continue
-            wait(cgflow("run", MOLECULE.config, "--seed", seed, "--out", run, "--quiet", "--set", f"metrics.reference={MOLECULE.reference}",
-                        "--set", f"loop.max_wall_s={limit:g}", *NO_OTHER_LIMIT, *overrides,
-                        *(["--resume"] if (run / "checkpoint.pt").is_file() else [])))
+            if (arm, seed) not in sources:
+                panel.launch_al_run(MOLECULE.config, seed, runs / f"{arm}-seed{seed}", minutes * 60, "--set", f"metrics.reference={MOLECULE.reference}",
+                                    *overrides)
 
 
 def run_row(metrics_path: Path, wall_points: List[float]) -> Dict:

@@ -236,6 +236,18 @@ def launch_marginal(name: str, phases: Sequence[str], runs: Path, seeds: Sequenc
                                           "iterations": totals["iterations"], "md_steps": int(len(md) * 10), "bins": mol.bins, "pairs": rows}, indent=1))
 
 
+def launch_al_run(config: str, seed: int, run: Path, wall_s: float, *overrides: str) -> None:
+    """``cgflow run CONFIG --seed SEED --out RUN`` (and ``overrides``, ``--set`` pairs) for ``wall_s`` seconds of wall
+    clock and no other stopping limit, alone on the machine; resumed where RUN holds a checkpoint (a finished shorter
+    run goes on as one planned that long), skipped where a finished run there already ran that long."""
+    if (run / "metrics.json").is_file():
+        totals = json.loads((run / "metrics.json").read_text())["totals"]
+        if totals.get("finished") and totals["wall_s"] >= wall_s:
+            return
+    wait(cgflow("run", config, "--seed", seed, "--out", run, "--quiet", *overrides, "--set", f"loop.max_wall_s={wall_s:g}", *NO_OTHER_LIMIT,
+                *(["--resume"] if (run / "checkpoint.pt").is_file() else [])))
+
+
 def launch(name: str, phases: Sequence[str], runs: Path, seeds: Sequence[int], hours: float) -> None:
     if name in MARGINAL_PANEL:
         return launch_marginal(name, phases, runs, seeds)
@@ -254,14 +266,7 @@ def launch(name: str, phases: Sequence[str], runs: Path, seeds: Sequence[int], h
     scoring = ["--set", f"metrics.reference={reference}"] if reference is not None else []
     if "al" in phases:
         for seed in seeds:
-            run = out / f"al-seed{seed}"
-            if (run / "metrics.json").is_file():
-                totals = json.loads((run / "metrics.json").read_text())["totals"]
-                if totals.get("finished") and totals["wall_s"] >= hours * 3600:
-                    continue
-            wait(cgflow("run", mol.config, "--seed", seed, "--out", run, "--quiet", *scoring, "--set", f"loop.max_wall_s={hours * 3600:g}",
-                        *NO_OTHER_LIMIT,
-                        *(["--resume"] if (run / "checkpoint.pt").is_file() else [])))
+            launch_al_run(mol.config, seed, out / f"al-seed{seed}", hours * 3600, *scoring)
     steps = mol.baseline_steps(hours)
     for method in (m for m in BASELINES if m in phases):
         for pair in seeds:

@@ -174,8 +174,8 @@ is read the same way, an arm's mean is geometric;
     assert json.loads((tmp_path / "ab.json").read_text())["arms"]["cells64"]["seeds"]["2"]["cell_width"] == ab.CELL_WIDTH
 
     started = []
-    monkeypatch.setattr(ab, "cgflow", lambda *args, core=None: started.append([str(a) for a in args]))
-    monkeypatch.setattr(ab, "wait", lambda *processes: None)
+    monkeypatch.setattr(ab.panel, "cgflow", lambda *args, core=None: started.append([str(a) for a in args]))
+    monkeypatch.setattr(ab.panel, "wait", lambda *processes: None)
     ab.launch(tmp_path / "runs", 30.0, {("none", 0): elsewhere})     # the cells arm ran for 2,400 s >= 30 min
     assert [r[r.index("--out") + 1] for r in started] == [str(tmp_path / "runs" / f"none-seed{s}") for s in (1, 2)]
     assert all("loop.max_wall_s=1800" in r and "--resume" not in r and not any("cell_width" in a for a in r) for r in started)
