@@ -145,7 +145,7 @@ def test_a_longer_launch_extends_finished_runs_and_baseline_pairs_instead_of_ski
 def test_label_cells_ab_reads_each_run_at_its_wall_points_and_launches_only_the_missing_runs(benchmark_script, tmp_path, monkeypatch):
     """benchmarks/label_cells_ab.py on made-up runs whose KLD falls as 1/wall: the KLD at a wall point is exact, the
     iterations, evaluations and fit share are those of the iterations finished by then, the KLD at an energy budget
-is read the same way, an arm's mean is geometric;
+    is read the same way, an arm's mean is geometric;
     ``--launch`` runs only what no ``--source`` names, the cells arm with 64 cells per dihedral."""
     ab = benchmark_script("label_cells_ab")
 
